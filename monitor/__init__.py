@@ -1,0 +1,1 @@
+"""taskmon daemon: event sources, state, detectors and alerts."""

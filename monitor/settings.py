@@ -1,0 +1,234 @@
+"""taskmon's configuration: one typed object, loaded in one place.
+
+Precedence: CLI flag > environment (``TASKMON_*``) > config file (TOML) > default.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+from urllib.parse import urlsplit, urlunsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+ENV_PREFIX = "TASKMON_"
+CONFIG_ENV = "TASKMON_CONFIG"
+
+
+class SettingsError(ValueError):
+    """A setting has a value taskmon cannot use; the message names the setting."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    broker_url: str = "redis://localhost:6379/0"
+    result_backend: str = ""
+    database_url: str = "sqlite:///taskmon.db"
+    timezone: str = "UTC"
+    smtp_host: str = "localhost"
+    smtp_port: int = 25
+    smtp_security: str = "none"
+    smtp_user: str = ""
+    smtp_password: str = ""
+    smtp_from: str = "taskmon@localhost"
+    alert_recipients: tuple[str, ...] = ()
+    retention_days: int = 30
+    retention_max_records: int = 0
+    field_max_bytes: int = 16384
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+
+# One line each: shown by `taskmon config` and in the README settings table.
+DESCRIPTIONS: dict[str, str] = {
+    "broker_url": "Celery broker the daemon reads events from (redis://, amqp://)",
+    "result_backend": "Celery result backend, used to reconcile tasks after an event gap; empty: none",
+    "database_url": "SQLAlchemy URL of the history store (sqlite:///file.db, postgresql+psycopg://...)",
+    "timezone": "IANA zone times are shown in; storage is always UTC",
+    "smtp_host": "SMTP server for alert and report e-mail",
+    "smtp_port": "SMTP port",
+    "smtp_security": "none, starttls or ssl",
+    "smtp_user": "SMTP login; empty: no login",
+    "smtp_password": "SMTP password",
+    "smtp_from": "From: address of taskmon's e-mail",
+    "alert_recipients": "Comma-separated addresses that receive alerts and reports",
+    "retention_days": "Task history older than this many days is removed by cleanup; 0 keeps all",
+    "retention_max_records": "Cleanup keeps at most this many newest task runs; 0: no cap",
+    "field_max_bytes": "args/kwargs/result/traceback longer than this are truncated and marked",
+}
+
+SECRET_FIELDS = {"smtp_password"}
+URL_FIELDS = {"broker_url", "result_backend", "database_url"}
+SOURCES = ("default", "file", "env", "flag")
+
+
+@dataclass(frozen=True)
+class LoadedSettings:
+    """The effective settings and, for each one, where its value came from."""
+
+    settings: Settings
+    origins: Mapping[str, str] = field(default_factory=dict)
+    config_path: Path | None = None
+    file_data: Mapping[str, Any] = field(default_factory=dict)
+
+    def rows(self) -> list[tuple[str, str, str]]:
+        """(name, displayable value, origin) for every setting, secrets masked."""
+        out = []
+        for f in fields(Settings):
+            value = getattr(self.settings, f.name)
+            out.append((f.name, display_value(f.name, value), self.origins.get(f.name, "default")))
+        return out
+
+
+def mask_url(url: str) -> str:
+    """Replace the password in a URL with ``***``; leave everything else as written."""
+    if not url or "@" not in url:
+        return url
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)
+    userinfo = netloc[0].split(":", 1)[0]
+    return urlunsplit(parts._replace(netloc=f"{userinfo}:***@{netloc[1]}"))
+
+
+def display_value(name: str, value: Any) -> str:
+    if name in SECRET_FIELDS:
+        return "***" if value else ""
+    if name in URL_FIELDS:
+        return mask_url(value)
+    if isinstance(value, tuple):
+        return ",".join(value)
+    return str(value)
+
+
+def _coerce(name: str, raw: Any) -> Any:
+    """Turn a raw value (str from env/flags, any TOML type) into the field's type."""
+    default = getattr(Settings, name)
+    try:
+        if isinstance(default, bool):
+            if isinstance(raw, bool):
+                return raw
+            text = str(raw).strip().lower()
+            if text in {"1", "true", "yes", "on"}:
+                return True
+            if text in {"0", "false", "no", "off"}:
+                return False
+            raise ValueError(raw)
+        if isinstance(default, int):
+            if isinstance(raw, bool):
+                raise ValueError(raw)
+            return int(raw)
+        if isinstance(default, tuple):
+            items = raw if isinstance(raw, (list, tuple)) else str(raw).split(",")
+            return tuple(str(i).strip() for i in items if str(i).strip())
+        if not isinstance(raw, str):
+            raise ValueError(raw)
+        return raw
+    except (TypeError, ValueError):
+        kind = type(default).__name__ if not isinstance(default, tuple) else "list"
+        raise SettingsError(f"{name}: expected {kind}, got {raw!r}") from None
+
+
+def validate(s: Settings) -> Settings:
+    try:
+        ZoneInfo(s.timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise SettingsError(f"timezone: unknown time zone {s.timezone!r} (use an IANA name such as Asia/Shanghai)") from None
+    _check_url("broker_url", s.broker_url, {"redis", "rediss", "amqp", "amqps", "pyamqp", "memory"})
+    if s.result_backend:
+        _check_url("result_backend", s.result_backend, None)
+    _check_database_url(s.database_url)
+    for name in ("retention_days", "retention_max_records", "field_max_bytes"):
+        if getattr(s, name) < 0:
+            raise SettingsError(f"{name}: must be 0 or more, got {getattr(s, name)}")
+    if s.field_max_bytes and s.field_max_bytes < 256:
+        raise SettingsError(f"field_max_bytes: must be at least 256, got {s.field_max_bytes}")
+    if not 0 < s.smtp_port < 65536:
+        raise SettingsError(f"smtp_port: must be 1-65535, got {s.smtp_port}")
+    if s.smtp_security not in {"none", "starttls", "ssl"}:
+        raise SettingsError(f"smtp_security: must be none, starttls or ssl, got {s.smtp_security!r}")
+    for addr in s.alert_recipients:
+        if "@" not in addr:
+            raise SettingsError(f"alert_recipients: {addr!r} is not an e-mail address")
+    return s
+
+
+def _check_url(name: str, url: str, schemes: set[str] | None) -> None:
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError as exc:
+        raise SettingsError(f"{name}: cannot parse URL {mask_url(url)!r}: {exc}") from None
+    scheme = parts.scheme.split("+", 1)[0]
+    if not scheme or (schemes is not None and scheme not in schemes):
+        allowed = ", ".join(sorted(schemes or ()))
+        raise SettingsError(f"{name}: unsupported URL {mask_url(url)!r} (expected one of: {allowed})")
+
+
+def _check_database_url(url: str) -> None:
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise SettingsError(f"database_url: cannot parse URL {mask_url(url)!r}") from None
+    if parsed.get_backend_name() not in {"sqlite", "postgresql"}:
+        raise SettingsError(f"database_url: unsupported database {parsed.get_backend_name()!r} (use sqlite or postgresql)")
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise SettingsError(f"config: file not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"config: {path} is not valid TOML: {exc}") from None
+    return data
+
+
+def load_settings(
+    flags: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+    config_path: str | os.PathLike | None = None,
+) -> LoadedSettings:
+    """Build the effective settings; raise SettingsError naming the bad setting."""
+    environ = os.environ if environ is None else environ
+    flags = {k: v for k, v in (flags or {}).items() if v is not None}
+    names = {f.name for f in fields(Settings)}
+    values: dict[str, Any] = {}
+    origins: dict[str, str] = {}
+
+    path = config_path or environ.get(CONFIG_ENV) or None
+    resolved = Path(path) if path else None
+    file_data: dict[str, Any] = read_config_file(resolved) if resolved is not None else {}
+    for key, raw in file_data.items():
+        if isinstance(raw, dict):
+            continue  # a table ([alerts], ...) read by the part of taskmon it configures
+        if key not in names:
+            raise SettingsError(f"config: unknown setting {key!r} in {resolved}")
+        values[key], origins[key] = _coerce(key, raw), "file"
+
+    for name in names:
+        env_key = ENV_PREFIX + name.upper()
+        if env_key in environ:
+            values[name], origins[name] = _coerce(name, environ[env_key]), "env"
+
+    for name, raw in flags.items():
+        if name not in names:
+            raise SettingsError(f"unknown setting {name!r}")
+        values[name], origins[name] = _coerce(name, raw), "flag"
+
+    settings = validate(dataclasses.replace(Settings(), **values))
+    return LoadedSettings(settings, origins, resolved, file_data)

@@ -1,0 +1,1 @@
+"""The SQL history store: schema, migrations, writes and queries (SQLAlchemy Core)."""

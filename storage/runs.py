@@ -1,0 +1,216 @@
+"""Writing task runs: one merging upsert that gives the same row whatever order events arrive in.
+
+A row handed to ``upsert_runs`` is a partial view of one task (what some events said about it).
+The database row and the new row are merged with celery's state precedence
+(celery/events/state.py): a state that logically happens-before the stored one only fills
+fields that are still empty; RETRY is decided by time, because a task goes RETRY ->
+RECEIVED -> STARTED again under the same id.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping, Sequence
+
+from sqlalchemy import Connection, and_, case, func, literal, or_, select
+from sqlalchemy.dialects import postgresql, sqlite
+
+from storage.schema import task_runs, workers
+
+# Higher wins. celery.states.PRECEDENCE, strongest first, is
+# SUCCESS, FAILURE, <custom>, REVOKED, STARTED, RECEIVED, REJECTED, RETRY, PENDING.
+STATE_RANK: dict[str, int] = {
+    "PENDING": 1,
+    "RETRY": 2,
+    "REJECTED": 3,
+    "RECEIVED": 4,
+    "STARTED": 5,
+    "REVOKED": 6,
+    "FAILURE": 8,
+    "SUCCESS": 9,
+}
+CUSTOM_RANK = 7  # states celery does not know, as in celery.states.precedence
+READY_STATES = frozenset({"SUCCESS", "FAILURE", "REVOKED", "REJECTED"})
+# Fields that describe how an attempt ended; they follow the state that wins.
+OUTCOME_FIELDS = ("result", "exception", "exception_type", "traceback", "finished_at", "runtime")
+OUTCOME_STATES = frozenset({"SUCCESS", "FAILURE", "RETRY", "REVOKED", "REJECTED"})
+# Per-attempt times: the latest attempt is the one a row describes.
+LATEST_FIELDS = ("sent_at", "received_at", "started_at", "queue_wait")
+RUN_COLUMNS = tuple(c.name for c in task_runs.columns)
+
+
+def state_rank(state: str) -> int:
+    return STATE_RANK.get(state, CUSTOM_RANK)
+
+
+def new_wins(old_state: str, old_at, new_state: str, new_at) -> bool:
+    """Whether a newly seen state replaces the stored one (the Python twin of the SQL rule)."""
+    if old_state == "RETRY" or new_state == "RETRY":
+        return old_at is None or (new_at is not None and new_at >= old_at)
+    return state_rank(new_state) >= state_rank(old_state)
+
+
+def merge_run(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> dict[str, Any]:
+    """Merge two partial rows of one task exactly as ``upsert_runs`` does in SQL."""
+    if old is None:
+        return dict(new)
+    wins = new_wins(old["state"], old.get("state_at"), new["state"], new.get("state_at"))
+    first, second = (new, old) if wins else (old, new)
+    out: dict[str, Any] = {}
+    for col in RUN_COLUMNS:
+        a, b = first.get(col), second.get(col)
+        if col in OUTCOME_FIELDS:
+            if wins and new["state"] in OUTCOME_STATES:
+                out[col] = new.get(col)
+            elif not wins and old["state"] in OUTCOME_STATES:
+                out[col] = old.get(col)
+            else:
+                out[col] = _coalesce(old.get(col), new.get(col))
+        elif col in LATEST_FIELDS:
+            out[col] = _greatest(old.get(col), new.get(col)) if col != "queue_wait" else None
+        elif col == "seen_at":
+            out[col] = _least(old.get(col), new.get(col))
+        elif col == "retries":
+            out[col] = max(old.get(col) or 0, new.get(col) or 0)
+        elif col == "truncated":
+            out[col] = bool(old.get(col)) or bool(new.get(col))
+        elif col == "updated_at":
+            out[col] = new.get(col) or old.get(col)
+        else:
+            out[col] = _coalesce(a, b)
+    out["queue_wait"] = queue_wait(out)
+    return out
+
+
+def queue_wait(row: Mapping[str, Any]) -> float | None:
+    """Seconds (to the millisecond) from the latest send to the start on a worker; None if either is unknown."""
+    sent, started = row.get("sent_at"), row.get("started_at")
+    if sent is None or started is None:
+        return None
+    return round(max((started - sent).total_seconds(), 0.0), 3)
+
+
+def _coalesce(a, b):
+    return a if a is not None else b
+
+
+def _greatest(a, b):
+    if a is None or b is None:
+        return _coalesce(a, b)
+    return max(a, b)
+
+
+def _least(a, b):
+    if a is None or b is None:
+        return _coalesce(a, b)
+    return min(a, b)
+
+
+def _rank_sql(col):
+    return case(STATE_RANK, value=col, else_=CUSTOM_RANK)
+
+
+def _insert(conn: Connection):
+    dialect = conn.dialect.name
+    if dialect == "sqlite":
+        return sqlite.insert
+    if dialect == "postgresql":
+        return postgresql.insert
+    raise ValueError(f"unsupported database {dialect!r}")
+
+
+def _sql_greatest(a, b):
+    return case((a.is_(None), b), (b.is_(None), a), (a >= b, a), else_=b)
+
+
+def _sql_least(a, b):
+    return case((a.is_(None), b), (b.is_(None), a), (a <= b, a), else_=b)
+
+
+def upsert_runs(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> int:
+    """Insert or merge task runs (one statement, executemany). Returns the number of rows sent."""
+    if not rows:
+        return 0
+    stmt = _insert(conn)(task_runs)
+    old, new = task_runs.c, stmt.excluded
+    retry = literal("RETRY")
+    wins = case(
+        (
+            or_(old.state == retry, new.state == retry),
+            or_(old.state_at.is_(None), and_(new.state_at.is_not(None), new.state_at >= old.state_at)),
+        ),
+        else_=_rank_sql(new.state) >= _rank_sql(old.state),
+    )
+    outcome_states = sorted(OUTCOME_STATES)
+    new_outcome = and_(wins, new.state.in_(outcome_states))
+    old_outcome = and_(~wins, old.state.in_(outcome_states))
+    sets = {}
+    for col in RUN_COLUMNS:
+        if col == "task_id":
+            continue
+        o, n = old[col], new[col]
+        if col in OUTCOME_FIELDS:
+            sets[col] = case((new_outcome, n), (old_outcome, o), else_=func.coalesce(o, n))
+        elif col in ("sent_at", "received_at", "started_at"):
+            sets[col] = _sql_greatest(o, n)
+        elif col == "queue_wait":
+            continue  # computed below from the merged times
+        elif col == "seen_at":
+            sets[col] = _sql_least(o, n)
+        elif col == "retries":
+            sets[col] = case((n > o, n), else_=o)
+        elif col == "truncated":
+            sets[col] = or_(o, n)
+        elif col == "updated_at":
+            sets[col] = n
+        else:
+            sets[col] = case((wins, func.coalesce(n, o)), else_=func.coalesce(o, n))
+    sent = _sql_greatest(old.sent_at, new.sent_at)
+    started = _sql_greatest(old.started_at, new.started_at)
+    sets["queue_wait"] = _seconds_between(conn, sent, started)
+    conn.execute(stmt.on_conflict_do_update(index_elements=[task_runs.c.task_id], set_=sets), [_complete(r) for r in rows])
+    return len(rows)
+
+
+def _seconds_between(conn: Connection, start, end):
+    if conn.dialect.name == "sqlite":
+        diff = (func.julianday(end) - func.julianday(start)) * 86400.0
+    else:
+        diff = func.extract("epoch", end - start)
+    # Milliseconds: julianday() arithmetic is only good to a few microseconds.
+    return case((or_(start.is_(None), end.is_(None)), None), (diff < 0, 0.0), else_=func.round(diff, 3))
+
+
+def _complete(row: Mapping[str, Any]) -> dict[str, Any]:
+    """Every column present (executemany needs one shape), queue_wait derived."""
+    out = {c: row.get(c) for c in RUN_COLUMNS}
+    out["retries"] = out["retries"] or 0
+    out["truncated"] = bool(out["truncated"])
+    out["queue_wait"] = queue_wait(out)
+    return out
+
+
+def get_run(conn: Connection, task_id: str) -> dict[str, Any] | None:
+    row = conn.execute(select(task_runs).where(task_runs.c.task_id == task_id)).mappings().first()
+    return dict(row) if row is not None else None
+
+
+def upsert_workers(conn: Connection, rows: Iterable[Mapping[str, Any]]) -> int:
+    """Insert or update workers; the newest heartbeat and status win."""
+    rows = list(rows)
+    if not rows:
+        return 0
+    stmt = _insert(conn)(workers)
+    old, new = workers.c, stmt.excluded
+    newer = or_(old.last_heartbeat.is_(None), and_(new.last_heartbeat.is_not(None), new.last_heartbeat >= old.last_heartbeat))
+    sets = {
+        col.name: case((newer, func.coalesce(new[col.name], old[col.name])), else_=old[col.name])
+        for col in workers.columns
+        if col.name not in ("hostname", "first_seen", "updated_at")
+    }
+    sets["first_seen"] = _sql_least(old.first_seen, new.first_seen)
+    sets["updated_at"] = new.updated_at
+    cols = [c.name for c in workers.columns]
+    conn.execute(
+        stmt.on_conflict_do_update(index_elements=[workers.c.hostname], set_=sets),
+        [{c: r.get(c) for c in cols} | {"active": r.get("active") or 0, "processed": r.get("processed") or 0} for r in rows],
+    )
+    return len(rows)

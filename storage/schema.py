@@ -1,0 +1,84 @@
+"""Every table taskmon stores, as SQLAlchemy Core ``Table`` objects.
+
+Migrations in ``storage/migrations`` create exactly these; docs/schema.md documents them.
+"""
+from __future__ import annotations
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    false,
+)
+
+from storage.types import UTCDateTime
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+# One row per task execution (a Celery task id), merged from all of its events.
+task_runs = Table(
+    "task_runs",
+    metadata,
+    Column("task_id", String(255), primary_key=True),
+    Column("name", String(255)),
+    Column("state", String(16), nullable=False),
+    Column("state_at", UTCDateTime),
+    Column("args", Text),
+    Column("kwargs", Text),
+    Column("result", Text),
+    Column("exception", Text),
+    Column("exception_type", String(255)),
+    Column("traceback", Text),
+    Column("queue", String(255)),
+    Column("routing_key", String(255)),
+    Column("exchange", String(255)),
+    Column("worker", String(255)),
+    Column("root_id", String(255)),
+    Column("parent_id", String(255)),
+    Column("retries", Integer, nullable=False, server_default="0"),
+    Column("eta", UTCDateTime),
+    Column("expires", UTCDateTime),
+    Column("seen_at", UTCDateTime, nullable=False),
+    Column("sent_at", UTCDateTime),
+    Column("received_at", UTCDateTime),
+    Column("started_at", UTCDateTime),
+    Column("finished_at", UTCDateTime),
+    Column("runtime", Float),
+    Column("queue_wait", Float),
+    Column("truncated", Boolean, nullable=False, server_default=false()),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Index(None, "seen_at"),
+    Index(None, "name", "seen_at"),
+    Index(None, "state", "seen_at"),
+    Index(None, "worker", "seen_at"),
+    Index(None, "updated_at"),
+    Index(None, "finished_at"),
+)
+
+# One row per worker hostname, from worker-online / worker-heartbeat / worker-offline.
+workers = Table(
+    "workers",
+    metadata,
+    Column("hostname", String(255), primary_key=True),
+    Column("status", String(16), nullable=False),
+    Column("last_heartbeat", UTCDateTime),
+    Column("software", String(255)),
+    Column("active", Integer, nullable=False, server_default="0"),
+    Column("processed", Integer, nullable=False, server_default="0"),
+    Column("loadavg", String(64)),
+    Column("freq", Float),
+    Column("first_seen", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+)

@@ -1,0 +1,1 @@
+"""taskmon's Celery app: operational jobs (cleanup, reports, billing, alerts)."""

@@ -1,0 +1,186 @@
+"""Fixtures that start and connect to real services: Redis, PostgreSQL, RabbitMQ, Celery, SMTP."""
+from __future__ import annotations
+
+import socket
+import threading
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from monitor.redis_server import RedisServer, RedisUnavailable, free_port
+from tests.services import AMQP_URL, IN_CI, POSTGRES_URL, Worker, missing, rabbitmqctl, unique
+
+
+# -- Redis --------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def redis_server():
+    """One redis-server for the whole run, on a free port, started by the tests."""
+    try:
+        server = RedisServer().start()
+    except RedisUnavailable as exc:
+        pytest.fail(str(exc), pytrace=False)
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def fresh_redis():
+    """A redis-server of the test's own, which the test may kill and restart."""
+    server = RedisServer().start()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def redis_url(redis_server):
+    """A database number of the session server, flushed before the test."""
+    import redis
+
+    client = redis.Redis(port=redis_server.port)
+    client.flushall()
+    client.close()
+    return redis_server.url
+
+
+# -- SQL databases ------------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def pg_server_url():
+    """A PostgreSQL database created for this test run and dropped after it."""
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        missing("postgres", "psycopg is not installed")
+    admin_url = make_url(POSTGRES_URL)
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text("select 1"))
+    except Exception as exc:  # any driver error means: not reachable
+        admin.dispose()
+        missing("postgres", f"{admin_url.render_as_string(hide_password=True)}: {str(exc).splitlines()[0]}")
+    name = unique("taskmon_test")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    yield admin_url.set(database=name)
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture
+def pg_url(pg_server_url):
+    """An empty schema of its own in the run's database; the URL puts it first on search_path."""
+    schema = unique("s")
+    engine = create_engine(pg_server_url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    url = pg_server_url.update_query_dict({"options": f"-csearch_path={schema}"})
+    yield url.render_as_string(hide_password=False)
+    with engine.connect() as conn:
+        conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+    engine.dispose()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path):
+    return f"sqlite:///{tmp_path / 'taskmon.db'}"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request):
+    """The same test on SQLite and on PostgreSQL, each with an empty database."""
+    return request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "pg_url")
+
+
+@pytest.fixture
+def engine(db_url):
+    """An upgraded history store on each database."""
+    from storage.db import make_engine, upgrade
+
+    eng = make_engine(db_url)
+    upgrade(eng)
+    yield eng
+    eng.dispose()
+
+
+# -- RabbitMQ -----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def amqp_url():
+    """A RabbitMQ virtual host of this run's own (via rabbitmqctl), else the configured URL."""
+    parts = urlsplit(AMQP_URL)
+    try:
+        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 5672), timeout=2):
+            pass
+    except OSError as exc:
+        missing("amqp", f"{parts.hostname}:{parts.port or 5672}: {exc}")
+    vhost = unique("taskmon_test")
+    user = parts.username or "guest"
+    if rabbitmqctl("add_vhost", vhost) and rabbitmqctl("set_permissions", "-p", vhost, user, ".*", ".*", ".*"):
+        yield urlunsplit(parts._replace(path="/" + vhost))
+        rabbitmqctl("delete_vhost", vhost)
+    else:
+        yield AMQP_URL
+
+
+# -- Celery workers -----------------------------------------------------------------------------
+
+@pytest.fixture
+def start_worker(tmp_path):
+    """Start real `celery worker` subprocesses: start_worker(broker_url, app=..., queues=...)."""
+    started: list[Worker] = []
+
+    def start(broker_url: str, app: str = "tests.apps.sample", **kwargs) -> Worker:
+        worker = Worker(app, broker_url, logdir=tmp_path, **kwargs)
+        started.append(worker)
+        return worker.wait_ready()
+
+    yield start
+    for worker in started:
+        worker.stop()
+
+
+# -- SMTP ---------------------------------------------------------------------------------------
+
+class SmtpSink:
+    """A real SMTP server (aiosmtpd) that keeps every message it receives."""
+
+    def __init__(self):
+        from aiosmtpd.controller import Controller
+
+        self.messages: list = []
+        self.received = threading.Event()
+        self.port = free_port()
+        self.controller = Controller(self, hostname="127.0.0.1", port=self.port)
+
+    async def handle_DATA(self, server, session, envelope):
+        from email import message_from_bytes
+        from email.policy import default
+
+        msg = message_from_bytes(envelope.content, policy=default)
+        self.messages.append({"from": envelope.mail_from, "to": list(envelope.rcpt_tos), "message": msg})
+        self.received.set()
+        return "250 OK"
+
+    def start(self) -> "SmtpSink":
+        self.controller.start()
+        return self
+
+    def stop(self) -> None:
+        self.controller.stop()
+
+
+@pytest.fixture
+def smtp_server():
+    sink = SmtpSink().start()
+    yield sink
+    sink.stop()
+
+
+def pytest_report_header(config):
+    return f"taskmon tests: CI={'true' if IN_CI else 'false'} (missing PostgreSQL/RabbitMQ {'fails' if IN_CI else 'skips'})"

@@ -1,0 +1,82 @@
+"""Real services for the tests: where to find them, and skip-or-fail when they are missing."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+POSTGRES_URL = os.environ.get("TASKMON_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+AMQP_URL = os.environ.get("TASKMON_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
+
+
+def missing(service: str, reason: str):
+    """Skip on a laptop without the service; under CI=true a missing service fails the run."""
+    message = f"{service} not reachable ({reason}); set TASKMON_TEST_{service.upper()}_URL"
+    if IN_CI:
+        pytest.fail(f"CI=true and {message}", pytrace=False)
+    pytest.skip(message)
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+
+
+class Worker:
+    """A real `celery worker` subprocess with events on."""
+
+    def __init__(self, app: str, broker_url: str, *, queues: str | None = None, concurrency: int = 2,
+                 pool: str = "prefork", env: dict | None = None, extra: list[str] | None = None, logdir: Path):
+        self.hostname = f"{unique('w')}@taskmon-test"
+        self.log = logdir / f"{self.hostname.split('@')[0]}.log"
+        args = [sys.executable, "-m", "celery", "-A", app, "worker", "-E", "-l", "info",
+                "-c", str(concurrency), "-P", pool, "-n", self.hostname, "--without-gossip", "--without-mingle"]
+        if queues:
+            args += ["-Q", queues]
+        args += extra or []
+        full_env = dict(os.environ, SAMPLE_BROKER_URL=broker_url, PYTHONPATH=str(REPO), **(env or {}))
+        self.proc = subprocess.Popen(args, cwd=REPO, env=full_env, stdout=open(self.log, "wb"),
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+
+    def wait_ready(self, timeout: float = 30.0) -> "Worker":
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited with {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
+            if b" ready." in self.log.read_bytes():
+                return self
+            time.sleep(0.1)
+        raise RuntimeError(f"worker not ready in {timeout}s:\n{self.log.read_text()[-3000:]}")
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group: no worker-offline event is sent."""
+        import signal
+
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self, timeout: float = 20.0) -> None:
+        import signal
+
+        if self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+
+def rabbitmqctl(*args: str) -> bool:
+    ctl = shutil.which("rabbitmqctl")
+    if not ctl:
+        return False
+    return subprocess.run([ctl, *args], capture_output=True, timeout=60).returncode == 0

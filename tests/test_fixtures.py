@@ -1,0 +1,44 @@
+"""The service fixtures themselves: real Redis that can go away, real workers, real SMTP, RabbitMQ."""
+import smtplib
+import time
+from email.message import EmailMessage
+
+import redis
+from kombu import Connection
+
+
+def test_fresh_redis_can_be_killed_and_restarted(fresh_redis):
+    client = redis.Redis(port=fresh_redis.port)
+    assert client.ping()
+    fresh_redis.kill()
+    assert not fresh_redis.ping()
+    fresh_redis.start()
+    assert redis.Redis(port=fresh_redis.port).ping()
+
+
+def test_worker_runs_tasks_on_test_redis(redis_url, start_worker):
+    from tests.apps.sample import app
+
+    worker = start_worker(redis_url)
+    app.conf.broker_url = redis_url
+    replies = app.control.ping(destination=[worker.hostname], timeout=5)
+    assert replies and worker.hostname in replies[0]
+
+
+def test_smtp_sink_receives_mail(smtp_server):
+    msg = EmailMessage()
+    msg["Subject"], msg["From"], msg["To"] = "hello", "a@example.com", "b@example.com"
+    msg.set_content("body")
+    with smtplib.SMTP("127.0.0.1", smtp_server.port) as smtp:
+        smtp.send_message(msg)
+    assert smtp_server.received.wait(5)
+    assert smtp_server.messages[0]["message"]["Subject"] == "hello"
+
+
+def test_rabbitmq_round_trip(amqp_url):
+    with Connection(amqp_url) as conn:
+        queue = conn.SimpleQueue("taskmon-fixture-check")
+        queue.put({"n": 1})
+        assert queue.get(timeout=5).payload == {"n": 1}
+        queue.clear()
+        queue.close()

@@ -1,0 +1,131 @@
+"""The history store behaves the same on SQLite and PostgreSQL."""
+import itertools
+import random
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import inspect, select
+
+from storage.db import current_revision, head_revision, make_engine, upgrade
+from storage.runs import get_run, merge_run, upsert_runs, upsert_workers
+from storage.schema import metadata, workers
+
+T0 = datetime(2026, 11, 23, 6, 0, 0, tzinfo=timezone.utc)
+
+
+def run(task_id="t1", state="PENDING", at=T0, **fields):
+    return {"task_id": task_id, "state": state, "state_at": at, "seen_at": at, "updated_at": at, **fields}
+
+
+def test_upgrade_creates_tables_and_is_idempotent(db_url):
+    engine = make_engine(db_url)
+    assert current_revision(engine) is None
+    assert upgrade(engine) == (None, head_revision())
+    assert upgrade(engine) == (head_revision(), head_revision())
+    assert {"task_runs", "workers"} <= set(inspect(engine).get_table_names())
+
+
+def test_migrations_match_schema_module(engine):
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), metadata)
+    assert diff == []
+
+
+def test_upsert_and_read_back_timezone_aware_utc(engine):
+    shanghai = timezone(timedelta(hours=8))
+    sent = datetime(2026, 11, 23, 14, 0, 0, 123456, tzinfo=shanghai)
+    with engine.begin() as conn:
+        upsert_runs(conn, [run("a", "PENDING", sent, name="sample.add", args="(1, 2)", sent_at=sent, queue="celery")])
+        upsert_runs(conn, [run("a", "SUCCESS", sent + timedelta(seconds=3), started_at=sent + timedelta(seconds=1),
+                               finished_at=sent + timedelta(seconds=3), runtime=2.0, result="3", worker="w1")])
+    with engine.connect() as conn:
+        row = get_run(conn, "a")
+    assert row["state"] == "SUCCESS"
+    assert row["name"] == "sample.add" and row["args"] == "(1, 2)" and row["result"] == "3"
+    assert row["sent_at"] == datetime(2026, 11, 23, 6, 0, 0, 123456, tzinfo=timezone.utc)
+    assert row["sent_at"].tzinfo is not None and row["sent_at"].utcoffset() == timedelta(0)
+    assert row["queue_wait"] == pytest.approx(1.0)
+    assert row["runtime"] == 2.0 and row["worker"] == "w1" and row["queue"] == "celery"
+
+
+def test_naive_datetimes_are_refused(engine):
+    with pytest.raises(Exception, match="naive datetime"):
+        with engine.begin() as conn:
+            upsert_runs(conn, [run("n", at=datetime(2026, 1, 1))])
+
+
+def lifecycle(task_id="t"):
+    """Partial rows as celery's events describe a task that retried once and then succeeded."""
+    s = lambda n: T0 + timedelta(seconds=n)  # noqa: E731
+    return [
+        run(task_id, "PENDING", s(0), name="sample.flaky", args="(1,)", sent_at=s(0), queue="celery"),
+        run(task_id, "RECEIVED", s(1), name="sample.flaky", args="(1,)", received_at=s(1), worker="w1"),
+        run(task_id, "STARTED", s(2), started_at=s(2), worker="w1"),
+        run(task_id, "RETRY", s(3), exception="RuntimeError('attempt 0 failed')", exception_type="RuntimeError",
+            finished_at=s(3)),
+        run(task_id, "RECEIVED", s(4), name="sample.flaky", received_at=s(4), retries=1, worker="w1"),
+        run(task_id, "STARTED", s(5), started_at=s(5), worker="w1"),
+        run(task_id, "SUCCESS", s(6), result="'ok'", runtime=1.0, finished_at=s(6), worker="w1"),
+    ]
+
+
+def fold(rows):
+    out = None
+    for r in rows:
+        out = merge_run(out, r)
+    return out
+
+
+def test_in_order_lifecycle_ends_success_without_retry_exception(engine):
+    rows = lifecycle()
+    with engine.begin() as conn:
+        for r in rows:
+            upsert_runs(conn, [r])
+        stored = get_run(conn, "t")
+    assert stored["state"] == "SUCCESS" and stored["exception"] is None and stored["retries"] == 1
+    assert stored["started_at"] == T0 + timedelta(seconds=5)
+    assert stored["seen_at"] == T0
+
+
+def test_any_event_order_and_duplicates_give_the_same_row_in_sql_and_python(engine):
+    base = lifecycle()
+    rng = random.Random(7)
+    orders = [base, list(reversed(base))] + [rng.sample(base, len(base)) for _ in range(10)]
+    orders.append(base + base[2:5])  # duplicates
+    expected = fold(base)
+    with engine.begin() as conn:
+        for i, order in enumerate(orders):
+            tid = f"t{i}"
+            for r in order:
+                upsert_runs(conn, [dict(r, task_id=tid)])
+            stored = get_run(conn, tid)
+            python = fold([dict(r, task_id=tid) for r in order])
+            for col in stored:
+                if col in ("task_id", "updated_at"):
+                    continue
+                assert stored[col] == pytest.approx(python[col]) if isinstance(python[col], float) else stored[col] == python[col], (i, col)
+            assert stored["state"] == expected["state"] == "SUCCESS"
+            assert stored["result"] == "'ok'" and stored["retries"] == 1
+
+
+def test_started_after_succeeded_does_not_flip_state_back(engine):
+    with engine.begin() as conn:
+        upsert_runs(conn, [run("x", "SUCCESS", T0 + timedelta(seconds=2), result="1")])
+        upsert_runs(conn, [run("x", "STARTED", T0 + timedelta(seconds=1), worker="w9", started_at=T0)])
+        stored = get_run(conn, "x")
+    assert stored["state"] == "SUCCESS" and stored["result"] == "1" and stored["worker"] == "w9"
+
+
+def test_workers_upsert_keeps_newest_heartbeat(engine):
+    hb = lambda n, **kw: {"hostname": "w1", "status": "online", "last_heartbeat": T0 + timedelta(seconds=n),  # noqa: E731
+                          "first_seen": T0 + timedelta(seconds=n), "updated_at": T0 + timedelta(seconds=n), **kw}
+    with engine.begin() as conn:
+        upsert_workers(conn, [hb(5, active=2, processed=10)])
+        upsert_workers(conn, [hb(1, active=9, processed=1)])  # late, older heartbeat
+        upsert_workers(conn, [hb(9, status="offline", processed=12)])
+        row = conn.execute(select(workers)).mappings().one()
+    assert row["status"] == "offline" and row["processed"] == 12
+    assert row["first_seen"] == T0 + timedelta(seconds=1)
+    assert row["last_heartbeat"] == T0 + timedelta(seconds=9)
