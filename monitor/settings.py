@@ -42,6 +42,11 @@ class Settings:
     retention_days: int = 30
     retention_max_records: int = 0
     field_max_bytes: int = 16384
+    event_sources: tuple[str, ...] = ("auto",)
+    relay_stream: str = "taskmon:events"
+    relay_maxlen: int = 1_000_000
+    amqp_queue: str = "taskmon.events"
+    heartbeat_stale_seconds: int = 30
 
     @property
     def tz(self) -> ZoneInfo:
@@ -64,6 +69,11 @@ DESCRIPTIONS: dict[str, str] = {
     "retention_days": "Task history older than this many days is removed by cleanup; 0 keeps all",
     "retention_max_records": "Cleanup keeps at most this many newest task runs; 0: no cap",
     "field_max_bytes": "args/kwargs/result/traceback longer than this are truncated and marked",
+    "event_sources": "Comma-separated: pubsub, stream (durable relay), amqp, or auto (pubsub+stream on Redis, amqp on RabbitMQ)",
+    "relay_stream": "Redis stream the durable relay writes events to",
+    "relay_maxlen": "Approximate cap on the relay stream's length (oldest entries trimmed)",
+    "amqp_queue": "Durable RabbitMQ queue the daemon binds to the celeryev exchange",
+    "heartbeat_stale_seconds": "`taskmon check` fails when the daemon's heartbeat is older than this",
 }
 
 SECRET_FIELDS = {"smtp_password"}
@@ -148,7 +158,14 @@ def validate(s: Settings) -> Settings:
     if s.result_backend:
         _check_url("result_backend", s.result_backend, None)
     _check_database_url(s.database_url)
-    for name in ("retention_days", "retention_max_records", "field_max_bytes"):
+    for source in s.event_sources:
+        if source not in {"auto", "pubsub", "stream", "amqp"}:
+            raise SettingsError(f"event_sources: unknown source {source!r} (use pubsub, stream, amqp or auto)")
+    if not s.event_sources:
+        raise SettingsError("event_sources: name at least one source")
+    if s.heartbeat_stale_seconds < 1:
+        raise SettingsError(f"heartbeat_stale_seconds: must be 1 or more, got {s.heartbeat_stale_seconds}")
+    for name in ("retention_days", "retention_max_records", "field_max_bytes", "relay_maxlen"):
         if getattr(s, name) < 0:
             raise SettingsError(f"{name}: must be 0 or more, got {getattr(s, name)}")
     if s.field_max_bytes and s.field_max_bytes < 256:

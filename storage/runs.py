@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Mapping, Sequence
 
-from sqlalchemy import Connection, and_, case, func, literal, or_, select
+from sqlalchemy import Connection, and_, case, func, literal, literal_column, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from storage.schema import task_runs, workers
@@ -32,6 +32,8 @@ READY_STATES = frozenset({"SUCCESS", "FAILURE", "REVOKED", "REJECTED"})
 # Fields that describe how an attempt ended; they follow the state that wins.
 OUTCOME_FIELDS = ("result", "exception", "exception_type", "traceback", "finished_at", "runtime")
 OUTCOME_STATES = frozenset({"SUCCESS", "FAILURE", "RETRY", "REVOKED", "REJECTED"})
+# A truncated repr is never longer than the complete one: the longer text is the more exact.
+LONGEST_FIELDS = ("args", "kwargs")
 # Per-attempt times: the latest attempt is the one a row describes.
 LATEST_FIELDS = ("sent_at", "received_at", "started_at", "queue_wait")
 RUN_COLUMNS = tuple(c.name for c in task_runs.columns)
@@ -49,14 +51,19 @@ def new_wins(old_state: str, old_at, new_state: str, new_at) -> bool:
 
 
 def merge_run(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> dict[str, Any]:
-    """Merge two partial rows of one task exactly as ``upsert_runs`` does in SQL."""
+    """Merge two partial rows of one task exactly as ``upsert_runs`` does in SQL.
+
+    A missing key means NULL; only the keys present in either row are visited, so merging
+    the small rows events make is cheap.
+    """
     if old is None:
-        return dict(new)
+        out = dict(new)
+        out["queue_wait"] = queue_wait(out)
+        return out
     wins = new_wins(old["state"], old.get("state_at"), new["state"], new.get("state_at"))
     first, second = (new, old) if wins else (old, new)
     out: dict[str, Any] = {}
-    for col in RUN_COLUMNS:
-        a, b = first.get(col), second.get(col)
+    for col in old.keys() | new.keys():
         if col in OUTCOME_FIELDS:
             if wins and new["state"] in OUTCOME_STATES:
                 out[col] = new.get(col)
@@ -64,8 +71,10 @@ def merge_run(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> dict[str
                 out[col] = old.get(col)
             else:
                 out[col] = _coalesce(old.get(col), new.get(col))
+        elif col in LONGEST_FIELDS:
+            out[col] = _longest(first.get(col), second.get(col))
         elif col in LATEST_FIELDS:
-            out[col] = _greatest(old.get(col), new.get(col)) if col != "queue_wait" else None
+            out[col] = _greatest(old.get(col), new.get(col))
         elif col == "seen_at":
             out[col] = _least(old.get(col), new.get(col))
         elif col == "retries":
@@ -75,7 +84,7 @@ def merge_run(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> dict[str
         elif col == "updated_at":
             out[col] = new.get(col) or old.get(col)
         else:
-            out[col] = _coalesce(a, b)
+            out[col] = _coalesce(first.get(col), second.get(col))
     out["queue_wait"] = queue_wait(out)
     return out
 
@@ -90,6 +99,12 @@ def queue_wait(row: Mapping[str, Any]) -> float | None:
 
 def _coalesce(a, b):
     return a if a is not None else b
+
+
+def _longest(a, b):
+    if a is None or b is None:
+        return _coalesce(a, b)
+    return b if len(b) > len(a) else a
 
 
 def _greatest(a, b):
@@ -108,7 +123,8 @@ def _rank_sql(col):
     return case(STATE_RANK, value=col, else_=CUSTOM_RANK)
 
 
-def _insert(conn: Connection):
+def dialect_insert(conn: Connection):
+    """The dialect's INSERT with ON CONFLICT support."""
     dialect = conn.dialect.name
     if dialect == "sqlite":
         return sqlite.insert
@@ -129,7 +145,7 @@ def upsert_runs(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> int:
     """Insert or merge task runs (one statement, executemany). Returns the number of rows sent."""
     if not rows:
         return 0
-    stmt = _insert(conn)(task_runs)
+    stmt = dialect_insert(conn)(task_runs)
     old, new = task_runs.c, stmt.excluded
     retry = literal("RETRY")
     wins = case(
@@ -139,9 +155,10 @@ def upsert_runs(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> int:
         ),
         else_=_rank_sql(new.state) >= _rank_sql(old.state),
     )
-    outcome_states = sorted(OUTCOME_STATES)
-    new_outcome = and_(wins, new.state.in_(outcome_states))
-    old_outcome = and_(~wins, old.state.in_(outcome_states))
+    # Literal state lists: executemany cannot expand an IN parameter.
+    is_outcome = lambda col: or_(*(col == literal_column(f"'{s}'") for s in sorted(OUTCOME_STATES)))  # noqa: E731
+    new_outcome = and_(wins, is_outcome(new.state))
+    old_outcome = and_(~wins, is_outcome(old.state))
     sets = {}
     for col in RUN_COLUMNS:
         if col == "task_id":
@@ -149,6 +166,14 @@ def upsert_runs(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> int:
         o, n = old[col], new[col]
         if col in OUTCOME_FIELDS:
             sets[col] = case((new_outcome, n), (old_outcome, o), else_=func.coalesce(o, n))
+        elif col in LONGEST_FIELDS:
+            winner, loser = case((wins, n), else_=o), case((wins, o), else_=n)
+            sets[col] = case(
+                (winner.is_(None), loser),
+                (loser.is_(None), winner),
+                (func.length(loser) > func.length(winner), loser),
+                else_=winner,
+            )
         elif col in ("sent_at", "received_at", "started_at"):
             sets[col] = _sql_greatest(o, n)
         elif col == "queue_wait":
@@ -198,7 +223,7 @@ def upsert_workers(conn: Connection, rows: Iterable[Mapping[str, Any]]) -> int:
     rows = list(rows)
     if not rows:
         return 0
-    stmt = _insert(conn)(workers)
+    stmt = dialect_insert(conn)(workers)
     old, new = workers.c, stmt.excluded
     newer = or_(old.last_heartbeat.is_(None), and_(new.last_heartbeat.is_not(None), new.last_heartbeat >= old.last_heartbeat))
     sets = {

@@ -82,3 +82,34 @@ workers = Table(
     Column("first_seen", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
 )
+
+# Every interval in which events may have been lost, and why (loss accounting).
+receiver_gaps = Table(
+    "receiver_gaps",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("source", String(32), nullable=False),
+    Column("reason", String(32), nullable=False),
+    Column("started_at", UTCDateTime, nullable=False),
+    Column("ended_at", UTCDateTime),
+    Column("events_lost", Integer),
+    Column("detail", Text),
+    Column("reconciled", Integer, nullable=False, server_default="0"),
+    Column("recorded_at", UTCDateTime, nullable=False),
+    Index(None, "started_at"),
+)
+
+# One row per running (or last run) daemon: its heartbeat and counters, read by `taskmon check`.
+daemon_status = Table(
+    "daemon_status",
+    metadata,
+    Column("daemon_id", String(255), primary_key=True),
+    Column("hostname", String(255), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("sources", String(255), nullable=False),
+    Column("started_at", UTCDateTime, nullable=False),
+    Column("heartbeat_at", UTCDateTime, nullable=False),
+    Column("stopped_at", UTCDateTime),
+    Column("counters", Text, nullable=False),
+    Index(None, "heartbeat_at"),
+)

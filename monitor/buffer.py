@@ -1,0 +1,83 @@
+"""The bounded hand-off between source threads and the writer thread.
+
+Sources put decoded event lists; the writer takes them in batches. A full buffer either
+drops the batch (pub/sub: the broker will not keep it anyway; the drop is counted and
+reported as a gap) or makes the source wait (durable sources: the broker keeps the events).
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+
+@dataclass
+class Batch:
+    source: str
+    events: list
+    ack: Callable[[], None] | None = None
+
+
+@dataclass
+class Taken:
+    batches: list[Batch] = field(default_factory=list)
+    controls: list[Any] = field(default_factory=list)  # gaps and other non-event items
+
+    @property
+    def events(self) -> int:
+        return sum(len(b.events) for b in self.batches)
+
+
+class EventBuffer:
+    def __init__(self, max_events: int):
+        self.max_events = max_events
+        self._items: deque = deque()
+        self._size = 0
+        self._cond = threading.Condition()
+        self.closed = False
+
+    def __len__(self) -> int:
+        return self._size
+
+    def put(self, batch: Batch, block: bool = False, stop: threading.Event | None = None) -> bool:
+        """Add a batch; False when it was refused because the buffer is full (non-blocking)."""
+        n = len(batch.events)
+        with self._cond:
+            while self._size + n > self.max_events and self._size > 0:
+                if not block or (stop is not None and stop.is_set()):
+                    return False
+                self._cond.wait(0.2)
+            self._items.append(batch)
+            self._size += n
+            self._cond.notify_all()
+        return True
+
+    def put_control(self, item: Any) -> None:
+        """Gaps and other records that must never be dropped."""
+        with self._cond:
+            self._items.append(item)
+            self._cond.notify_all()
+
+    def take(self, max_events: int, timeout: float) -> Taken:
+        """Up to ``max_events`` events (whole batches), waiting at most ``timeout`` for the first."""
+        deadline = time.monotonic() + timeout
+        out = Taken()
+        taken = 0
+        with self._cond:
+            while not self._items:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return out
+                self._cond.wait(remaining)
+            while self._items and taken < max_events:
+                item = self._items.popleft()
+                if isinstance(item, Batch):
+                    out.batches.append(item)
+                    taken += len(item.events)
+                    self._size -= len(item.events)
+                else:
+                    out.controls.append(item)
+            self._cond.notify_all()
+        return out

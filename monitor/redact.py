@@ -1,0 +1,62 @@
+"""Redact secrets in task arguments and cap oversize text, before anything is stored or mailed."""
+from __future__ import annotations
+
+import ast
+import re
+from typing import Any
+
+REDACTED = "'***'"
+SECRET_WORDS = ("password", "passwd", "pwd", "secret", "token", "api_key", "apikey", "access_key",
+                "private_key", "credential", "authorization", "auth", "cookie", "session_key", "signature")
+_SECRET_KEY = re.compile(r"(?i)(%s)" % "|".join(re.escape(w) for w in SECRET_WORDS))
+# 'password': 'x'   "api_key": "x"   password='x'   token=abc   in a repr, even a truncated one.
+_PAIR = re.compile(
+    r"""(?P<key>['"]?[\w-]*(?:%s)[\w-]*['"]?\s*(?::|=)\s*)"""
+    r"""(?P<value>'(?:[^'\\]|\\.)*(?:'|$)|"(?:[^"\\]|\\.)*(?:"|$)|b'(?:[^'\\]|\\.)*(?:'|$)|[^,)}\]\s]+)"""
+    % "|".join(re.escape(w) for w in SECRET_WORDS),
+    re.IGNORECASE,
+)
+
+
+def is_secret_key(key: Any) -> bool:
+    return isinstance(key, str) and bool(_SECRET_KEY.search(key))
+
+
+def redact_value(value: Any) -> Any:
+    """A copy of a Python value with every secret-named dict key's value replaced by '***'."""
+    if isinstance(value, dict):
+        return {k: ("***" if is_secret_key(k) else redact_value(v)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact_value(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(redact_value(v) for v in value)
+    return value
+
+
+def redact_repr(text: str | None) -> str | None:
+    """Redact a Python repr of args/kwargs as celery puts it in events.
+
+    A complete literal is parsed and re-printed with secret values replaced; a truncated or
+    non-literal repr (``<object at 0x..>``) is redacted by pattern, which also catches
+    ``password=...`` inside strings.
+    """
+    if not text or not _SECRET_KEY.search(text):
+        return text
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        return _PAIR.sub(lambda m: m.group("key") + REDACTED, text)
+    redacted = repr(redact_value(value))
+    return _PAIR.sub(lambda m: m.group("key") + REDACTED, redacted)
+
+
+def truncate(text: str | None, max_bytes: int) -> tuple[str | None, bool]:
+    """Cut text to at most ``max_bytes`` UTF-8 bytes; (text, was_cut)."""
+    if text is None or max_bytes <= 0 or len(text) * 4 <= max_bytes:
+        return text, False
+    data = text.encode("utf-8", "surrogatepass")
+    if len(data) <= max_bytes:
+        return text, False
+    marker = f"... [truncated {len(data)} bytes]"
+    cut = data[: max(max_bytes - len(marker), 0)].decode("utf-8", "ignore")
+    return cut + marker, True

@@ -1,0 +1,124 @@
+"""Event sources: each does socket I/O and decoding only, and hands event lists to the buffer."""
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import threading
+from datetime import datetime, timezone
+
+import orjson
+
+from monitor.buffer import EventBuffer
+from monitor.counters import Counters
+from monitor.events import Malformed
+from storage.health import Gap
+
+log = logging.getLogger(__name__)
+
+
+def decode_kombu_message(data: bytes) -> list:
+    """A kombu message as the Redis transport publishes it -> the event dicts in its body.
+
+    The body is one event, or a list of them (``task.multi``, sent by prefork workers).
+    """
+    try:
+        envelope = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise Malformed("invalid_utf8" if "utf-8" in str(exc).lower() else "not_json") from None
+    if not isinstance(envelope, dict):
+        raise Malformed("not_dict", "envelope")
+    body = envelope.get("body")
+    properties = envelope.get("properties")
+    if not isinstance(body, str) or not isinstance(properties, dict):
+        raise Malformed("bad_envelope")
+    content_type = envelope.get("content-type", "application/json")
+    if content_type != "application/json":
+        raise Malformed("unsupported_content_type", str(content_type)[:60])
+    if properties.get("body_encoding") == "base64":
+        try:
+            raw = base64.b64decode(body, validate=True)
+        except (binascii.Error, ValueError):
+            raise Malformed("bad_encoding") from None
+    else:
+        raw = body.encode("utf-8", "surrogatepass")
+    return decode_body(raw)
+
+
+def decode_body(raw: bytes) -> list:
+    """JSON event or list of events -> list (elements are validated later, by the writer)."""
+    try:
+        payload = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise Malformed("invalid_utf8" if "utf-8" in str(exc).lower() else "not_json") from None
+    if isinstance(payload, list):
+        return payload
+    if isinstance(payload, dict):
+        return [payload]
+    raise Malformed("not_dict", type(payload).__name__)
+
+
+class Source(threading.Thread):
+    """A reader thread. Subclasses implement ``read_forever`` and may override ``ack_batch``."""
+
+    name_prefix = "source"
+    durable = False  # durable sources wait for buffer space; others drop and count
+
+    def __init__(self, buffer: EventBuffer, *, max_message_bytes: int = 16 * 1024 * 1024):
+        super().__init__(name=f"taskmon-{self.name_prefix}", daemon=True)
+        self.buffer = buffer
+        self.max_message_bytes = max_message_bytes
+        self.counters = Counters()
+        self.stopping = threading.Event()
+        self.connected = threading.Event()
+        self._overflow_since: datetime | None = None
+        self._overflow_dropped = 0
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    def run(self) -> None:
+        try:
+            self.read_forever()
+        except Exception:  # the thread must report, not vanish silently
+            log.exception("%s source crashed", self.name_prefix)
+            self.counters.incr(f"{self.name_prefix}.crashed")
+            raise
+
+    def read_forever(self) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def after_flush(self) -> None:
+        """Called once the writer has flushed its last batch and the reader thread has ended."""
+
+    def malformed(self, reason: str) -> None:
+        self.counters.incr(f"malformed.{reason}")
+
+    def deliver(self, events: list, ack=None) -> bool:
+        """Hand events to the writer; a non-durable source counts what a full buffer refuses."""
+        from monitor.buffer import Batch
+
+        if not events:
+            return True
+        self.counters.incr("events_received", len(events))
+        ok = self.buffer.put(Batch(self.name_prefix, events, ack), block=self.durable, stop=self.stopping)
+        if ok:
+            if self._overflow_since is not None:
+                self.report_gap("overflow", self._overflow_since, events_lost=self._overflow_dropped,
+                                detail="internal buffer full: the database could not keep up or was unreachable")
+                self._overflow_since, self._overflow_dropped = None, 0
+            return True
+        self.counters.incr("events_dropped", len(events))
+        if self._overflow_since is None:
+            self._overflow_since = datetime.now(timezone.utc)
+            log.error("%s: buffer full (%d events), dropping events until the writer catches up",
+                      self.name_prefix, self.buffer.max_events)
+        self._overflow_dropped += len(events)
+        return False
+
+    def report_gap(self, reason: str, started_at: datetime, *, events_lost: int | None = None, detail: str = "",
+                   ended_at: datetime | None = None) -> None:
+        gap = Gap(self.name_prefix, reason, started_at, ended_at or datetime.now(timezone.utc), events_lost, detail)
+        log.warning("%s: events may be lost between %s and %s (%s%s)", self.name_prefix, gap.started_at.isoformat(),
+                    gap.ended_at.isoformat(), reason, f", {events_lost} dropped" if events_lost else "")
+        self.buffer.put_control(gap)

@@ -1,0 +1,148 @@
+"""Celery events from Redis pub/sub, the way kombu's Redis transport publishes them.
+
+kombu publishes each event on ``/{db}.celeryev/{routing_key}`` (``fanout_prefix`` and
+``fanout_patterns`` are on by default since celery 4), so one PSUBSCRIBE to
+``/{db}.celeryev/*`` sees every event of that virtual host.
+
+Redis disconnects a subscriber whose output buffer passes ``client-output-buffer-limit
+pubsub`` (32 MB by default), and whatever it published meanwhile is gone. So this thread
+reads the socket in large chunks, parses with hiredis, decodes with orjson, and hands the
+events on without ever waiting for the database.
+"""
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from datetime import datetime, timezone
+
+import hiredis
+import redis
+
+from monitor.events import Malformed
+from monitor.settings import mask_url
+from monitor.sources import Source, decode_kombu_message
+
+log = logging.getLogger(__name__)
+
+PING = b"*1\r\n$4\r\nPING\r\n"
+RECV_BYTES = 1 << 20
+
+
+def event_pattern(broker_url: str) -> str:
+    db = redis.connection.parse_url(broker_url).get("db", 0) or 0
+    return f"/{db}.celeryev/*"
+
+
+class RedisPubSubSource(Source):
+    name_prefix = "pubsub"
+
+    def __init__(self, buffer, broker_url: str, *, ping_interval: float = 5.0, **kwargs):
+        super().__init__(buffer, **kwargs)
+        self.broker_url = broker_url
+        self.pattern = event_pattern(broker_url)
+        self.ping_interval = ping_interval
+        self._conn: redis.Connection | None = None
+
+    def read_forever(self) -> None:
+        delay = 0.1
+        down_since: datetime | None = None
+        down_reason = ""
+        while not self.stopping.is_set():
+            try:
+                sock = self._connect()
+            except (redis.RedisError, OSError) as exc:
+                if down_since is None:
+                    down_since, down_reason = datetime.now(timezone.utc), str(exc)
+                self._log_unreachable(exc, first=delay == 0.1)
+                self.stopping.wait(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            if down_since is not None and self.counters.get("pubsub.connects") > 0:
+                self.report_gap("redis_disconnect", down_since, detail=down_reason[:500])
+            self.counters.incr("pubsub.connects")
+            self.connected.set()
+            down_since, delay = None, 0.1
+            log.info("subscribed to %s on %s", self.pattern, mask_url(self.broker_url))
+            try:
+                self._read(sock)
+            except (OSError, ConnectionError, redis.RedisError, hiredis.ProtocolError) as exc:
+                down_since, down_reason = datetime.now(timezone.utc), f"{type(exc).__name__}: {exc}"
+                self.counters.incr("pubsub.disconnects")
+                self.connected.clear()
+                log.warning("lost the Redis subscription (%s); reconnecting", down_reason)
+            finally:
+                self._close()
+        self.connected.clear()
+
+    def _log_unreachable(self, exc: Exception, first: bool) -> None:
+        if first:
+            log.error("cannot reach Redis at %s (%s): start it or set TASKMON_BROKER_URL; retrying",
+                      mask_url(self.broker_url), exc)
+
+    def _connect(self) -> socket.socket:
+        # redis-py does the handshake (TLS, AUTH, HELLO); then we own the raw socket.
+        conn = redis.Redis.from_url(self.broker_url, socket_connect_timeout=5).connection_pool.make_connection()
+        conn.connect()
+        self._conn = conn
+        sock = conn._sock
+        pattern = self.pattern.encode()
+        sock.sendall(b"*2\r\n$10\r\nPSUBSCRIBE\r\n$%d\r\n%s\r\n" % (len(pattern), pattern))
+        sock.settimeout(0.5)
+        return sock
+
+    def _close(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.disconnect()
+            except OSError:
+                pass
+            self._conn = None
+
+    def _read(self, sock: socket.socket) -> None:
+        reader = hiredis.Reader()
+        last_data = last_ping = time.monotonic()
+        subscribed = False
+        while not self.stopping.is_set():
+            try:
+                data = sock.recv(RECV_BYTES)
+            except (socket.timeout, TimeoutError):
+                now = time.monotonic()
+                if now - last_data > 3 * self.ping_interval:
+                    raise ConnectionError(f"no reply from Redis for {now - last_data:.0f}s")
+                if now - last_ping > self.ping_interval:
+                    sock.sendall(PING)
+                    last_ping = now
+                continue
+            if not data:
+                raise ConnectionError("Redis closed the connection")
+            last_data = time.monotonic()
+            reader.feed(data)
+            events: list = []
+            while True:
+                reply = reader.gets()
+                if reply is False:
+                    break
+                if isinstance(reply, hiredis.ReplyError):
+                    raise redis.ResponseError(str(reply))
+                if not isinstance(reply, list) or not reply:
+                    continue
+                kind = reply[0]
+                if kind == b"pmessage" and len(reply) == 4:
+                    self._decode(reply[3], events)
+                elif kind == b"psubscribe":
+                    subscribed = True
+            if events:
+                self.deliver(events)
+        if subscribed:
+            log.info("pubsub reader stopped")
+
+    def _decode(self, payload: bytes, out: list) -> None:
+        self.counters.incr("messages_received")
+        if len(payload) > self.max_message_bytes:
+            self.malformed("oversize")
+            return
+        try:
+            out.extend(decode_kombu_message(payload))
+        except Malformed as exc:
+            self.malformed(exc.reason)

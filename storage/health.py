@@ -1,0 +1,61 @@
+"""Loss accounting and daemon liveness: receiver_gaps and daemon_status."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import orjson
+from sqlalchemy import Connection, desc, insert, select, update
+
+from storage.runs import dialect_insert
+from storage.schema import daemon_status, receiver_gaps
+
+
+@dataclass(frozen=True)
+class Gap:
+    """An interval in which events may have been lost."""
+
+    source: str
+    reason: str
+    started_at: datetime
+    ended_at: datetime | None
+    events_lost: int | None = None
+    detail: str = ""
+
+
+def record_gap(conn: Connection, gap: Gap, now: datetime) -> int:
+    result = conn.execute(insert(receiver_gaps).values(
+        source=gap.source, reason=gap.reason, started_at=gap.started_at, ended_at=gap.ended_at,
+        events_lost=gap.events_lost, detail=gap.detail[:2000], recorded_at=now,
+    ))
+    return result.inserted_primary_key[0]
+
+
+def set_reconciled(conn: Connection, gap_id: int, count: int) -> None:
+    conn.execute(update(receiver_gaps).where(receiver_gaps.c.id == gap_id).values(reconciled=count))
+
+
+def list_gaps(conn: Connection, limit: int = 100) -> list[dict[str, Any]]:
+    rows = conn.execute(select(receiver_gaps).order_by(desc(receiver_gaps.c.started_at)).limit(limit)).mappings()
+    return [dict(r) for r in rows]
+
+
+def write_status(conn: Connection, *, daemon_id: str, hostname: str, pid: int, sources: str,
+                 started_at: datetime, heartbeat_at: datetime, counters: dict, stopped_at: datetime | None = None) -> None:
+    values = dict(daemon_id=daemon_id, hostname=hostname, pid=pid, sources=sources, started_at=started_at,
+                  heartbeat_at=heartbeat_at, stopped_at=stopped_at, counters=orjson.dumps(counters).decode())
+    stmt = dialect_insert(conn)(daemon_status).values(**values)
+    conn.execute(stmt.on_conflict_do_update(
+        index_elements=[daemon_status.c.daemon_id],
+        set_={k: stmt.excluded[k] for k in ("heartbeat_at", "stopped_at", "counters", "sources")},
+    ))
+
+
+def latest_status(conn: Connection) -> dict[str, Any] | None:
+    row = conn.execute(select(daemon_status).order_by(desc(daemon_status.c.heartbeat_at)).limit(1)).mappings().first()
+    if row is None:
+        return None
+    out = dict(row)
+    out["counters"] = orjson.loads(out["counters"])
+    return out
