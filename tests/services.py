@@ -80,3 +80,38 @@ def rabbitmqctl(*args: str) -> bool:
     if not ctl:
         return False
     return subprocess.run([ctl, *args], capture_output=True, timeout=60).returncode == 0
+
+
+class DaemonProcess:
+    """`taskmon run` as a subprocess, so that a test can SIGTERM or SIGKILL it."""
+
+    def __init__(self, broker_url: str, db_url: str, *args: str, logdir: Path, env: dict | None = None):
+        self.log = logdir / f"daemon-{uuid.uuid4().hex[:6]}.log"
+        cmd = [sys.executable, "-m", "cli", "-v", "run", "--broker", broker_url, "--db", db_url,
+               "--no-enable-events", *args]
+        full_env = dict(os.environ, PYTHONPATH=str(REPO), **(env or {}))
+        self.proc = subprocess.Popen(cmd, cwd=REPO, env=full_env, stdout=open(self.log, "wb"),
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+
+    def wait_log(self, text: str, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if text.encode() in self.log.read_bytes():
+                return
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"daemon exited {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
+            time.sleep(0.05)
+        raise RuntimeError(f"daemon never logged {text!r}:\n{self.log.read_text()[-3000:]}")
+
+    def kill(self) -> None:
+        import signal
+
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def terminate(self, timeout: float = 15.0) -> int:
+        import signal
+
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)

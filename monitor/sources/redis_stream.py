@@ -1,0 +1,164 @@
+"""Events from the durable relay's Redis stream, read with a consumer group.
+
+Entries are acknowledged (XACK) only after the writer committed them, so a daemon killed
+with -9 finds them again as its pending entries on restart; entries left pending by a
+consumer that is gone are claimed (XAUTOCLAIM). Redelivered events merge into the same
+rows, so nothing is stored twice.
+"""
+from __future__ import annotations
+
+import logging
+import socket
+from datetime import datetime, timezone
+
+import redis
+
+from monitor.events import Malformed
+from monitor.relay import FIELD
+from monitor.settings import mask_url
+from monitor.sources import Source, decode_body
+
+log = logging.getLogger(__name__)
+
+GROUP = "taskmon"
+
+
+def _id_tuple(entry_id: bytes | str) -> tuple[int, int]:
+    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)
+
+
+class RedisStreamSource(Source):
+    name_prefix = "stream"
+    durable = True
+
+    def __init__(self, buffer, broker_url: str, *, stream: str = "taskmon:events", consumer: str | None = None,
+                 count: int = 2000, claim_idle_ms: int = 60_000, **kwargs):
+        super().__init__(buffer, **kwargs)
+        self.broker_url = broker_url
+        self.stream = stream
+        self.consumer = consumer or f"taskmon-{socket.gethostname()}"
+        self.count = count
+        self.claim_idle_ms = claim_idle_ms
+        self.client = redis.Redis.from_url(broker_url, socket_timeout=10, socket_connect_timeout=5)
+
+    def read_forever(self) -> None:
+        delay = 0.1
+        while not self.stopping.is_set():
+            try:
+                self._prepare()
+                self.connected.set()
+                delay = 0.1
+                self._consume()
+            except (redis.RedisError, OSError) as exc:
+                self.connected.clear()
+                self.counters.incr("stream.disconnects")
+                if delay == 0.1:
+                    log.error("cannot read the relay stream at %s (%s); retrying (nothing is lost: entries wait in Redis)",
+                              mask_url(self.broker_url), exc)
+                self.stopping.wait(delay)
+                delay = min(delay * 2, 5.0)
+
+    def _prepare(self) -> None:
+        try:
+            # From "0": events relayed before the first daemon ever ran are read too.
+            self.client.xgroup_create(self.stream, GROUP, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        self._check_trimmed()
+
+    def _check_trimmed(self) -> None:
+        """Entries trimmed (MAXLEN) before the group read them are lost: record the gap.
+
+        Redis 7 keeps ``max-deleted-entry-id``; on older servers the check is skipped.
+        """
+        info = self.client.xinfo_stream(self.stream)
+        deleted = info.get("max-deleted-entry-id")
+        group = next((g for g in self.client.xinfo_groups(self.stream)
+                      if g["name"] in (GROUP, GROUP.encode())), None)
+        if deleted is None or group is None:
+            return
+        last, lost_up_to = _id_tuple(group["last-delivered-id"]), _id_tuple(deleted)
+        if lost_up_to > last:
+            started = datetime.fromtimestamp(last[0] / 1000, timezone.utc)
+            ended = datetime.fromtimestamp(lost_up_to[0] / 1000, timezone.utc)
+            self.report_gap("stream_trimmed", started, ended_at=ended,
+                            detail=f"{self.stream} was trimmed past entries the daemon had not read; raise relay_maxlen")
+
+    def _consume(self) -> None:
+        # Our own pending entries first (delivered before a crash, never acknowledged).
+        while not self.stopping.is_set():
+            entries = self._read("0", block=None)
+            if not entries:
+                break
+            self._handle(entries)
+        self._claim_stale()
+        while not self.stopping.is_set():
+            entries = self._read(">", block=1000)
+            if entries:
+                self._handle(entries)
+
+    def _read(self, start: str, block: int | None) -> list:
+        reply = self.client.xreadgroup(GROUP, self.consumer, {self.stream: start}, count=self.count, block=block)
+        if not reply:
+            return []
+        return reply[0][1]
+
+    def _claim_stale(self) -> None:
+        cursor = "0-0"
+        while not self.stopping.is_set():
+            reply = self.client.xautoclaim(self.stream, GROUP, self.consumer, self.claim_idle_ms, start_id=cursor,
+                                           count=self.count)
+            cursor, entries = reply[0], reply[1]
+            if entries:
+                self.counters.incr("stream.claimed", len(entries))
+                self._handle(entries)
+            if cursor in (b"0-0", "0-0"):
+                return
+
+    def _handle(self, entries: list) -> None:
+        events: list = []
+        ids = []
+        for entry_id, fields in entries:
+            ids.append(entry_id)
+            if fields is None:  # deleted while pending
+                continue
+            payload = fields.get(FIELD)
+            if payload is None:
+                self.malformed("bad_envelope")
+                continue
+            if len(payload) > self.max_message_bytes:
+                self.malformed("oversize")
+                continue
+            try:
+                events.extend(decode_body(payload))
+            except Malformed as exc:
+                self.malformed(exc.reason)
+        self.counters.incr("messages_received", len(entries))
+        ack = self._acker(ids)
+        if events:
+            self.deliver(events, ack=ack)
+        else:
+            ack()
+
+    def _acker(self, ids: list):
+        def ack() -> None:
+            try:
+                self.client.xack(self.stream, GROUP, *ids)
+                self.counters.incr("stream.acked", len(ids))
+            except (redis.RedisError, OSError) as exc:
+                # Not acknowledged: redelivered later and merged into the same rows.
+                log.warning("cannot acknowledge %d stream entries (%s); they will be read again", len(ids), exc)
+
+        return ack
+
+
+def pending_count(client: redis.Redis, stream: str) -> int:
+    """Entries delivered to the group but not acknowledged (for tests and `taskmon check`)."""
+    try:
+        return int(client.xpending(stream, GROUP)["pending"])
+    except redis.ResponseError:
+        return 0
+
