@@ -33,11 +33,14 @@ class Worker:
     """A real `celery worker` subprocess with events on."""
 
     def __init__(self, app: str, broker_url: str, *, queues: str | None = None, concurrency: int = 2,
-                 pool: str = "prefork", env: dict | None = None, extra: list[str] | None = None, logdir: Path):
+                 pool: str = "prefork", env: dict | None = None, extra: list[str] | None = None, logdir: Path,
+                 events: bool = True):
         self.hostname = f"{unique('w')}@taskmon-test"
         self.log = logdir / f"{self.hostname.split('@')[0]}.log"
-        args = [sys.executable, "-m", "celery", "-A", app, "worker", "-E", "-l", "info",
+        args = [sys.executable, "-m", "celery", "-A", app, "worker", "-l", "info",
                 "-c", str(concurrency), "-P", pool, "-n", self.hostname, "--without-gossip", "--without-mingle"]
+        if events:
+            args.append("-E")
         if queues:
             args += ["-Q", queues]
         args += extra or []

@@ -52,3 +52,25 @@ def test_pubsub_ingests_success_failure_retry_revoke_and_time_limit(redis_url, s
     assert "hunter2" not in rows[secret.id]["kwargs"] and "t0k" not in rows[secret.id]["kwargs"]
     assert "'alice'" in rows[secret.id]["args"] and "'password': '***'" in rows[secret.id]["kwargs"]
     assert rows[secret.id]["state"] == "SUCCESS"
+
+
+def test_daemon_turns_on_events_of_a_worker_started_without_them(redis_url, sqlite_url, start_worker, tmp_path):
+    from celery import Celery
+
+    from monitor.daemon import Daemon, RunOptions
+    from monitor.settings import Settings
+    from storage.db import make_engine, upgrade
+
+    quiet = Celery("quiet", broker=redis_url)
+    start_worker(redis_url, app="tests.apps.quiet", events=False)
+    engine = make_engine(sqlite_url)
+    upgrade(engine)
+    daemon = Daemon(Settings(broker_url=redis_url, database_url=sqlite_url), engine,
+                    RunOptions(sources=("pubsub",), enable_events=True, flush_interval=0.05))
+    daemon.start()
+    try:
+        result = quiet.send_task("quiet.add", (1, 2))
+        rows = wait_for_runs(engine, [result.id], {"SUCCESS"}, timeout=20)
+    finally:
+        daemon.shutdown()
+    assert rows[result.id]["state"] == "SUCCESS" and rows[result.id]["name"] == "quiet.add"
