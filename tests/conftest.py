@@ -145,6 +145,24 @@ def start_worker(tmp_path):
         worker.stop()
 
 
+@pytest.fixture
+def celery_client():
+    """celery_client(broker_url): a fresh Celery app that sends tasks by name (no shared pools between tests)."""
+    from celery import Celery
+
+    apps = []
+
+    def make(broker_url: str, **conf):
+        app = Celery(f"client{len(apps)}", broker=broker_url, set_as_current=False)
+        app.conf.update({"task_send_sent_event": True, "broker_connection_retry_on_startup": True, **conf})
+        apps.append(app)
+        return app
+
+    yield make
+    for app in apps:
+        app.close()
+
+
 # -- SMTP ---------------------------------------------------------------------------------------
 
 class SmtpSink:

@@ -21,11 +21,11 @@ def count_rows(engine, state=None):
         return conn.execute(query).scalar()
 
 
-def test_kill_9_mid_run_then_restart_loses_nothing(fresh_redis, sqlite_url, start_worker, tmp_path):
-    from tests.apps.relayed import app
+def test_kill_9_mid_run_then_restart_loses_nothing(fresh_redis, sqlite_url, start_worker, tmp_path, celery_client):
+    from monitor.relay import install
 
-    app.conf.broker_url = fresh_redis.url
-    app._taskmon_relay.url = fresh_redis.url
+    app = celery_client(fresh_redis.url)
+    install(app)  # the sending side relays its task-sent events too
     engine = make_engine(sqlite_url)
     upgrade(engine)
     daemon = DaemonProcess(fresh_redis.url, sqlite_url, "--source", "stream", logdir=tmp_path)

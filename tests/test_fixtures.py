@@ -16,11 +16,9 @@ def test_fresh_redis_can_be_killed_and_restarted(fresh_redis):
     assert redis.Redis(port=fresh_redis.port).ping()
 
 
-def test_worker_runs_tasks_on_test_redis(redis_url, start_worker):
-    from tests.apps.sample import app
-
+def test_worker_runs_tasks_on_test_redis(redis_url, start_worker, celery_client):
     worker = start_worker(redis_url)
-    app.conf.broker_url = redis_url
+    app = celery_client(redis_url)
     replies = app.control.ping(destination=[worker.hostname], timeout=5)
     assert replies and worker.hostname in replies[0]
 

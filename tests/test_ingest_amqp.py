@@ -4,18 +4,10 @@ import time
 from celery import Celery
 
 from tests.daemon_helpers import running_daemon, wait_for_runs
-from tests.services import REPO  # noqa: F401  (tests.apps importable)
 
 
-def sample_on(amqp_url):
-    from tests.apps.sample import app
-
-    app.conf.broker_url = amqp_url
-    return app
-
-
-def test_amqp_ingests_real_worker_tasks(amqp_url, sqlite_url, start_worker):
-    app = sample_on(amqp_url)
+def test_amqp_ingests_real_worker_tasks(amqp_url, sqlite_url, start_worker, celery_client):
+    app = celery_client(amqp_url)
     with running_daemon(amqp_url, sqlite_url, sources=("amqp",)) as daemon:
         worker = start_worker(amqp_url)
         ok = app.send_task("sample.add", (20, 22))
@@ -28,8 +20,8 @@ def test_amqp_ingests_real_worker_tasks(amqp_url, sqlite_url, start_worker):
     assert rows[flaky.id]["state"] == "SUCCESS" and rows[flaky.id]["retries"] == 1
 
 
-def test_amqp_queue_keeps_events_published_while_daemon_is_down(amqp_url, sqlite_url, start_worker):
-    app = sample_on(amqp_url)
+def test_amqp_queue_keeps_events_published_while_daemon_is_down(amqp_url, sqlite_url, start_worker, celery_client):
+    app = celery_client(amqp_url)
     with running_daemon(amqp_url, sqlite_url, sources=("amqp",)):
         pass  # declares the durable queue, then stops
     start_worker(amqp_url)

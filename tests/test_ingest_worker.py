@@ -9,12 +9,8 @@ FINAL = {"SUCCESS", "FAILURE", "REVOKED", "REJECTED"}
 
 
 @pytest.fixture
-def sample_app(redis_url):
-    from tests.apps.sample import app
-
-    app.conf.broker_url = redis_url
-    yield app
-    app.pool.force_close_all()
+def sample_app(redis_url, celery_client):
+    return celery_client(redis_url)
 
 
 def test_pubsub_ingests_success_failure_retry_revoke_and_time_limit(redis_url, sqlite_url, start_worker, sample_app):
@@ -54,14 +50,12 @@ def test_pubsub_ingests_success_failure_retry_revoke_and_time_limit(redis_url, s
     assert rows[secret.id]["state"] == "SUCCESS"
 
 
-def test_daemon_turns_on_events_of_a_worker_started_without_them(redis_url, sqlite_url, start_worker, tmp_path):
-    from celery import Celery
-
+def test_daemon_turns_on_events_of_a_worker_started_without_them(redis_url, sqlite_url, start_worker, celery_client):
     from monitor.daemon import Daemon, RunOptions
     from monitor.settings import Settings
     from storage.db import make_engine, upgrade
 
-    quiet = Celery("quiet", broker=redis_url)
+    quiet = celery_client(redis_url, task_send_sent_event=False)
     start_worker(redis_url, app="tests.apps.quiet", events=False)
     engine = make_engine(sqlite_url)
     upgrade(engine)

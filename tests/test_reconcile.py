@@ -5,11 +5,10 @@ from storage.health import list_gaps
 from tests.daemon_helpers import running_daemon, wait_for_runs
 
 
-def test_tasks_that_finished_while_the_daemon_was_down_are_reconciled(fresh_redis, sqlite_url, start_worker):
-    from tests.apps.sample import app
-
+def test_tasks_that_finished_while_the_daemon_was_down_are_reconciled(fresh_redis, sqlite_url, start_worker,
+                                                                      celery_client):
     backend = fresh_redis.url.rsplit("/", 1)[0] + "/1"
-    app.conf.broker_url = fresh_redis.url
+    app = celery_client(fresh_redis.url)
     start_worker(fresh_redis.url, env={"SAMPLE_RESULT_BACKEND": backend})
     with running_daemon(fresh_redis.url, sqlite_url, result_backend=backend) as daemon:
         slow = [app.send_task("sample.sleep", (2,)) for _ in range(2)]
