@@ -70,3 +70,31 @@ def load_sample(engine, now: datetime) -> None:
     insert(engine, sample_history(now))
     with engine.begin() as conn:
         upsert_workers(conn, sample_workers(now))
+
+
+def reporting_history(today: datetime):
+    """For the SQL recipes and views: two full UTC days before today, a run from five minutes ago, and one from 40 days ago."""
+    d1, d2 = today - timedelta(days=2), today - timedelta(days=1)
+    at = lambda day, h, m=0: day + timedelta(hours=h, minutes=m)  # noqa: E731
+    a, b, c = "reports.daily", "billing.charge", "mail.send"
+    w1, w2 = "celery@w1", "celery@w2"
+    return [
+        run("a1", a, "SUCCESS", at(d1, 1), wait=1.0, runtime=10.0, worker=w1, queue="reports"),
+        run("a2", a, "FAILURE", at(d1, 2), wait=3.0, runtime=20.0, worker=w1, queue="reports",
+            exception="ValueError('x')", exception_type="ValueError"),
+        run("b1", b, "SUCCESS", at(d1, 1, 30), wait=0.5, runtime=1.0, worker=w2, queue="celery", retries=2),
+        run("b2", b, "SUCCESS", at(d1, 1, 45), wait=1.5, runtime=3.0, worker=w2, queue="celery"),
+        run("c1", c, "FAILURE", at(d1, 1, 15), wait=2.0, runtime=0.5, worker=w1, queue="mail", retries=3,
+            exception="SMTPError('down')", exception_type="SMTPError"),
+        run("a3", a, "SUCCESS", at(d2, 1), wait=2.0, runtime=30.0, worker=w2, queue="reports"),
+        run("b3", b, "FAILURE", at(d2, 1, 10), wait=1.5, runtime=2.0, worker=w1, queue="celery", retries=1,
+            exception="TimeoutError('gw')", exception_type="TimeoutError"),
+        run("b4", b, "FAILURE", at(d2, 3, 20), wait=0.5, runtime=4.0, worker=w2, queue="celery",
+            exception="TimeoutError('gw')", exception_type="TimeoutError"),
+        run("c2", c, "SUCCESS", at(d2, 1, 40), wait=0.5, runtime=0.25, worker=w1, queue="mail"),
+        run("c3", c, "STARTED", at(d2, 10), wait=1.0, worker=w2, queue="mail"),
+        run("c4", c, "REVOKED", at(d2, 11), wait=None, queue="mail"),
+        run("n1", c, "PENDING", datetime.now(timezone.utc) - timedelta(minutes=5), wait=None, queue="mail"),
+        run("o1", a, "FAILURE", today - timedelta(days=40, hours=-5), wait=1.0, runtime=99.0, worker=w1,
+            queue="reports", exception="ValueError('old')", exception_type="ValueError"),
+    ]
