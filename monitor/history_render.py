@@ -58,18 +58,30 @@ def show_text(detail: dict[str, Any], tz: tzinfo, zone: str) -> str:
     run = detail["run"]
     width = max(len(f) for f in SHOW_FIELDS)
     lines = [f"{f:<{width}}  {_field(f, run[f], tz)}" for f in SHOW_FIELDS]
-    lines += ["", f"timeline ({zone})"]
-    if detail["timeline"]:
-        for step in detail["timeline"]:
-            gap = f"+{fmt_duration(step['after'])}" if step["after"] is not None else ""
-            lines.append(f"  {step['event']:<9} {fmt_time(step['at'], tz)}  {gap}".rstrip())
-    else:
+    lines += ["", f"timeline ({zone})", *_timeline_lines(detail, tz)]
+    lines += ["", f"workflow ({detail['workflow_size']} run(s) under the same root)", *_workflow_lines(detail)]
+    for name in SHOW_TEXTS:
+        if run[name]:
+            lines += ["", f"{name}:", *("  " + line for line in str(run[name]).rstrip().splitlines())]
+    return "\n".join(lines)
+
+
+def _timeline_lines(detail: dict[str, Any], tz: tzinfo) -> list[str]:
+    lines = []
+    for step in detail["timeline"]:
+        gap = f"+{fmt_duration(step['after'])}" if step["after"] is not None else ""
+        lines.append(f"  {step['event']:<9} {fmt_time(step['at'], tz)}  {gap}".rstrip())
+    if not lines:
         lines.append("  (no times recorded)")
-    if run["retries"]:
-        lines.append(f"  retried {run['retries']} time(s); the times above are the latest attempt's")
-    lines += ["", f"workflow ({detail['workflow_size']} run(s) under the same root)"]
-    chain = list(reversed(detail["ancestors"]))  # root (or the oldest stored ancestor) first
-    root_id = detail["root_id"]
+    if detail["run"]["retries"]:
+        lines.append(f"  retried {detail['run']['retries']} time(s); the times above are the latest attempt's")
+    return lines
+
+
+def _workflow_lines(detail: dict[str, Any]) -> list[str]:
+    """Root first, down through the ancestors to this run, then its children."""
+    run, root_id, lines = detail["run"], detail["root_id"], []
+    chain = list(reversed(detail["ancestors"]))
     if root_id and root_id != run["task_id"] and not any(a["task_id"] == root_id for a in chain):
         lines.append(f"  {'root':<9} {_run_ref(detail['root']) if detail['root'] else root_id + '  (not stored)'}")
     if detail["missing_parent"] and detail["missing_parent"] != root_id:
@@ -78,15 +90,8 @@ def show_text(detail: dict[str, Any], tz: tzinfo, zone: str) -> str:
         label = "root" if ancestor["task_id"] == root_id else "parent" if ancestor is detail["parent"] else "ancestor"
         lines.append(f"  {label:<9} {_run_ref(ancestor)}")
     lines.append(f"  {'this run':<9} {_run_ref(run)}{'  (root)' if root_id == run['task_id'] else ''}")
-    if detail["children"]:
-        for child in detail["children"]:
-            lines.append(f"  child     {_run_ref(child)}")
-    else:
-        lines.append("  children  none")
-    for name in SHOW_TEXTS:
-        if run[name]:
-            lines += ["", f"{name}:", *("  " + line for line in str(run[name]).rstrip().splitlines())]
-    return "\n".join(lines)
+    lines += [f"  child     {_run_ref(child)}" for child in detail["children"]] or ["  children  none"]
+    return lines
 
 
 def stats_table(stats: dict[str, Any], tz: tzinfo) -> str:
