@@ -11,8 +11,9 @@ the database whatever the number of runs.
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from datetime import datetime
-from typing import Any
+from typing import Any, Iterator
 
 from sqlalchemy import Connection, case, func, literal_column, select
 from sqlalchemy.sql.expression import UnaryExpression
@@ -109,6 +110,26 @@ def unindexed(column):
     return UnaryExpression(column, operator=custom_op("+"), type_=column.type)
 
 
+@contextmanager
+def read_snapshot(conn: Connection) -> Iterator[None]:
+    """Let several SELECTs see one state of the database.
+
+    pysqlite begins a transaction only before a write, so each SQLite SELECT would otherwise see the
+    database of its own moment, and a run written or deleted between the counts and the ranks
+    would make them disagree. On PostgreSQL the caller's transaction is used as it is.
+    """
+    dbapi = conn.connection.dbapi_connection
+    if conn.dialect.name != "sqlite" or dbapi.in_transaction:
+        yield
+        return
+    conn.exec_driver_sql("BEGIN")
+    try:
+        yield
+    finally:
+        if dbapi.in_transaction:
+            conn.exec_driver_sql("COMMIT")
+
+
 def task_stats(conn: Connection, f: RunFilter, now: datetime) -> dict[str, Any]:
     """Per task name and in total, for runs first seen in [f.since, f.until or now).
 
@@ -122,21 +143,24 @@ def task_stats(conn: Connection, f: RunFilter, now: datetime) -> dict[str, Any]:
         # Otherwise SQLite walks the whole (name, seen_at) index to group without sorting, instead
         # of reading just the window through the seen_at index (PostgreSQL's planner chooses well).
         group = unindexed(c.name)
-    totals = _counts(conn, cond).get(ALL)
+    empty = {k: None for k in PERCENTILES}
+    per_name, runtimes, waits, total_runtime, total_wait = {}, {}, {}, empty, empty
+    with read_snapshot(conn):
+        totals = _counts(conn, cond).get(ALL)
+        if totals:
+            per_name = _counts(conn, cond, group)
+            runtimes = percentiles(conn, c.runtime, cond, group, {g: e["runtime_n"] for g, e in per_name.items()})
+            waits = percentiles(conn, c.queue_wait, cond, group, {g: e["queue_wait_n"] for g, e in per_name.items()})
+            total_runtime = percentiles(conn, c.runtime, cond, None, {ALL: totals["runtime_n"]}).get(ALL, empty)
+            total_wait = percentiles(conn, c.queue_wait, cond, None, {ALL: totals["queue_wait_n"]}).get(ALL, empty)
     end = f.until or now
     start = f.since or (totals["first_seen"] if totals else None)
     seconds = (end - start).total_seconds() if start is not None else 0.0
     minutes = seconds / 60 if seconds > 0 else None
-    empty = {k: None for k in PERCENTILES}
-    tasks = []
-    if totals:
-        per_name = _counts(conn, cond, group)
-        runtimes = percentiles(conn, c.runtime, cond, group, {g: e["runtime_n"] for g, e in per_name.items()})
-        waits = percentiles(conn, c.queue_wait, cond, group, {g: e["queue_wait_n"] for g, e in per_name.items()})
-        for name in sorted(per_name, key=lambda n: (n is None, n or "")):
-            tasks.append(_entry(name, per_name[name], runtimes.get(name, empty), waits.get(name, empty), minutes))
-    total_runtime = percentiles(conn, c.runtime, cond, None, {ALL: totals["runtime_n"]}).get(ALL, empty) if totals else empty
-    total_wait = percentiles(conn, c.queue_wait, cond, None, {ALL: totals["queue_wait_n"]}).get(ALL, empty) if totals else empty
+    tasks = [
+        _entry(name, per_name[name], runtimes.get(name, empty), waits.get(name, empty), minutes)
+        for name in sorted(per_name, key=lambda n: (n is None, n or ""))
+    ]
     zero = {"total": 0, "runtime_max": None, **{s: 0 for s in STATES}}
     return {
         "since": start,

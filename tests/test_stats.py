@@ -5,8 +5,9 @@ from datetime import timedelta
 
 import pytest
 
-from storage.history import RunFilter
-from storage.stats import STATES, task_stats
+from storage.db import make_engine, upgrade
+from storage.history import RunFilter, list_runs
+from storage.stats import STATES, read_snapshot, task_stats
 from tests.history_data import insert, now_utc, run
 
 
@@ -102,3 +103,17 @@ def test_stats_of_an_empty_history(engine):
     totals = stats["totals"]
     assert totals["total"] == 0 and totals["failure_rate"] is None and totals["throughput_per_min"] is None
     assert totals["runtime"] == {"p50": None, "p95": None, "p99": None, "max": None}
+
+
+def test_stats_read_one_snapshot_on_sqlite_while_the_daemon_writes(sqlite_url):
+    engine = make_engine(sqlite_url)
+    upgrade(engine)
+    now = now_utc()
+    insert(engine, [run("a1", "a", "SUCCESS", now, runtime=1.0)])
+    with engine.connect() as reader:
+        with read_snapshot(reader):
+            assert len(list_runs(reader)) == 1
+            insert(engine, [run("a2", "a", "SUCCESS", now, runtime=2.0)])  # another connection commits
+            assert len(list_runs(reader)) == 1
+        assert len(list_runs(reader)) == 2
+    engine.dispose()
