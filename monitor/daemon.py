@@ -33,6 +33,7 @@ class RunOptions:
     status_interval: float = 5.0
     log_interval: float = 60.0
     stop_timeout: float = 8.0
+    enable_events_interval: float = 10.0  # re-broadcast, for workers started after the daemon
 
 
 def resolve_sources(names: tuple[str, ...], broker_url: str) -> tuple[str, ...]:
@@ -73,25 +74,29 @@ def build_sources(names: tuple[str, ...], settings: Settings, buffer: EventBuffe
     return sources
 
 
-def broadcast_enable_events(broker_url: str, timeout: float = 5.0) -> None:
-    """Ask every worker to send task events, as Flower does on start (workers without -E)."""
+def enable_events_loop(broker_url: str, interval: float, stop: threading.Event) -> None:
+    """Ask every worker to send task events, now and every ``interval`` s, as Flower does.
+
+    Workers started without -E (or after the daemon) begin sending events at the next broadcast.
+    """
     from celery import Celery
 
-    def run() -> None:
-        app = Celery("taskmon-control", broker=broker_url)
-        app.conf.broker_connection_retry_on_startup = False
-        app.conf.broker_connection_max_retries = 1
-        try:
-            app.control.enable_events()
-            log.info("broadcast enable_events to workers")
-        except Exception as exc:  # noqa: BLE001 - any broker error only means "not now"
-            log.warning("could not broadcast enable_events (%s); workers need -E", exc)
-        finally:
-            app.close()
-
-    thread = threading.Thread(target=run, name="taskmon-enable-events", daemon=True)
-    thread.start()
-    thread.join(timeout)
+    app = Celery("taskmon-control", broker=broker_url, set_as_current=False)
+    app.conf.broker_connection_retry_on_startup = False
+    app.conf.broker_connection_max_retries = 1
+    warned = False
+    try:
+        while not stop.is_set():
+            try:
+                app.control.enable_events()
+                warned = False
+            except Exception as exc:  # noqa: BLE001 - any broker error only means "not now"
+                if not warned:
+                    log.warning("could not broadcast enable_events (%s); workers need -E", exc)
+                    warned = True
+            stop.wait(interval)
+    finally:
+        app.close()
 
 
 class Daemon:
@@ -130,7 +135,8 @@ class Daemon:
         for source in self.sources:
             source.start()
         if self.options.enable_events:
-            broadcast_enable_events(self.settings.broker_url)
+            threading.Thread(target=enable_events_loop, name="taskmon-enable-events", daemon=True,
+                             args=(self.settings.broker_url, self.options.enable_events_interval, self.stop_event)).start()
         log.info("taskmon daemon %s: sources %s, database %s", self.daemon_id, ",".join(self.source_names),
                  self.engine.url.render_as_string(hide_password=True))
 
@@ -194,6 +200,7 @@ class Daemon:
         self.stop_event.set()
 
     def shutdown(self) -> int:
+        self.stop_event.set()
         deadline = time.monotonic() + self.options.stop_timeout
         for source in self.sources:
             source.stop()

@@ -65,6 +65,8 @@ task_runs = Table(
     Index(None, "worker", "seen_at"),
     Index(None, "updated_at"),
     Index(None, "finished_at"),
+    Index(None, "parent_id"),
+    Index(None, "root_id"),
 )
 
 # One row per worker hostname, from worker-online / worker-heartbeat / worker-offline.

@@ -63,6 +63,10 @@ def test_daemon_turns_on_events_of_a_worker_started_without_them(redis_url, sqli
                     RunOptions(sources=("pubsub",), enable_events=True, flush_interval=0.05))
     daemon.start()
     try:
+        # Events on: the worker's heartbeats start to arrive.
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not daemon.counters().get("rows_written"):
+            time.sleep(0.1)
         result = quiet.send_task("quiet.add", (1, 2))
         rows = wait_for_runs(engine, [result.id], {"SUCCESS"}, timeout=20)
     finally:

@@ -1,0 +1,95 @@
+"""Live queue depths read from the broker: Redis lists (priority sub-queues included) and RabbitMQ queues."""
+from __future__ import annotations
+
+import logging
+from typing import Any, Iterable
+from urllib.parse import urlsplit
+
+from monitor.settings import mask_url
+
+log = logging.getLogger(__name__)
+
+# kombu's Redis transport keeps one list per priority step: priority 0 in the key "<queue>", a
+# message of step p in "<queue>\x06\x16<p>" (kombu.transport.redis.Channel.sep and _q_for_pri).
+# The default steps are 0, 3, 6, 9, but ``priority_steps`` can be any of 0-9, so all are read.
+REDIS_PRIORITY_SEP = "\x06\x16"
+REDIS_PRIORITIES = tuple(range(10))
+QUEUE_FIELDS = ("name", "messages", "consumers", "by_priority", "exists")
+TIMEOUT = 5.0
+
+
+class BrokerError(RuntimeError):
+    """The broker cannot be reached or read; the message says what to do."""
+
+
+def redis_key(queue: str, priority: int) -> str:
+    return f"{queue}{REDIS_PRIORITY_SEP}{priority}" if priority else queue
+
+
+def queue_depths(broker_url: str, queues: Iterable[str]) -> list[dict[str, Any]]:
+    """Messages waiting in each queue, by name; unknown broker kinds are a BrokerError."""
+    names = sorted(set(queues))
+    scheme = urlsplit(broker_url).scheme.split("+", 1)[0]
+    if scheme in ("redis", "rediss"):
+        return _redis_depths(broker_url, names)
+    if scheme in ("amqp", "amqps", "pyamqp"):
+        return _amqp_depths(broker_url, names)
+    raise BrokerError(f"cannot read queue depths from a {scheme}:// broker; taskmon reads redis:// and amqp://")
+
+
+def _unreachable(url: str, exc: Exception) -> BrokerError:
+    reason = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
+    return BrokerError(f"cannot reach the broker at {mask_url(url)}: {reason}; start it or set TASKMON_BROKER_URL")
+
+
+def _redis_depths(url: str, names: list[str]) -> list[dict[str, Any]]:
+    import redis
+
+    client = redis.Redis.from_url(url, socket_connect_timeout=TIMEOUT, socket_timeout=TIMEOUT)
+    try:
+        with client.pipeline(transaction=False) as pipe:
+            for name in names:
+                for pri in REDIS_PRIORITIES:
+                    pipe.llen(redis_key(name, pri))
+            lengths = pipe.execute(raise_on_error=False)
+    except redis.RedisError as exc:
+        raise _unreachable(url, exc) from None
+    finally:
+        client.close()
+    out = []
+    for i, name in enumerate(names):
+        by_priority = {}
+        for j, pri in enumerate(REDIS_PRIORITIES):
+            n = lengths[i * len(REDIS_PRIORITIES) + j]
+            if isinstance(n, Exception):  # a key of that name that is not a list: not a kombu queue
+                log.warning("redis key %r is not a list: %s", redis_key(name, pri), n)
+            elif n:
+                by_priority[str(pri)] = n
+        # Redis drops an empty list, so an idle queue and an unknown one look the same: exists is unknown.
+        out.append({"name": name, "messages": sum(by_priority.values()), "consumers": None,
+                    "by_priority": by_priority, "exists": None})
+    return out
+
+
+def _amqp_depths(url: str, names: list[str]) -> list[dict[str, Any]]:
+    from amqp.exceptions import NotFound
+    from kombu import Connection
+
+    out = []
+    with Connection(url, connect_timeout=TIMEOUT) as conn:
+        try:
+            conn.connect()
+        except conn.connection_errors as exc:
+            raise _unreachable(url, exc) from None
+        for name in names:
+            # A passive declare only asks; on an unknown queue the server closes the channel (404).
+            channel = conn.channel()
+            try:
+                _, messages, consumers = channel.queue_declare(queue=name, passive=True)
+                out.append({"name": name, "messages": messages, "consumers": consumers, "by_priority": None, "exists": True})
+            except NotFound:
+                out.append({"name": name, "messages": None, "consumers": None, "by_priority": None, "exists": False})
+            finally:
+                if channel.is_open:
+                    channel.close()
+    return out
