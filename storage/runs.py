@@ -11,8 +11,8 @@ from __future__ import annotations
 from typing import Any, Iterable, Mapping, Sequence
 
 from sqlalchemy import Connection, and_, case, func, literal, or_, select
-from sqlalchemy.dialects import postgresql, sqlite
 
+from storage.db import dialect_insert as _insert
 from storage.schema import task_runs, workers
 
 # Higher wins. celery.states.PRECEDENCE, strongest first, is
@@ -106,15 +106,6 @@ def _least(a, b):
 
 def _rank_sql(col):
     return case(STATE_RANK, value=col, else_=CUSTOM_RANK)
-
-
-def _insert(conn: Connection):
-    dialect = conn.dialect.name
-    if dialect == "sqlite":
-        return sqlite.insert
-    if dialect == "postgresql":
-        return postgresql.insert
-    raise ValueError(f"unsupported database {dialect!r}")
 
 
 def _sql_greatest(a, b):
