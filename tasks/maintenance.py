@@ -175,7 +175,7 @@ def health_check(engine: Engine, broker_url: str, *, disk_path: str | os.PathLik
         checks["database"] = {"ok": False, "detail": f"{safe_url(engine)}: {str(getattr(exc, 'orig', exc)).strip()}"}
     try:
         with Connection(broker_url, connect_timeout=5) as conn:
-            conn.ensure_connection(max_retries=1)
+            conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0)
         checks["broker"] = {"ok": True, "detail": broker}
     except Exception as exc:  # kombu raises transport-specific errors
         checks["broker"] = {"ok": False, "detail": f"{broker}: {exc}"}
