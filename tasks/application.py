@@ -97,7 +97,8 @@ def task_names(app: Celery) -> list[str]:
 
     for module in TASK_MODULES:
         importlib.import_module(module)
-    return sorted(name for name in app.tasks if not name.startswith("celery."))
+    # app.tasks also holds celery's built-ins and any shared task another imported app defined.
+    return sorted(name for name, task in app.tasks.items() if task.__module__ in TASK_MODULES)
 
 
 @worker_init.connect
@@ -105,4 +106,9 @@ def _upgrade_schema(sender=None, **_kwargs) -> None:
     """Bring the history store up to date once, in the worker's main process, before the pool forks."""
     app = getattr(sender, "app", None)
     if isinstance(app, TaskmonCelery):
-        ensure_schema(app.engine)
+        # An engine of its own, closed again: no SQLite connection may cross the fork.
+        engine = make_engine(app.settings.database_url)
+        try:
+            ensure_schema(engine)
+        finally:
+            engine.dispose()

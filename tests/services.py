@@ -29,31 +29,21 @@ def unique(prefix: str) -> str:
     return f"{prefix}_{os.getpid()}_{uuid.uuid4().hex[:8]}"
 
 
-class Worker:
-    """A real `celery worker` subprocess with events on."""
+class Subprocess:
+    """A celery command running in its own process group, logging to a file the test can read."""
 
-    def __init__(self, app: str, broker_url: str, *, queues: str | None = None, concurrency: int = 2,
-                 pool: str = "prefork", env: dict | None = None, extra: list[str] | None = None, logdir: Path):
-        self.hostname = f"{unique('w')}@taskmon-test"
-        self.log = logdir / f"{self.hostname.split('@')[0]}.log"
-        args = [sys.executable, "-m", "celery", "-A", app, "worker", "-E", "-l", "info",
-                "-c", str(concurrency), "-P", pool, "-n", self.hostname, "--without-gossip", "--without-mingle"]
-        if queues:
-            args += ["-Q", queues]
-        args += extra or []
-        full_env = dict(os.environ, SAMPLE_BROKER_URL=broker_url, PYTHONPATH=str(REPO), **(env or {}))
-        self.proc = subprocess.Popen(args, cwd=REPO, env=full_env, stdout=open(self.log, "wb"),
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+    log: Path
+    proc: subprocess.Popen
 
-    def wait_ready(self, timeout: float = 30.0) -> "Worker":
+    def wait_for(self, marker: bytes, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"worker exited with {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
-            if b" ready." in self.log.read_bytes():
-                return self
+                raise RuntimeError(f"{self.log.stem} exited with {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
+            if marker in self.log.read_bytes():
+                return
             time.sleep(0.1)
-        raise RuntimeError(f"worker not ready in {timeout}s:\n{self.log.read_text()[-3000:]}")
+        raise RuntimeError(f"{self.log.stem}: no {marker!r} in {timeout}s:\n{self.log.read_text()[-3000:]}")
 
     def kill(self) -> None:
         """SIGKILL the whole process group: no worker-offline event is sent."""
@@ -73,6 +63,38 @@ class Worker:
             self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.kill()
+
+
+class Worker(Subprocess):
+    """A real `celery worker` subprocess with events on."""
+
+    def __init__(self, app: str, broker_url: str, *, queues: str | None = None, concurrency: int = 2,
+                 pool: str = "prefork", env: dict | None = None, extra: list[str] | None = None, logdir: Path):
+        self.hostname = f"{unique('w')}@taskmon-test"
+        self.log = logdir / f"{self.hostname.split('@')[0]}.log"
+        args = [sys.executable, "-m", "celery", "-A", app, "worker", "-E", "-l", "info",
+                "-c", str(concurrency), "-P", pool, "-n", self.hostname, "--without-gossip", "--without-mingle"]
+        if queues:
+            args += ["-Q", queues]
+        args += extra or []
+        full_env = dict(os.environ, SAMPLE_BROKER_URL=broker_url, PYTHONPATH=str(REPO), **(env or {}))
+        self.proc = subprocess.Popen(args, cwd=REPO, env=full_env, stdout=open(self.log, "wb"),
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+
+    def wait_ready(self, timeout: float = 30.0) -> "Worker":
+        self.wait_for(b" ready.", timeout)
+        return self
+
+
+class Beat(Subprocess):
+    """A real `celery beat` subprocess, started in ``logdir`` so that nothing lands in the repository."""
+
+    def __init__(self, app: str, *, env: dict | None = None, extra: list[str] | None = None, logdir: Path):
+        self.log = logdir / f"{unique('beat')}.log"
+        args = [sys.executable, "-m", "celery", "-A", app, "beat", "-l", "info", *(extra or [])]
+        full_env = dict(os.environ, PYTHONPATH=str(REPO), **(env or {}))
+        self.proc = subprocess.Popen(args, cwd=logdir, env=full_env, stdout=open(self.log, "wb"),
+                                     stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def rabbitmqctl(*args: str) -> bool:
