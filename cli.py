@@ -216,18 +216,28 @@ def _check_task_name(ctx: Context, task: str, any_task: bool) -> None:
                          "--any-task schedules a task another app's worker runs")
 
 
+def schedule_definition_options(fn):
+    """--cron/--every/--args/--kwargs/--queue/--description/--any-task, shared by `schedule add` and `set`."""
+    for option in reversed([
+        click.option("--cron", metavar='"M H DOM MON DOW"',
+                     help='Crontab in the configured time zone, e.g. "0 2 * * *" (replaces an interval).'),
+        click.option("--every", type=int, metavar="SECONDS", help="Run every this many seconds (replaces a crontab)."),
+        click.option("--args", "args_json", metavar="JSON", help="Positional arguments, a JSON list."),
+        click.option("--kwargs", "kwargs_json", metavar="JSON", help="Keyword arguments, a JSON object."),
+        click.option("--queue", help='Queue to send to; default or "": the task\'s route.'),
+        click.option("--description", help="What the entry is for."),
+        click.option("--any-task", is_flag=True, help="Allow a task taskmon's app does not define."),
+    ]):
+        fn = option(fn)
+    return fn
+
+
 @schedule_group.command("add")
 @settings_options
 @click.argument("name")
 @click.argument("task")
-@click.option("--cron", metavar='"M H DOM MON DOW"', help='Crontab in the configured time zone, e.g. "0 2 * * *".')
-@click.option("--every", type=int, metavar="SECONDS", help="Run every this many seconds instead.")
-@click.option("--args", "args_json", metavar="JSON", help="Positional arguments, a JSON list.")
-@click.option("--kwargs", "kwargs_json", metavar="JSON", help="Keyword arguments, a JSON object.")
-@click.option("--queue", help="Queue to send to (default: the task's route).")
-@click.option("--description", help="What the entry is for.")
+@schedule_definition_options
 @click.option("--disabled", is_flag=True, help="Add it switched off.")
-@click.option("--any-task", is_flag=True, help="Allow a task taskmon's app does not define.")
 def schedule_add(ctx: Context, name, task, cron, every, args_json, kwargs_json, queue, description, disabled,
                  any_task) -> None:
     """Add entry NAME that runs TASK on a crontab or an interval."""
@@ -250,13 +260,7 @@ def schedule_add(ctx: Context, name, task, cron, every, args_json, kwargs_json, 
 @settings_options
 @click.argument("name")
 @click.option("--task", help="Task to run.")
-@click.option("--cron", metavar='"M H DOM MON DOW"', help="New crontab (replaces an interval).")
-@click.option("--every", type=int, metavar="SECONDS", help="New interval (replaces a crontab).")
-@click.option("--args", "args_json", metavar="JSON", help="Positional arguments, a JSON list.")
-@click.option("--kwargs", "kwargs_json", metavar="JSON", help="Keyword arguments, a JSON object.")
-@click.option("--queue", help='Queue to send to; "" for the task\'s route.')
-@click.option("--description", help="What the entry is for.")
-@click.option("--any-task", is_flag=True, help="Allow a task taskmon's app does not define.")
+@schedule_definition_options
 def schedule_set(ctx: Context, name, task, cron, every, args_json, kwargs_json, queue, description, any_task) -> None:
     """Change entry NAME; what is not given stays as it is, and so does its run history."""
     from storage.schedules import update_schedule
