@@ -113,6 +113,9 @@ def test_audit_logs_older_than_365_days_go_by_age_and_by_count(engine):
     assert count(engine, audit_logs) == 4
     assert counts(cleanup_audit_logs(engine, now=NOW, days=0, max_records=2, chunk_size=2)) == [
         ("audit_logs", "beyond the newest 2", 2)]
+    # 2 kept + the entry that cleanup wrote about itself: a rerun keeping 3 deletes nothing
+    assert counts(cleanup_audit_logs(engine, now=NOW, days=365, max_records=3, chunk_size=2)) == [
+        ("audit_logs", "older than 365 days", 0), ("audit_logs", "beyond the newest 3", 0)]
 
 
 def test_only_read_or_delivered_notifications_older_than_30_days_are_deleted(engine):

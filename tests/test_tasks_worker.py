@@ -3,7 +3,7 @@
 The schedule is shortened to seconds and beat checks the table every second.
 """
 import time
-from datetime import date, datetime, timedelta, timezone
+from datetime import datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
 import pytest
