@@ -25,6 +25,17 @@ def missing(service: str, reason: str):
     pytest.skip(message)
 
 
+def need_program(name: str) -> str:
+    """The path of a program a test needs; skip without it on a laptop, fail under CI=true."""
+    path = shutil.which(name)
+    if path is None:
+        message = f"{name} is not installed"
+        if IN_CI:
+            pytest.fail(f"CI=true and {message}", pytrace=False)
+        pytest.skip(message)
+    return path
+
+
 def unique(prefix: str) -> str:
     return f"{prefix}_{os.getpid()}_{uuid.uuid4().hex[:8]}"
 

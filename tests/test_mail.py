@@ -1,5 +1,4 @@
 """send_mail over plain SMTP, STARTTLS and SSL against a real server (aiosmtpd), and its errors."""
-import shutil
 import ssl
 import subprocess
 
@@ -9,15 +8,15 @@ from monitor.redis_server import free_port
 from monitor.settings import Settings
 from tasks.mail import MailError, send_mail
 from tests.conftest import SmtpSink
+from tests.services import need_program
 
 
 @pytest.fixture
 def certificate(tmp_path, monkeypatch):
     """A self-signed certificate for 127.0.0.1, trusted by ssl.create_default_context() in this test."""
-    if not shutil.which("openssl"):
-        pytest.skip("openssl is not installed: cannot make a test certificate")
+    openssl = need_program("openssl")
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
                     "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
                    check=True, capture_output=True)
     monkeypatch.setenv("SSL_CERT_FILE", str(cert))

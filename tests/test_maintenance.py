@@ -12,6 +12,7 @@ from storage.schema import task_runs
 from tasks.maintenance import BackupError, backup_database, export_data, health_check, optimize_database
 from tasks.policies import BadInput
 from tests.history import insert_runs
+from tests.services import need_program
 
 T0 = datetime(2026, 11, 1, tzinfo=timezone.utc)
 
@@ -73,11 +74,12 @@ def test_backup_of_sqlite_is_a_complete_database_and_old_backups_are_pruned(sqli
 def test_backup_of_postgresql_uses_pg_dump(pg_url, tmp_path):
     from storage.db import make_engine, upgrade
 
+    need_program("pg_dump")
     engine = make_engine(pg_url)
     upgrade(engine)
     out = backup_database(engine, tmp_path, now=datetime(2026, 11, 23, tzinfo=timezone.utc), keep=0)
     assert out["path"].endswith("taskmon-20261123T000000Z.pgdump") and out["bytes"] > 0
-    listing = subprocess.run(["pg_restore", "--list", out["path"]], capture_output=True, text=True)
+    listing = subprocess.run([need_program("pg_restore"), "--list", out["path"]], capture_output=True, text=True)
     assert listing.returncode == 0 and "TABLE" in listing.stdout and "task_runs" in listing.stdout
 
 

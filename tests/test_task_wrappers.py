@@ -8,6 +8,7 @@ from monitor.settings import Settings
 from storage.schema import bills
 from tasks.application import make_app, task_names
 from tasks.policies import BadInput
+from tests.services import need_program
 
 
 @pytest.fixture
@@ -71,6 +72,8 @@ def test_reports_are_emailed_by_the_task(app, smtp_server):
 
 
 def test_backup_and_export_tasks_write_files(app, tmp_path):
+    if app.engine.dialect.name == "postgresql":
+        need_program("pg_dump")
     backup = apply(app, "maintenance.backup_database")
     assert backup.successful(), backup.traceback
     assert (tmp_path / "backups").exists() and backup.result["bytes"] > 0
