@@ -191,19 +191,15 @@ def schedule_list(ctx: Context, as_json: bool) -> None:
 def _schedule_edit(ctx: Context, action: str, name: str, edit) -> dict:
     """Run one edit of the schedule with its audit entry; one-line errors."""
     from storage.audit import record
-    from storage.schedules import DuplicateSchedule, UnknownSchedule
-    from tasks.cron import ScheduleError
+    from storage.schedules import DEFINITION_COLUMNS, DuplicateSchedule, UnknownSchedule
 
     try:
         with open_store(ctx).begin() as conn:
             row = edit(conn)
-            record(conn, _now(), f"schedule.{action}", name,
-                   {k: row[k] for k in ("task", "minute", "hour", "day_of_month", "month_of_year", "day_of_week",
-                                        "interval_seconds", "args", "kwargs", "queue", "enabled")} if row else None)
-    except ScheduleError as exc:
-        raise InputError(str(exc)) from None
+            detail = {k: row[k] for k in DEFINITION_COLUMNS if k != "name"} if row else None
+            record(conn, _now(), f"schedule.{action}", name, detail)
     except (UnknownSchedule, DuplicateSchedule) as exc:
-        raise click.ClickException(str(exc.args[0])) from None
+        raise click.ClickException(str(exc)) from None
     return row
 
 
@@ -347,7 +343,7 @@ def cleanup_cmd(ctx: Context, days, max_records, audit_days, notification_days, 
 
     def progress(table: str, _n: int, total: int) -> None:
         if show_progress:
-            click.echo(f"\r{table}: {total} deleted", nl=False, err=True)
+            click.echo(f"\r{table}: {total:,} deleted    ", nl=False, err=True)
 
     try:
         deletions = run_cleanup(engine, ctx.settings, make_app(ctx.settings, set_as_current=False).backend,
