@@ -47,6 +47,13 @@ class Settings:
     relay_maxlen: int = 1_000_000
     amqp_queue: str = "taskmon.events"
     heartbeat_stale_seconds: int = 30
+    report_recipients: tuple[str, ...] = ()
+    cleanup_chunk_size: int = 5000
+    audit_retention_days: int = 365
+    notification_retention_days: int = 30
+    schedule_poll_interval: int = 5
+    backup_dir: str = "backups"
+    backup_keep: int = 7
 
     @property
     def tz(self) -> ZoneInfo:
@@ -74,6 +81,13 @@ DESCRIPTIONS: dict[str, str] = {
     "relay_maxlen": "Approximate cap on the relay stream's length (oldest entries trimmed)",
     "amqp_queue": "Durable RabbitMQ queue the daemon binds to the celeryev exchange",
     "heartbeat_stale_seconds": "`taskmon check` fails when the daemon's heartbeat is older than this",
+    "report_recipients": "Comma-separated addresses that receive the scheduled reports; empty: alert_recipients",
+    "cleanup_chunk_size": "Rows cleanup deletes per transaction, so a large delete never holds a long lock",
+    "audit_retention_days": "Audit log entries older than this many days are removed by cleanup; 0 keeps all",
+    "notification_retention_days": "Read or delivered notifications older than this many days are removed; 0 keeps all",
+    "schedule_poll_interval": "Seconds between beat's checks of the periodic_tasks table for edits",
+    "backup_dir": "Directory backup_database writes backups to",
+    "backup_keep": "backup_database keeps this many newest backups and deletes older ones; 0 keeps all",
 }
 
 SECRET_FIELDS = {"smtp_password"}
@@ -165,7 +179,8 @@ def validate(s: Settings) -> Settings:
         raise SettingsError("event_sources: name at least one source")
     if s.heartbeat_stale_seconds < 1:
         raise SettingsError(f"heartbeat_stale_seconds: must be 1 or more, got {s.heartbeat_stale_seconds}")
-    for name in ("retention_days", "retention_max_records", "field_max_bytes", "relay_maxlen"):
+    for name in ("retention_days", "retention_max_records", "field_max_bytes", "relay_maxlen",
+                 "audit_retention_days", "notification_retention_days", "backup_keep"):
         if getattr(s, name) < 0:
             raise SettingsError(f"{name}: must be 0 or more, got {getattr(s, name)}")
     if s.field_max_bytes and s.field_max_bytes < 256:
@@ -174,9 +189,13 @@ def validate(s: Settings) -> Settings:
         raise SettingsError(f"smtp_port: must be 1-65535, got {s.smtp_port}")
     if s.smtp_security not in {"none", "starttls", "ssl"}:
         raise SettingsError(f"smtp_security: must be none, starttls or ssl, got {s.smtp_security!r}")
-    for addr in s.alert_recipients:
-        if "@" not in addr:
-            raise SettingsError(f"alert_recipients: {addr!r} is not an e-mail address")
+    for name in ("cleanup_chunk_size", "schedule_poll_interval"):
+        if getattr(s, name) < 1:
+            raise SettingsError(f"{name}: must be 1 or more, got {getattr(s, name)}")
+    for name in ("alert_recipients", "report_recipients"):
+        for addr in getattr(s, name):
+            if "@" not in addr:
+                raise SettingsError(f"{name}: {addr!r} is not an e-mail address")
     return s
 
 

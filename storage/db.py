@@ -8,7 +8,8 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
@@ -35,6 +36,16 @@ def make_engine(url_or_engine: str | Engine, **kwargs) -> Engine:
         return engine
     kwargs.setdefault("pool_pre_ping", True)
     return create_engine(url, **kwargs)
+
+
+def dialect_insert(conn: Connection):
+    """The INSERT construct of the connection's database, the one with ON CONFLICT (upserts)."""
+    dialect = conn.dialect.name
+    if dialect == "sqlite":
+        return sqlite.insert
+    if dialect == "postgresql":
+        return postgresql.insert
+    raise ValueError(f"unsupported database {dialect!r}")
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:

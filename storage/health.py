@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 from sqlalchemy import Connection, desc, insert, select, update
 
-from storage.runs import dialect_insert
+from storage.db import dialect_insert
 from storage.schema import daemon_status, receiver_gaps
 
 

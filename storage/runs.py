@@ -11,8 +11,8 @@ from __future__ import annotations
 from typing import Any, Iterable, Mapping, Sequence
 
 from sqlalchemy import Connection, and_, case, func, literal, literal_column, or_, select
-from sqlalchemy.dialects import postgresql, sqlite
 
+from storage.db import dialect_insert
 from storage.schema import task_runs, workers
 
 # Higher wins. celery.states.PRECEDENCE, strongest first, is
@@ -121,16 +121,6 @@ def _least(a, b):
 
 def _rank_sql(col):
     return case(STATE_RANK, value=col, else_=CUSTOM_RANK)
-
-
-def dialect_insert(conn: Connection):
-    """The dialect's INSERT with ON CONFLICT support."""
-    dialect = conn.dialect.name
-    if dialect == "sqlite":
-        return sqlite.insert
-    if dialect == "postgresql":
-        return postgresql.insert
-    raise ValueError(f"unsupported database {dialect!r}")
 
 
 def _sql_greatest(a, b):

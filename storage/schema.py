@@ -7,6 +7,7 @@ from __future__ import annotations
 from sqlalchemy import (
     Boolean,
     Column,
+    Date,
     Float,
     Index,
     Integer,
@@ -14,10 +15,12 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
     false,
+    true,
 )
 
-from storage.types import UTCDateTime
+from storage.types import Money, UTCDateTime
 
 metadata = MetaData(
     naming_convention={
@@ -114,4 +117,105 @@ daemon_status = Table(
     Column("stopped_at", UTCDateTime),
     Column("counters", Text, nullable=False),
     Index(None, "heartbeat_at"),
+)
+
+# -- the tasks app (tasks/): its beat schedule and what its jobs read and write ---------------------
+
+# The beat schedule, read by tasks.scheduler.DatabaseScheduler and edited with `taskmon schedule`.
+# A row has either the five crontab fields (in the configured time zone) or interval_seconds.
+periodic_tasks = Table(
+    "periodic_tasks",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(200), nullable=False, unique=True),
+    Column("task", String(255), nullable=False),
+    Column("minute", String(64)),
+    Column("hour", String(64)),
+    Column("day_of_month", String(64)),
+    Column("month_of_year", String(64)),
+    Column("day_of_week", String(64)),
+    Column("interval_seconds", Integer),
+    Column("args", Text, nullable=False, server_default="[]"),
+    Column("kwargs", Text, nullable=False, server_default="{}"),
+    Column("queue", String(255)),
+    Column("enabled", Boolean, nullable=False, server_default=true()),
+    Column("description", Text),
+    Column("last_run_at", UTCDateTime),
+    Column("total_run_count", Integer, nullable=False, server_default="0"),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+
+# Administrative actions worth a record: schedule edits, cleanups that deleted something.
+audit_logs = Table(
+    "audit_logs",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("actor", String(255), nullable=False),
+    Column("action", String(64), nullable=False),
+    Column("target", String(255)),
+    Column("detail", Text),
+    Index(None, "created_at"),
+)
+
+# E-mail notifications: one row per message, so a redelivered task never sends it twice.
+notifications = Table(
+    "notifications",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("recipient", String(255), nullable=False),
+    Column("subject", String(255), nullable=False),
+    Column("body", Text, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("error", Text),
+    Column("dedup_key", String(255), unique=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("sent_at", UTCDateTime),
+    Column("read_at", UTCDateTime),
+    Index(None, "created_at"),
+)
+
+bills = Table(
+    "bills",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("customer", String(255), nullable=False),
+    Column("email", String(255)),
+    Column("amount", Money, nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("status", String(16), nullable=False, server_default="pending"),
+    Column("due_date", Date, nullable=False),
+    Column("issued_at", UTCDateTime, nullable=False),
+    Column("paid_at", UTCDateTime),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Index(None, "status", "due_date"),
+    Index(None, "paid_at"),
+)
+
+# Revenue of paid bills per calendar month (in the configured time zone) and currency.
+monthly_revenue = Table(
+    "monthly_revenue",
+    metadata,
+    Column("month", Date, primary_key=True),
+    Column("currency", String(3), primary_key=True),
+    Column("amount", Money, nullable=False),
+    Column("bill_count", Integer, nullable=False),
+    Column("computed_at", UTCDateTime, nullable=False),
+)
+
+# Hourly/daily/weekly/monthly reports computed from task_runs; data is the report as JSON.
+reports = Table(
+    "reports",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("kind", String(16), nullable=False),
+    Column("period_start", UTCDateTime, nullable=False),
+    Column("period_end", UTCDateTime, nullable=False),
+    Column("timezone", String(64), nullable=False),
+    Column("data", Text, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Column("emailed_at", UTCDateTime),
+    UniqueConstraint("kind", "period_start"),
 )

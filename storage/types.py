@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from decimal import Decimal
 
-from sqlalchemy import DateTime
+from sqlalchemy import BigInteger, DateTime, Numeric
 from sqlalchemy.types import TypeDecorator
 
 
@@ -33,3 +34,38 @@ class UTCDateTime(TypeDecorator):
         if value.tzinfo is None:
             return value.replace(tzinfo=timezone.utc)
         return value.astimezone(timezone.utc)
+
+
+class Money(TypeDecorator):
+    """An exact amount with two decimal places, read back as ``Decimal``.
+
+    PostgreSQL keeps ``NUMERIC(14, 2)``. SQLite's NUMERIC is a float in disguise, so there the
+    amount is stored as integer hundredths, which SQL ``SUM`` still adds exactly.
+    Floats are refused: 0.1 + 0.2 is not money.
+    """
+
+    impl = Numeric(14, 2)
+    cache_ok = True
+    CENT = Decimal("0.01")
+
+    def load_dialect_impl(self, dialect):
+        if dialect.name == "sqlite":
+            return dialect.type_descriptor(BigInteger())
+        return dialect.type_descriptor(Numeric(14, 2, asdecimal=True))
+
+    def process_bind_param(self, value, dialect):
+        if value is None:
+            return None
+        if isinstance(value, float):
+            raise TypeError(f"float amount {value!r}: pass a Decimal or a string such as '12.30'")
+        amount = Decimal(value)
+        if amount != amount.quantize(self.CENT):
+            raise ValueError(f"amount {value!r} has more than two decimal places")
+        return int(amount.scaleb(2)) if dialect.name == "sqlite" else amount.quantize(self.CENT)
+
+    def process_result_value(self, value, dialect):
+        if value is None:
+            return None
+        if dialect.name == "sqlite":
+            return Decimal(int(value)).scaleb(-2)
+        return Decimal(value).quantize(self.CENT)

@@ -11,7 +11,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from monitor.redis_server import RedisServer, RedisUnavailable, free_port
-from tests.services import AMQP_URL, IN_CI, POSTGRES_URL, Worker, missing, rabbitmqctl, unique
+from tests.services import AMQP_URL, IN_CI, POSTGRES_URL, Beat, Worker, missing, rabbitmqctl, unique
 
 
 # -- Redis --------------------------------------------------------------------------------------
@@ -161,6 +161,22 @@ def celery_client():
     yield make
     for app in apps:
         app.close()
+
+
+@pytest.fixture
+def start_beat(tmp_path):
+    """Start real `celery beat` subprocesses: start_beat(app=..., env=..., ready=b"marker in its log")."""
+    started: list[Beat] = []
+
+    def start(app: str, ready: bytes = b"beat: Starting...", **kwargs) -> Beat:
+        beat = Beat(app, logdir=tmp_path, **kwargs)
+        started.append(beat)
+        beat.wait_for(ready)
+        return beat
+
+    yield start
+    for beat in started:
+        beat.stop()
 
 
 # -- SMTP ---------------------------------------------------------------------------------------

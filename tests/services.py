@@ -25,38 +25,36 @@ def missing(service: str, reason: str):
     pytest.skip(message)
 
 
+def need_program(name: str) -> str:
+    """The path of a program a test needs; skip without it on a laptop, fail under CI=true."""
+    path = shutil.which(name)
+    if path is None:
+        message = f"{name} is not installed"
+        if IN_CI:
+            pytest.fail(f"CI=true and {message}", pytrace=False)
+        pytest.skip(message)
+    return path
+
+
 def unique(prefix: str) -> str:
     return f"{prefix}_{os.getpid()}_{uuid.uuid4().hex[:8]}"
 
 
-class Worker:
-    """A real `celery worker` subprocess with events on."""
+class Subprocess:
+    """A celery command running in its own process group, logging to a file the test can read."""
 
-    def __init__(self, app: str, broker_url: str, *, queues: str | None = None, concurrency: int = 2,
-                 pool: str = "prefork", env: dict | None = None, extra: list[str] | None = None, logdir: Path,
-                 events: bool = True):
-        self.hostname = f"{unique('w')}@taskmon-test"
-        self.log = logdir / f"{self.hostname.split('@')[0]}.log"
-        args = [sys.executable, "-m", "celery", "-A", app, "worker", "-l", "info",
-                "-c", str(concurrency), "-P", pool, "-n", self.hostname, "--without-gossip", "--without-mingle"]
-        if events:
-            args.append("-E")
-        if queues:
-            args += ["-Q", queues]
-        args += extra or []
-        full_env = dict(os.environ, SAMPLE_BROKER_URL=broker_url, PYTHONPATH=str(REPO), **(env or {}))
-        self.proc = subprocess.Popen(args, cwd=REPO, env=full_env, stdout=open(self.log, "wb"),
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+    log: Path
+    proc: subprocess.Popen
 
-    def wait_ready(self, timeout: float = 30.0) -> "Worker":
+    def wait_for(self, marker: bytes, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"worker exited with {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
-            if b" ready." in self.log.read_bytes():
-                return self
+                raise RuntimeError(f"{self.log.stem} exited with {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
+            if marker in self.log.read_bytes():
+                return
             time.sleep(0.1)
-        raise RuntimeError(f"worker not ready in {timeout}s:\n{self.log.read_text()[-3000:]}")
+        raise RuntimeError(f"{self.log.stem}: no {marker!r} in {timeout}s:\n{self.log.read_text()[-3000:]}")
 
     def kill(self) -> None:
         """SIGKILL the whole process group: no worker-offline event is sent."""
@@ -78,6 +76,41 @@ class Worker:
             self.kill()
 
 
+class Worker(Subprocess):
+    """A real `celery worker` subprocess (events on unless ``events=False``)."""
+
+    def __init__(self, app: str, broker_url: str, *, queues: str | None = None, concurrency: int = 2,
+                 pool: str = "prefork", env: dict | None = None, extra: list[str] | None = None, logdir: Path,
+                 events: bool = True):
+        self.hostname = f"{unique('w')}@taskmon-test"
+        self.log = logdir / f"{self.hostname.split('@')[0]}.log"
+        args = [sys.executable, "-m", "celery", "-A", app, "worker", "-l", "info",
+                "-c", str(concurrency), "-P", pool, "-n", self.hostname, "--without-gossip", "--without-mingle"]
+        if events:
+            args.append("-E")
+        if queues:
+            args += ["-Q", queues]
+        args += extra or []
+        full_env = dict(os.environ, SAMPLE_BROKER_URL=broker_url, PYTHONPATH=str(REPO), **(env or {}))
+        self.proc = subprocess.Popen(args, cwd=REPO, env=full_env, stdout=open(self.log, "wb"),
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+
+    def wait_ready(self, timeout: float = 30.0) -> "Worker":
+        self.wait_for(b" ready.", timeout)
+        return self
+
+
+class Beat(Subprocess):
+    """A real `celery beat` subprocess, started in ``logdir`` so that nothing lands in the repository."""
+
+    def __init__(self, app: str, *, env: dict | None = None, extra: list[str] | None = None, logdir: Path):
+        self.log = logdir / f"{unique('beat')}.log"
+        args = [sys.executable, "-m", "celery", "-A", app, "beat", "-l", "info", *(extra or [])]
+        full_env = dict(os.environ, PYTHONPATH=str(REPO), **(env or {}))
+        self.proc = subprocess.Popen(args, cwd=logdir, env=full_env, stdout=open(self.log, "wb"),
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+
+
 def rabbitmqctl(*args: str) -> bool:
     ctl = shutil.which("rabbitmqctl")
     if not ctl:
@@ -85,11 +118,11 @@ def rabbitmqctl(*args: str) -> bool:
     return subprocess.run([ctl, *args], capture_output=True, timeout=60).returncode == 0
 
 
-class DaemonProcess:
+class DaemonProcess(Subprocess):
     """`taskmon run` as a subprocess, so that a test can SIGTERM or SIGKILL it."""
 
     def __init__(self, broker_url: str, db_url: str, *args: str, logdir: Path, env: dict | None = None):
-        self.log = logdir / f"daemon-{uuid.uuid4().hex[:6]}.log"
+        self.log = logdir / f"{unique('daemon')}.log"
         cmd = [sys.executable, "-m", "cli", "-v", "run", "--broker", broker_url, "--db", db_url,
                "--no-enable-events", *args]
         full_env = dict(os.environ, PYTHONPATH=str(REPO), **(env or {}))
@@ -97,21 +130,7 @@ class DaemonProcess:
                                      stderr=subprocess.STDOUT, start_new_session=True)
 
     def wait_log(self, text: str, timeout: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if text.encode() in self.log.read_bytes():
-                return
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"daemon exited {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
-            time.sleep(0.05)
-        raise RuntimeError(f"daemon never logged {text!r}:\n{self.log.read_text()[-3000:]}")
-
-    def kill(self) -> None:
-        import signal
-
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+        self.wait_for(text.encode(), timeout)
 
     def terminate(self, timeout: float = 15.0) -> int:
         import signal

@@ -1,0 +1,39 @@
+"""Retry policies as base task classes: seed 001's "default" and "critical", with seed 004's cap.
+
+Both retry on any exception with exponential backoff and full jitter, capped at 600 s; celery
+replaces the fixed countdown with the backoff, so ``retry_backoff`` is the first delay's ceiling.
+Bad input is never retried: the same arguments would fail the same way.
+"""
+from __future__ import annotations
+
+from celery import Task
+
+
+class BadInput(ValueError):
+    """A job was given arguments it cannot use (unknown bill, negative days); the message says which."""
+
+
+class DefaultTask(Task):
+    """3 retries, backoff from 60 s doubling up to 600 s, jittered."""
+
+    autoretry_for = (Exception,)
+    dont_autoretry_for = (BadInput,)
+    max_retries = 3
+    retry_backoff = 60
+    retry_backoff_max = 600
+    retry_jitter = True
+
+    @property
+    def settings(self):
+        return self.app.settings
+
+    @property
+    def engine(self):
+        return self.app.engine
+
+
+class CriticalTask(DefaultTask):
+    """5 retries, backoff from 30 s doubling up to 600 s, jittered: money and backups."""
+
+    max_retries = 5
+    retry_backoff = 30
