@@ -171,6 +171,27 @@ def check_cmd(ctx: Context, as_json: bool) -> None:
     sys.exit(0 if health.ok else 1)
 
 
+@cli.command("demo")
+@settings_options
+@click.option("--duration", default=30.0, show_default=True, type=click.FloatRange(1, 3600),
+              help="Seconds of sample traffic.")
+@click.option("--rate", default=8.0, show_default=True, type=click.FloatRange(0.1, 500),
+              help="Sample tasks sent per second.")
+def demo_cmd(ctx: Context, duration: float, rate: float) -> None:
+    """Run everything locally (Redis, worker + beat, daemon, SMTP sink) with sample traffic."""
+    from pathlib import Path
+
+    from monitor.demo import DemoPlan, run_demo
+    from monitor.redis_server import RedisUnavailable
+
+    try:
+        code = run_demo(DemoPlan(duration=duration, rate=rate, workdir=Path.cwd()), click.echo,
+                        timezone=ctx.settings.timezone)
+    except RedisUnavailable as exc:
+        raise click.ClickException(str(exc)) from None
+    sys.exit(code)
+
+
 # -- history and statistics (issue 5) --
 
 def _run_filter(ctx: Context, now, *, since=None, until=None, **fields):

@@ -107,7 +107,23 @@ def send_traffic(app, plan: DemoPlan, stop: threading.Event, sent: dict[str, int
         stop.wait(interval)
 
 
-def run_demo(plan: DemoPlan, echo: Callable[[str], None]) -> int:
+def summarize(engine, tz, smtp: "SmtpSink", echo: Callable[[str], None]) -> None:
+    from monitor.history_render import history_table
+    from storage.history import list_runs, state_counts
+
+    with engine.connect() as conn:
+        runs = list_runs(conn, limit=10)
+        counts = state_counts(conn)
+    echo("")
+    echo(history_table(runs, tz) if runs else "no task runs were recorded")
+    echo("")
+    echo("task runs by state: " + ", ".join(f"{state} {n}" for state, n in counts.items()))
+    echo(f"e-mails received by the SMTP sink: {len(smtp.messages)}")
+    for to, subject in smtp.messages[:5]:
+        echo(f"  to {to}: {subject}")
+
+
+def run_demo(plan: DemoPlan, echo: Callable[[str], None], timezone: str = "UTC") -> int:
     from monitor.daemon import Daemon, RunOptions
     from storage.db import ensure_schema, make_engine
 
@@ -123,7 +139,7 @@ def run_demo(plan: DemoPlan, echo: Callable[[str], None]) -> int:
         with RedisServer() as redis_server, SmtpSink() as smtp:
             settings = Settings(broker_url=redis_server.url, database_url=f"sqlite:///{db_path}",
                                 smtp_host="127.0.0.1", smtp_port=smtp.port,
-                                alert_recipients=("ops@example.com",), timezone=os.environ.get("TASKMON_TIMEZONE", "UTC"))
+                                alert_recipients=("ops@example.com",), timezone=timezone)
             echo(f"redis-server on {redis_server.url}, history in {db_path}, SMTP sink on 127.0.0.1:{smtp.port}")
             engine = make_engine(settings.database_url)
             ensure_schema(engine)
@@ -150,7 +166,11 @@ def run_demo(plan: DemoPlan, echo: Callable[[str], None]) -> int:
             daemon.shutdown()
             daemon = None
             app.close()
-            return 0
+            summarize(engine, settings.tz, smtp, echo)
+            echo("")
+            echo(f"The history stays in {db_path}: try `taskmon history --limit 10`, `taskmon stats`, "
+                 "`taskmon show TASK_ID` in this directory.")
+            return 130 if stop.is_set() else 0
     finally:
         signal.signal(signal.SIGINT, previous)
         processes.stop_all()

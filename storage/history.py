@@ -233,3 +233,13 @@ def run_detail(conn: Connection, task_id: str) -> dict[str, Any] | None:
         "workflow_size": workflow_size,
     }
 
+
+
+def state_counts(conn: Connection) -> dict[str, int]:
+    """How many task runs are in each state."""
+    from sqlalchemy import func, select
+
+    from storage.schema import task_runs
+
+    rows = conn.execute(select(task_runs.c.state, func.count()).group_by(task_runs.c.state)).all()
+    return {state: count for state, count in sorted(rows)}

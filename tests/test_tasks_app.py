@@ -57,9 +57,9 @@ def test_tasks_are_routed_by_module(app, task, queue):
 
 def test_task_names_are_module_dot_task_and_every_module_is_known(app):
     names = task_names(app)
-    assert len(names) == 16
+    assert len(names) == 21
     assert all(n.count(".") == 1 for n in names)
-    assert {n.split(".")[0] for n in names} == {"cleanup", "reports", "billing", "notifications", "maintenance"}
+    assert {n.split(".")[0] for n in names} == {"cleanup", "reports", "billing", "notifications", "maintenance", "demo"}
 
 
 def test_retry_policies_default_and_critical(app):

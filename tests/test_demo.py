@@ -1,0 +1,61 @@
+"""`taskmon demo` runs everything, leaves the history behind, and cleans up its processes (Ctrl-C too)."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from click.testing import CliRunner
+from sqlalchemy import func, select
+
+from cli import cli
+from storage.db import make_engine
+from storage.schema import task_runs
+from tests.services import REPO
+
+
+def demo(tmp_path, *args):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKMON_")}
+    env["PYTHONPATH"] = str(REPO)
+    return subprocess.Popen([sys.executable, "-m", "cli", "demo", *args], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def children_alive(tmp_path, output: str) -> list[str]:
+    """Processes still running that the demo started: its worker (log dir in argv) and its redis-server."""
+    import re
+
+    port = re.search(r"redis-server on redis://127.0.0.1:(\d+)/", output).group(1)
+    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if str(tmp_path) in line or f"127.0.0.1:{port}" in line]
+
+
+def test_demo_runs_traffic_and_leaves_the_history(tmp_path):
+    proc = demo(tmp_path, "--duration", "6", "--rate", "10")
+    output = proc.communicate(timeout=120)[0].decode()
+    assert proc.returncode == 0, output
+    assert "task runs by state:" in output and "SUCCESS" in output and "FAILURE" in output
+    engine = make_engine(f"sqlite:///{tmp_path / 'taskmon.db'}")
+    with engine.connect() as conn:
+        names = set(conn.execute(select(task_runs.c.name)).scalars())
+        login = conn.execute(select(task_runs.c.kwargs).where(task_runs.c.name == "demo.login")).scalars().all()
+        total = conn.execute(select(func.count()).select_from(task_runs)).scalar()
+    assert {"demo.add", "demo.fail", "demo.flaky"} <= names and total >= 40
+    assert login and all("hunter2" not in k and "sk-demo" not in k for k in login)
+    assert children_alive(tmp_path, output) == []
+    history = CliRunner().invoke(cli, ["history", "--limit", "10", "--db", f"sqlite:///{tmp_path / 'taskmon.db'}"])
+    assert history.exit_code == 0 and "demo." in history.output
+
+
+def test_ctrl_c_stops_the_demo_and_every_process_it_started(tmp_path):
+    proc = demo(tmp_path, "--duration", "120")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (tmp_path / "taskmon-demo-logs" / "worker.log").exists():
+        time.sleep(0.2)
+    time.sleep(3)
+    os.killpg(proc.pid, signal.SIGINT)
+    output = proc.communicate(timeout=60)[0].decode()
+    assert proc.returncode == 130, output
+    assert "task runs by state:" in output
+    time.sleep(0.5)
+    assert children_alive(tmp_path, output) == []
