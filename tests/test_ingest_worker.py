@@ -5,7 +5,7 @@ import pytest
 
 from tests.daemon_helpers import running_daemon, wait_for_runs
 
-FINAL = {"SUCCESS", "FAILURE", "REVOKED", "REJECTED"}
+FINAL = {"SUCCESS", "FAILURE", "REVOKED", "REJECTED", "TIMEOUT"}
 
 
 @pytest.fixture
@@ -44,7 +44,7 @@ def test_pubsub_ingests_success_failure_retry_revoke_and_time_limit(redis_url, s
     assert rows[flaky.id]["state"] == "SUCCESS" and rows[flaky.id]["retries"] == 2
     assert rows[flaky.id]["result"] == "'ok after 2 retries'" and rows[flaky.id]["exception"] is None
 
-    assert rows[limited.id]["state"] == "FAILURE"
+    assert rows[limited.id]["state"] == "TIMEOUT"  # a failure with a time-limit error (issue 6)
     assert rows[limited.id]["exception_type"] in {"SoftTimeLimitExceeded", "TimeLimitExceeded"}
 
     assert rows[revoked.id]["state"] == "REVOKED"
