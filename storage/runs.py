@@ -4,7 +4,9 @@ A row handed to ``upsert_runs`` is a partial view of one task (what some events 
 The database row and the new row are merged with celery's state precedence
 (celery/events/state.py): a state that logically happens-before the stored one only fills
 fields that are still empty; RETRY is decided by time, because a task goes RETRY ->
-RECEIVED -> STARTED again under the same id.
+RECEIVED -> STARTED again under the same id. So is REJECTED (issue 6): celery ranks it below
+RECEIVED, so a task-rejected would never show after the task-received that always precedes
+it, and a requeued task is received again under the same id.
 """
 from __future__ import annotations
 
@@ -19,7 +21,8 @@ from storage.schema import task_runs, workers
 # SUCCESS, FAILURE, <custom>, REVOKED, STARTED, RECEIVED, REJECTED, RETRY, PENDING.
 # taskmon adds two states (issue 6), placed so that real events override detector verdicts:
 # - LOST (set by the detector: its worker died) sits just above PENDING: any later event of
-#   the task (a redelivery's RECEIVED, a late SUCCESS) replaces it; a stale task-sent does not.
+#   the task (a redelivery's RECEIVED, a late SUCCESS) replaces it; a stale task-sent does not
+#   (RETRY and REJECTED, ordered by time, replace it when they are later than the verdict).
 # - TIMEOUT (a task-failed with a time-limit error, or the detector: running over its limit)
 #   sits above STARTED, so a duplicate task-started cannot revive it, and below REVOKED,
 #   FAILURE and SUCCESS, so the way an over-limit task really ended replaces the verdict.
@@ -36,6 +39,8 @@ STATE_RANK: dict[str, int] = {
     "SUCCESS": 11,
 }
 CUSTOM_RANK = 9  # states celery does not know, as in celery.states.precedence
+# States that end one attempt of a task that may have another under the same id: ordered by time.
+TIME_ORDERED = ("RETRY", "REJECTED")
 READY_STATES = frozenset({"SUCCESS", "FAILURE", "REVOKED", "REJECTED", "TIMEOUT", "LOST"})
 # Fields that describe how an attempt ended; they follow the state that wins.
 OUTCOME_FIELDS = ("result", "exception", "exception_type", "traceback", "finished_at", "runtime")
@@ -55,7 +60,7 @@ def state_rank(state: str) -> int:
 
 def new_wins(old_state: str, old_at, new_state: str, new_at) -> bool:
     """Whether a newly seen state replaces the stored one (the Python twin of the SQL rule)."""
-    if old_state == "RETRY" or new_state == "RETRY":
+    if old_state in TIME_ORDERED or new_state in TIME_ORDERED:
         return old_at is None or (new_at is not None and new_at >= old_at)
     return state_rank(new_state) >= state_rank(old_state)
 
@@ -182,10 +187,10 @@ def upsert_runs(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> int:
         return 0
     stmt = dialect_insert(conn)(task_runs)
     old, new = task_runs.c, stmt.excluded
-    retry = literal("RETRY")
+    time_ordered = [literal(state) for state in TIME_ORDERED]
     wins = case(
         (
-            or_(old.state == retry, new.state == retry),
+            or_(*(old.state == s for s in time_ordered), *(new.state == s for s in time_ordered)),
             or_(old.state_at.is_(None), and_(new.state_at.is_not(None), new.state_at >= old.state_at)),
         ),
         else_=_rank_sql(new.state) >= _rank_sql(old.state),

@@ -140,3 +140,21 @@ def test_receipts_and_rejections_are_recorded_from_events():
     requeued = to_update(event("task-rejected", requeue=True), 16384).row
     dropped = to_update(event("task-rejected"), 16384).row
     assert requeued["exception"] == "Reject(requeue=True)" and dropped["exception"] == "Reject(requeue=False)"
+
+
+def test_rejected_is_ordered_by_time_so_it_shows_and_a_requeued_task_moves_on(engine):
+    rejected = [
+        run("rj", "PENDING", s(0), name="sample.add", args="(3,)", sent_at=s(0), queue="celery"),
+        received("rj", s(1)),
+        run("rj", "REJECTED", s(2), exception="Reject(requeue=False)", exception_type="Reject", finished_at=s(2)),
+    ]
+    stored = assert_sql_equals_python(engine, rejected)
+    assert stored["state"] == "REJECTED" and stored["exception"] == "Reject(requeue=False)"
+    requeued = [
+        dict(rejected[0], task_id="rq"), received("rq", s(1)),
+        run("rq", "REJECTED", s(2), exception="Reject(requeue=True)", exception_type="Reject", finished_at=s(2)),
+        received("rq", s(3), worker="w2"),
+        run("rq", "STARTED", s(4), started_at=s(4), worker="w2"),
+    ]
+    stored = assert_sql_equals_python(engine, requeued)
+    assert stored["state"] == "STARTED" and stored["worker"] == "w2" and stored["redelivered"] is True
