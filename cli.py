@@ -216,6 +216,7 @@ def _one_line(text: str | None, width: int) -> str:
 def dead_letters_group(click_ctx, ctx: Context, name_glob, reason, since, letter_state, limit, as_json) -> None:
     """List tasks that ended for good (FAILURE, TIMEOUT, LOST, REJECTED), newest first."""
     if click_ctx.invoked_subcommand is not None:
+        click_ctx.obj = ctx  # `dead-letters --db URL resolve ID`: the subcommand uses these settings
         return
     from storage.deadletters import LETTER_STATES, list_dead_letters
 
@@ -245,6 +246,10 @@ def dead_letters_group(click_ctx, ctx: Context, name_glob, reason, since, letter
 def dead_letters_resolve(ctx: Context, task_id: str, note: str) -> None:
     """Mark a dead letter resolved: looked at, nothing more to do."""
     from datetime import datetime, timezone
+
+    group_ctx = click.get_current_context().obj
+    if isinstance(group_ctx, Context) and "flag" not in ctx.loaded.origins.values():
+        ctx = group_ctx
 
     from storage.deadletters import get_dead_letter, resolve
 
@@ -321,10 +326,13 @@ def replay_cmd(ctx: Context, task_id, name_glob, since, reason, queue, dry_run, 
             click.echo("note: with acks_late the broker may still deliver the original again", err=True)
         if not yes:
             click.confirm(f"Replay {plan.name}{plan.args!r} {plan.kwargs!r} to queue {plan.queue!r}?", abort=True)
+        app = celery_client(ctx.settings.broker_url)
         try:
-            new_id = _replay_one(engine, celery_client(ctx.settings.broker_url), plan)
+            new_id = _replay_one(engine, app, plan)
         except BrokerError as exc:
             raise click.ClickException(str(exc)) from None
+        finally:
+            app.close()
         click.echo(f"replayed {task_id} as {new_id} ({plan.name}, queue {plan.queue})")
         return
 
@@ -351,12 +359,15 @@ def replay_cmd(ctx: Context, task_id, name_glob, since, reason, queue, dry_run, 
     if not yes:
         click.confirm(f"Replay {len(plans)} tasks?", abort=True)
     app = celery_client(ctx.settings.broker_url)
-    for plan in plans:
-        try:
-            new_id = _replay_one(engine, app, plan)
-        except BrokerError as exc:
-            raise click.ClickException(str(exc)) from None
-        click.echo(f"replayed {plan.task_id} as {new_id}")
+    try:
+        for plan in plans:
+            try:
+                new_id = _replay_one(engine, app, plan)
+            except BrokerError as exc:
+                raise click.ClickException(str(exc)) from None
+            click.echo(f"replayed {plan.task_id} as {new_id}")
+    finally:
+        app.close()
     sys.exit(1 if refused else 0)
 
 
@@ -383,10 +394,13 @@ def revoke_cmd(ctx: Context, task_id: str, terminate: bool, signal_name: str) ->
             row = get_run(conn, task_id)
     except DatabaseError as exc:  # revoking must not depend on the history store
         click.echo(f"note: {exc}", err=True)
+    app = celery_client(ctx.settings.broker_url)
     try:
-        revoke(celery_client(ctx.settings.broker_url), task_id, terminate=terminate, signal=signal_name)
+        revoke(app, task_id, terminate=terminate, signal=signal_name)
     except BrokerError as exc:
         raise click.ClickException(str(exc)) from None
+    finally:
+        app.close()
     what = f"{row['name']}, {row['state']}" + (f" on {row['worker']}" if row.get("worker") else "") if row else \
         "not in the history"
     click.echo(f"revoke{' --terminate (' + signal_name + ')' if terminate else ''} sent for {task_id} ({what})")

@@ -76,9 +76,10 @@ def test_resolve_takes_a_letter_off_the_open_list(history):
     result = invoke("dead-letters", "resolve", "f-old", "--db", history, "--note", "refunded by hand")
     assert result.exit_code == 0 and "resolved f-old" in result.output
     open_ids = [r["task_id"] for r in json.loads(invoke("dead-letters", "--db", history, "--json").output)]
-    assert "f-old" not in open_ids
+    assert "f-old" not in open_ids and "f-new" in open_ids
     resolved = json.loads(invoke("dead-letters", "--db", history, "--json", "--state", "resolved").output)
     assert [(r["task_id"], r["resolution"]) for r in resolved] == [("f-old", "refunded by hand")]
+    assert invoke("dead-letters", "--db", history, "resolve", "f-new").exit_code == 0  # flags before the subcommand
     missing = invoke("dead-letters", "resolve", "nope", "--db", history)
     assert missing.exit_code == 1 and missing.output.count("\n") == 1 and "no dead letter for task nope" in missing.output
 

@@ -81,6 +81,10 @@ class Sweeper:
             self.counters.incr("detect.errors")
             log.warning("detector sweep failed: %s", str(getattr(exc, "orig", exc)).strip().splitlines()[0])
             return None
+        except Exception:  # a bug in one sweep must not stop the next ones
+            self.counters.incr("detect.errors")
+            log.exception("detector sweep failed")
+            return None
         self.counters.incr("detect.sweeps")
         for kind, n in result.counts().items():
             self.counters.incr(f"detect.{kind}", n)
