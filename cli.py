@@ -264,26 +264,6 @@ def dead_letters_resolve(ctx: Context, task_id: str, note: str) -> None:
     click.echo(f"resolved {task_id} ({letter['name']}, {letter['reason']})")
 
 
-def _replay_one(engine, app, plan) -> str:
-    """Send one replay and record it; the new task id."""
-    from datetime import datetime, timezone
-
-    from sqlalchemy.exc import SQLAlchemyError
-
-    from monitor.replay import replay_run, send_replay
-    from storage.deadletters import record_replay
-
-    new_id = send_replay(app, plan)
-    now = datetime.now(timezone.utc)
-    try:
-        with engine.begin() as conn:
-            record_replay(conn, plan.task_id, replay_run(plan, new_id, now), now)
-    except SQLAlchemyError as exc:  # the task is sent: say so, and with which id
-        reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
-        raise click.ClickException(f"replayed {plan.task_id} as {new_id}, but could not record it: {reason}") from None
-    return new_id
-
-
 @cli.command("replay")
 @settings_options
 @click.argument("task_id", required=False)
@@ -300,7 +280,7 @@ def replay_cmd(ctx: Context, task_id, name_glob, since, reason, queue, dry_run, 
     match. Only exact arguments are replayed: complete Python literals, no redacted secrets.
     Exit code 1 when a task cannot be replayed (the reason is printed).
     """
-    from monitor.replay import BrokerError, NotReplayable, celery_client, plan_replay
+    from monitor.replay import BrokerError, NotReplayable, RecordError, celery_client, plan_many, plan_replay, replay
     from storage.deadletters import get_dead_letter, list_dead_letters
     from storage.runs import get_run
 
@@ -328,8 +308,8 @@ def replay_cmd(ctx: Context, task_id, name_glob, since, reason, queue, dry_run, 
             click.confirm(f"Replay {plan.name}{plan.args!r} {plan.kwargs!r} to queue {plan.queue!r}?", abort=True)
         app = celery_client(ctx.settings.broker_url)
         try:
-            new_id = _replay_one(engine, app, plan)
-        except BrokerError as exc:
+            new_id = replay(engine, app, plan)
+        except (BrokerError, RecordError) as exc:
             raise click.ClickException(str(exc)) from None
         finally:
             app.close()
@@ -340,15 +320,7 @@ def replay_cmd(ctx: Context, task_id, name_glob, since, reason, queue, dry_run, 
     with engine.connect() as conn:
         letters = list_dead_letters(conn, name=name_glob, reason=reason, since=since_at, states=("open",))
         rows = {r["task_id"]: get_run(conn, r["task_id"]) for r in letters}
-    plans, refused = [], []
-    for letter in reversed(letters):  # oldest death first
-        row = rows[letter["task_id"]]
-        try:
-            if row is None:
-                raise NotReplayable("its run is no longer in the history")
-            plans.append(plan_replay(row, queue))
-        except NotReplayable as exc:
-            refused.append((letter["task_id"], str(exc)))
+    plans, refused = plan_many(letters, rows, queue)
     for plan in plans:
         click.echo(f"{'would replay' if dry_run else 'replay'} {plan.task_id}  {plan.name}  queue {plan.queue}")
     for tid, why in refused:
@@ -362,8 +334,8 @@ def replay_cmd(ctx: Context, task_id, name_glob, since, reason, queue, dry_run, 
     try:
         for plan in plans:
             try:
-                new_id = _replay_one(engine, app, plan)
-            except BrokerError as exc:
+                new_id = replay(engine, app, plan)
+            except (BrokerError, RecordError) as exc:
                 raise click.ClickException(str(exc)) from None
             click.echo(f"replayed {plan.task_id} as {new_id}")
     finally:

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import ast
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any, Mapping
+from datetime import datetime, timezone
+from typing import Any, Iterable, Mapping
 
 from monitor.redact import REDACTED
 
@@ -85,6 +85,21 @@ def plan_replay(row: Mapping[str, Any], queue: str | None = None) -> ReplayPlan:
     return ReplayPlan(row["task_id"], row["name"], args, kwargs, target)
 
 
+def plan_many(letters: Iterable[Mapping[str, Any]], runs: Mapping[str, Mapping | None],
+              queue: str | None = None) -> tuple[list[ReplayPlan], list[tuple[str, str]]]:
+    """Plans for dead letters (oldest death first), and (task id, why) for those that cannot be replayed."""
+    plans, refused = [], []
+    for letter in sorted(letters, key=lambda d: d["dead_at"]):
+        row = runs.get(letter["task_id"])
+        try:
+            if row is None:
+                raise NotReplayable("its run is no longer in the history")
+            plans.append(plan_replay(row, queue))
+        except NotReplayable as exc:
+            refused.append((letter["task_id"], str(exc)))
+    return plans, refused
+
+
 def replay_run(plan: ReplayPlan, new_id: str, now: datetime) -> dict[str, Any]:
     """The replay's task_runs row until its own events arrive."""
     return {"task_id": new_id, "name": plan.name, "state": "PENDING", "state_at": now, "args": repr(plan.args),
@@ -128,6 +143,27 @@ def send_replay(app, plan: ReplayPlan) -> str:
         raise BrokerError(f"cannot send {plan.task_id} again: its args do not serialize as JSON ({exc})") from None
     except (OperationalError, OSError) as exc:
         raise _broker_error(app, exc) from None
+
+
+class RecordError(RuntimeError):
+    """The replay was sent but could not be recorded; the message has the new task id."""
+
+
+def replay(engine, app, plan: ReplayPlan) -> str:
+    """Send ``plan`` and record the new run, linked to the original, and the dead letter replayed; the new id."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from storage.deadletters import record_replay
+
+    new_id = send_replay(app, plan)
+    now = datetime.now(timezone.utc)
+    try:
+        with engine.begin() as conn:
+            record_replay(conn, plan.task_id, replay_run(plan, new_id, now), now)
+    except SQLAlchemyError as exc:  # the task is sent: say so, and with which id
+        reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
+        raise RecordError(f"replayed {plan.task_id} as {new_id}, but could not record it: {reason}") from None
+    return new_id
 
 
 def revoke(app, task_id: str, *, terminate: bool, signal: str = "SIGTERM") -> None:

@@ -152,3 +152,22 @@ def test_complete_literals_replay_with_their_queue():
     assert plan_replay({"task_id": "a", "name": "n", "queue": "q", "args": "()", "kwargs": "{}"}, "other").queue == "other"
     with pytest.raises(NotReplayable, match="queue is unknown"):
         plan_replay({"task_id": "a", "name": "n", "queue": None, "args": "()", "kwargs": "{}"})
+
+
+def test_detection_settings_from_the_timeouts_table_the_environment_and_bad_values(tmp_path):
+    from monitor.settings import SettingsError, load_settings
+
+    path = tmp_path / "taskmon.toml"
+    path.write_text('detect_interval = 2\nstuck_after = 90\n[timeouts]\n"tasks.reports.*" = 3600\n"tasks.charge" = 30\n')
+    loaded = load_settings({}, environ={"TASKMON_LOST_AFTER_HEARTBEATS": "3"}, config_path=path)
+    s = loaded.settings
+    assert s.timeouts == (("tasks.reports.*", 3600.0), ("tasks.charge", 30.0))
+    assert (s.detect_interval, s.stuck_after, s.lost_after_heartbeats, s.task_time_limit) == (2.0, 90.0, 3.0, 600.0)
+    assert ("timeouts", "tasks.reports.*=3600,tasks.charge=30", "file") in loaded.rows()
+    assert load_settings({}, environ={"TASKMON_TIMEOUTS": "a.b=5, c.*=1.5"}).settings.timeouts == (("a.b", 5.0), ("c.*", 1.5))
+    for env, message in [({"TASKMON_TIMEOUTS": "a.b"}, "timeouts: expected name=seconds"),
+                         ({"TASKMON_TIMEOUTS": "a.b=-1"}, "timeouts: a.b: must be more than 0"),
+                         ({"TASKMON_LOST_AFTER_HEARTBEATS": "0.5"}, "lost_after_heartbeats: must be 1 or more"),
+                         ({"TASKMON_DETECT_INTERVAL": "often"}, "detect_interval: expected float")]:
+        with pytest.raises(SettingsError, match=message):
+            load_settings({}, environ=env)
