@@ -110,8 +110,11 @@ class Sweeper:
 
             result.workers_lost = [g for g in gone.values()
                                    if g.how == "silent" and store.mark_worker_lost(conn, g.hostname, g.last_heartbeat, now)]
-            result.verdicts = [v for v in verdicts if store.apply_verdict(conn, v, now)]
-            result.stuck = [s for s in stuck if store.flag_stuck(conn, s, WAITING_STATES, now)]
+            # task_id order: the same lock order each sweep (PostgreSQL row locks)
+            result.verdicts = [v for v in sorted(verdicts, key=lambda v: v.task_id)
+                               if store.apply_verdict(conn, v, now)]
+            result.stuck = [s for s in sorted(stuck, key=lambda s: s.task_id)
+                            if store.flag_stuck(conn, s, WAITING_STATES, now)]
 
             candidates = store.dead_candidates(conn, DEAD_STATES, updated_since=self._window_start,
                                                limit=DEAD_LETTER_BATCH)
