@@ -118,11 +118,14 @@ class Daemon:
         self.daemon_id = f"{socket.gethostname()}:{os.getpid()}"
         self.started_at = datetime.now(timezone.utc)
         self.stop_event = threading.Event()
+        self.detector = self.scheduler = None  # issue 6: started in start()
 
     def counters(self) -> dict[str, int]:
         parts = [self.writer.counters, *(s.counters for s in self.sources)]
         if self.reconciler is not None:
             parts.append(self.reconciler.counters)
+        if self.detector is not None:
+            parts.append(self.detector.counters)
         out = merged(*parts)
         out["buffered"] = len(self.buffer)
         return out
@@ -137,8 +140,28 @@ class Daemon:
         if self.options.enable_events:
             threading.Thread(target=enable_events_loop, name="taskmon-enable-events", daemon=True,
                              args=(self.settings.broker_url, self.options.enable_events_interval, self.stop_event)).start()
+        self._start_detectors()
         log.info("taskmon daemon %s: sources %s, database %s", self.daemon_id, ",".join(self.source_names),
                  self.engine.url.render_as_string(hide_password=True))
+
+    def _start_detectors(self) -> None:
+        """Detector sweeps every detect_interval seconds, in APScheduler's thread with their own connections."""
+        if not self.settings.detect_interval:
+            return
+        from apscheduler.schedulers.background import BackgroundScheduler
+
+        from monitor.detectors.sweep import Sweeper
+
+        self.detector = Sweeper(self.engine, self.settings, feed_ok=self._feed_ok)
+        self.scheduler = BackgroundScheduler(timezone=timezone.utc)
+        self.scheduler.add_job(self.detector.run, "interval", seconds=self.settings.detect_interval, id="detect",
+                               max_instances=1, coalesce=True)
+        self.scheduler.start()
+
+    def _feed_ok(self) -> bool:
+        """Whether stored heartbeats are current: every source connected and the writer keeping up."""
+        return (all(source.connected.is_set() for source in self.sources) and self.writer.healthy
+                and len(self.buffer) < self.options.batch_size)
 
     def _record_downtime(self) -> None:
         """A daemon that starts after another one stopped (or died) missed what came between."""
@@ -202,6 +225,8 @@ class Daemon:
     def shutdown(self) -> int:
         self.stop_event.set()
         deadline = time.monotonic() + self.options.stop_timeout
+        if self.scheduler is not None:
+            self.scheduler.shutdown(wait=True)
         for source in self.sources:
             source.stop()
         for source in self.sources:

@@ -25,6 +25,8 @@ TASK_EVENT_STATES = {
 WORKER_EVENTS = {"worker-online": "online", "worker-heartbeat": "online", "worker-offline": "offline"}
 FINISH_EVENTS = {"task-succeeded", "task-failed", "task-retried", "task-revoked", "task-rejected"}
 TEXT_FIELDS = ("args", "kwargs", "result", "exception", "traceback")
+# A task that failed with one of these hit its soft or hard time limit: state TIMEOUT, not FAILURE.
+TIME_LIMIT_ERRORS = frozenset({"TimeLimitExceeded", "SoftTimeLimitExceeded"})
 SHORT_FIELDS = ("name", "queue", "routing_key", "exchange", "root_id", "parent_id")
 SHORT_MAX = 255
 
@@ -101,6 +103,10 @@ def exception_type(exception: str | None) -> str | None:
     return None
 
 
+def is_time_limit_error(exc_type: str | None) -> bool:
+    return bool(exc_type) and exc_type.rsplit(".", 1)[-1] in TIME_LIMIT_ERRORS
+
+
 def to_update(event: Any, field_max_bytes: int) -> Update:
     """Validate one event and turn it into a partial row; raise Malformed otherwise."""
     if not isinstance(event, dict):
@@ -143,6 +149,9 @@ def to_update(event: Any, field_max_bytes: int) -> Update:
         row["sent_at"] = at
     elif kind == "task-received":
         row["received_at"] = at
+        # Which attempt this receipt belongs to: a second receipt of one attempt is a redelivery.
+        row["received_attempt"] = row.get("retries") or 0
+        row["received_first_at"] = at
     elif kind == "task-started":
         row["started_at"] = at
     if kind in FINISH_EVENTS:
@@ -154,6 +163,12 @@ def to_update(event: Any, field_max_bytes: int) -> Update:
         row["runtime"] = float(runtime) if runtime is not None else None
     if kind in ("task-failed", "task-retried"):
         row["exception_type"] = exception_type(row["exception"])
+        if kind == "task-failed" and is_time_limit_error(row["exception_type"]):
+            row["state"] = "TIMEOUT"
+    if kind == "task-rejected":
+        # requeue=True: the broker delivers the task again, so it is not dead (see dead letters).
+        row["exception"] = f"Reject(requeue={bool(event.get('requeue'))})"
+        row["exception_type"] = "Reject"
     if kind == "task-revoked":
         flags = [f for f in ("terminated", "expired") if event.get(f)]
         signum = event.get("signum")

@@ -15,7 +15,7 @@ from sqlalchemy import Engine, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from monitor.counters import Counters
-from monitor.events import exception_type
+from monitor.events import exception_type, is_time_limit_error
 from monitor.redact import truncate
 from monitor.settings import Settings
 from storage.health import Gap, set_reconciled
@@ -24,7 +24,8 @@ from storage.schema import task_runs
 
 log = logging.getLogger(__name__)
 
-OPEN_STATES = ("PENDING", "RECEIVED", "STARTED", "RETRY")
+# LOST and TIMEOUT may be detector verdicts (issue 6) that the backend can overrule with the real outcome.
+OPEN_STATES = ("PENDING", "RECEIVED", "STARTED", "RETRY", "LOST", "TIMEOUT")
 BACKEND_FINAL = {"SUCCESS", "FAILURE", "REVOKED"}
 
 
@@ -54,6 +55,8 @@ def row_from_result(task_id: str, meta: dict, now: datetime, field_max_bytes: in
             text = repr(result)
         row["exception"], cut = truncate(text, field_max_bytes)
         row["exception_type"] = exception_type(row["exception"])
+        if is_time_limit_error(row["exception_type"]):
+            row["state"] = "TIMEOUT"
         row["traceback"], cut2 = truncate(meta.get("traceback"), field_max_bytes)
         cut = cut or cut2
     row["truncated"] = cut

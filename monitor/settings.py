@@ -54,6 +54,12 @@ class Settings:
     schedule_poll_interval: int = 5
     backup_dir: str = "backups"
     backup_keep: int = 7
+    # Detection (issue 6)
+    detect_interval: float = 10.0
+    task_time_limit: float = 600.0
+    timeouts: tuple[tuple[str, float], ...] = ()
+    lost_after_heartbeats: float = 2.0
+    stuck_after: float = 300.0
 
     @property
     def tz(self) -> ZoneInfo:
@@ -88,9 +94,17 @@ DESCRIPTIONS: dict[str, str] = {
     "schedule_poll_interval": "Seconds between beat's checks of the periodic_tasks table for edits",
     "backup_dir": "Directory backup_database writes backups to",
     "backup_keep": "backup_database keeps this many newest backups and deletes older ones; 0 keeps all",
+    "detect_interval": "Seconds between the daemon's detector sweeps (timeouts, lost, stuck, dead letters); 0: off",
+    "task_time_limit": "Seconds a task may run before it is a TIMEOUT, unless `timeouts` names it",
+    "timeouts": "Per-task limits overriding task_time_limit: the [timeouts] table (name or glob = seconds), "
+                "or name=seconds,glob=seconds",
+    "lost_after_heartbeats": "A worker silent for this many of its heartbeat intervals is lost, and its "
+                             "running tasks LOST",
+    "stuck_after": "A task sent but not started this many seconds after it was due is flagged stuck",
 }
 
 SECRET_FIELDS = {"smtp_password"}
+TABLE_FIELDS = {"timeouts"}  # settings written as a TOML table
 URL_FIELDS = {"broker_url", "result_backend", "database_url"}
 SOURCES = ("default", "file", "env", "flag")
 
@@ -130,6 +144,8 @@ def display_value(name: str, value: Any) -> str:
         return "***" if value else ""
     if name in URL_FIELDS:
         return mask_url(value)
+    if name == "timeouts":
+        return ",".join(f"{glob}={seconds:g}" for glob, seconds in value)
     if isinstance(value, tuple):
         return ",".join(value)
     return str(value)
@@ -138,6 +154,8 @@ def display_value(name: str, value: Any) -> str:
 def _coerce(name: str, raw: Any) -> Any:
     """Turn a raw value (str from env/flags, any TOML type) into the field's type."""
     default = getattr(Settings, name)
+    if name == "timeouts":
+        return _coerce_timeouts(raw)
     try:
         if isinstance(default, bool):
             if isinstance(raw, bool):
@@ -152,6 +170,10 @@ def _coerce(name: str, raw: Any) -> Any:
             if isinstance(raw, bool):
                 raise ValueError(raw)
             return int(raw)
+        if isinstance(default, float):
+            if isinstance(raw, bool):
+                raise ValueError(raw)
+            return float(raw)
         if isinstance(default, tuple):
             items = raw if isinstance(raw, (list, tuple)) else str(raw).split(",")
             return tuple(str(i).strip() for i in items if str(i).strip())
@@ -161,6 +183,33 @@ def _coerce(name: str, raw: Any) -> Any:
     except (TypeError, ValueError):
         kind = type(default).__name__ if not isinstance(default, tuple) else "list"
         raise SettingsError(f"{name}: expected {kind}, got {raw!r}") from None
+
+
+def _coerce_timeouts(raw: Any) -> tuple[tuple[str, float], ...]:
+    """A [timeouts] table ({"name or glob": seconds}) or "glob=seconds,glob=seconds" -> pairs."""
+    if isinstance(raw, dict):
+        items = list(raw.items())
+    elif isinstance(raw, str):
+        items = []
+        for part in filter(None, (p.strip() for p in raw.split(","))):
+            glob, sep, seconds = part.rpartition("=")
+            if not sep or not glob.strip():
+                raise SettingsError(f"timeouts: expected name=seconds, got {part!r}")
+            items.append((glob.strip(), seconds.strip()))
+    else:
+        raise SettingsError(f"timeouts: expected a table of name = seconds, got {raw!r}")
+    out = []
+    for glob, seconds in items:
+        try:
+            if isinstance(seconds, bool):
+                raise ValueError(seconds)
+            value = float(seconds)
+        except (TypeError, ValueError):
+            raise SettingsError(f"timeouts: {glob}: expected seconds, got {seconds!r}") from None
+        if value <= 0:
+            raise SettingsError(f"timeouts: {glob}: must be more than 0, got {seconds!r}")
+        out.append((str(glob), value))
+    return tuple(out)
 
 
 def validate(s: Settings) -> Settings:
@@ -185,6 +234,13 @@ def validate(s: Settings) -> Settings:
             raise SettingsError(f"{name}: must be 0 or more, got {getattr(s, name)}")
     if s.field_max_bytes and s.field_max_bytes < 256:
         raise SettingsError(f"field_max_bytes: must be at least 256, got {s.field_max_bytes}")
+    if s.detect_interval < 0:
+        raise SettingsError(f"detect_interval: must be 0 (off) or more, got {s.detect_interval:g}")
+    for name in ("task_time_limit", "stuck_after"):
+        if getattr(s, name) <= 0:
+            raise SettingsError(f"{name}: must be more than 0, got {getattr(s, name):g}")
+    if s.lost_after_heartbeats < 1:
+        raise SettingsError(f"lost_after_heartbeats: must be 1 or more, got {s.lost_after_heartbeats:g}")
     if not 0 < s.smtp_port < 65536:
         raise SettingsError(f"smtp_port: must be 1-65535, got {s.smtp_port}")
     if s.smtp_security not in {"none", "starttls", "ssl"}:
@@ -250,7 +306,7 @@ def load_settings(
     resolved = Path(path) if path else None
     file_data: dict[str, Any] = read_config_file(resolved) if resolved is not None else {}
     for key, raw in file_data.items():
-        if isinstance(raw, dict):
+        if isinstance(raw, dict) and key not in TABLE_FIELDS:
             continue  # a table ([alerts], ...) read by the part of taskmon it configures
         if key not in names:
             raise SettingsError(f"config: unknown setting {key!r} in {resolved}")

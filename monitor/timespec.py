@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone, tzinfo
 
 UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
-_AGE = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
+_AGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 HINT = "use ISO 8601 (2026-11-23, 2026-11-23T14:00, 2026-11-23T06:00Z) or an age such as 30s, 15m, 2h, 7d, 1w"
 
 
@@ -32,7 +32,7 @@ def parse_timespec(text: str) -> TimeSpec:
     """Validate a --since/--until value; ValueError with a one-line reason when it is neither form."""
     match = _AGE.match(text)
     if match:
-        return TimeSpec(text, age=timedelta(**{UNITS[match.group(2)]: int(match.group(1))}))
+        return TimeSpec(text, age=timedelta(**{UNITS[match.group(2)]: float(match.group(1))}))
     raw = text.strip()
     if raw[-1:] in ("Z", "z"):  # Python 3.10's fromisoformat does not know the Z suffix
         raw = raw[:-1] + "+00:00"

@@ -113,7 +113,9 @@ class Writer(threading.Thread):
         while True:
             try:
                 try:
-                    gap_ids = self._transaction(list(pending.tasks.values()), list(pending.workers.values()), gaps)
+                    # Key order: the detector sweep locks rows in the same order, so PostgreSQL never deadlocks.
+                    gap_ids = self._transaction([pending.tasks[k] for k in sorted(pending.tasks)],
+                                                [pending.workers[k] for k in sorted(pending.workers)], gaps)
                 except (OperationalError, InterfaceError):
                     raise
                 except DBAPIError as exc:

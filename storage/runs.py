@@ -4,7 +4,9 @@ A row handed to ``upsert_runs`` is a partial view of one task (what some events 
 The database row and the new row are merged with celery's state precedence
 (celery/events/state.py): a state that logically happens-before the stored one only fills
 fields that are still empty; RETRY is decided by time, because a task goes RETRY ->
-RECEIVED -> STARTED again under the same id.
+RECEIVED -> STARTED again under the same id. So is REJECTED (issue 6): celery ranks it below
+RECEIVED, so a task-rejected would never show after the task-received that always precedes
+it, and a requeued task is received again under the same id.
 """
 from __future__ import annotations
 
@@ -17,25 +19,38 @@ from storage.schema import task_runs, workers
 
 # Higher wins. celery.states.PRECEDENCE, strongest first, is
 # SUCCESS, FAILURE, <custom>, REVOKED, STARTED, RECEIVED, REJECTED, RETRY, PENDING.
+# taskmon adds two states (issue 6), placed so that real events override detector verdicts:
+# - LOST (set by the detector: its worker died) sits just above PENDING: any later event of
+#   the task (a redelivery's RECEIVED, a late SUCCESS) replaces it; a stale task-sent does not
+#   (RETRY and REJECTED, ordered by time, replace it when they are later than the verdict).
+# - TIMEOUT (a task-failed with a time-limit error, or the detector: running over its limit)
+#   sits above STARTED, so a duplicate task-started cannot revive it, and below REVOKED,
+#   FAILURE and SUCCESS, so the way an over-limit task really ended replaces the verdict.
 STATE_RANK: dict[str, int] = {
     "PENDING": 1,
-    "RETRY": 2,
-    "REJECTED": 3,
-    "RECEIVED": 4,
-    "STARTED": 5,
-    "REVOKED": 6,
-    "FAILURE": 8,
-    "SUCCESS": 9,
+    "LOST": 2,
+    "RETRY": 3,
+    "REJECTED": 4,
+    "RECEIVED": 5,
+    "STARTED": 6,
+    "TIMEOUT": 7,
+    "REVOKED": 8,
+    "FAILURE": 10,
+    "SUCCESS": 11,
 }
-CUSTOM_RANK = 7  # states celery does not know, as in celery.states.precedence
-READY_STATES = frozenset({"SUCCESS", "FAILURE", "REVOKED", "REJECTED"})
+CUSTOM_RANK = 9  # states celery does not know, as in celery.states.precedence
+# States that end one attempt of a task that may have another under the same id: ordered by time.
+TIME_ORDERED = ("RETRY", "REJECTED")
+READY_STATES = frozenset({"SUCCESS", "FAILURE", "REVOKED", "REJECTED", "TIMEOUT", "LOST"})
 # Fields that describe how an attempt ended; they follow the state that wins.
 OUTCOME_FIELDS = ("result", "exception", "exception_type", "traceback", "finished_at", "runtime")
-OUTCOME_STATES = frozenset({"SUCCESS", "FAILURE", "RETRY", "REVOKED", "REJECTED"})
+OUTCOME_STATES = frozenset({"SUCCESS", "FAILURE", "RETRY", "REVOKED", "REJECTED", "TIMEOUT", "LOST"})
 # A truncated repr is never longer than the complete one: the longer text is the more exact.
 LONGEST_FIELDS = ("args", "kwargs")
 # Per-attempt times: the latest attempt is the one a row describes.
 LATEST_FIELDS = ("sent_at", "received_at", "started_at", "queue_wait")
+# Receipts of the latest attempt (see merge_receipts): merged as one unit.
+RECEIPT_FIELDS = ("received_attempt", "received_first_at", "redelivered")
 RUN_COLUMNS = tuple(c.name for c in task_runs.columns)
 
 
@@ -45,7 +60,7 @@ def state_rank(state: str) -> int:
 
 def new_wins(old_state: str, old_at, new_state: str, new_at) -> bool:
     """Whether a newly seen state replaces the stored one (the Python twin of the SQL rule)."""
-    if old_state == "RETRY" or new_state == "RETRY":
+    if old_state in TIME_ORDERED or new_state in TIME_ORDERED:
         return old_at is None or (new_at is not None and new_at >= old_at)
     return state_rank(new_state) >= state_rank(old_state)
 
@@ -62,8 +77,10 @@ def merge_run(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> dict[str
         return out
     wins = new_wins(old["state"], old.get("state_at"), new["state"], new.get("state_at"))
     first, second = (new, old) if wins else (old, new)
-    out: dict[str, Any] = {}
+    out: dict[str, Any] = merge_receipts(old, new)
     for col in old.keys() | new.keys():
+        if col in RECEIPT_FIELDS:
+            continue
         if col in OUTCOME_FIELDS:
             if wins and new["state"] in OUTCOME_STATES:
                 out[col] = new.get(col)
@@ -87,6 +104,29 @@ def merge_run(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> dict[str
             out[col] = _coalesce(first.get(col), second.get(col))
     out["queue_wait"] = queue_wait(out)
     return out
+
+
+def merge_receipts(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    """The receipts of the latest attempt: (retries of the attempt, its first receive, redelivered).
+
+    A task-received row carries (retries, its time, False). The higher attempt wins outright;
+    two receipts of the same attempt keep the earliest time and are a redelivery when their
+    times differ. Duplicated events (same time) are not. Order-independent by construction.
+    """
+    a, b = old.get("received_attempt"), new.get("received_attempt")
+    if a is None and b is None:
+        return {"redelivered": bool(old.get("redelivered")) or bool(new.get("redelivered"))}
+    if a is None or (b is not None and b > a):
+        src = new
+    elif b is None or a > b:
+        src = old
+    else:
+        first_a, first_b = old.get("received_first_at"), new.get("received_first_at")
+        return {"received_attempt": a, "received_first_at": _least(first_a, first_b),
+                "redelivered": bool(old.get("redelivered")) or bool(new.get("redelivered"))
+                or (first_a is not None and first_b is not None and first_a != first_b)}
+    return {"received_attempt": src.get("received_attempt"), "received_first_at": src.get("received_first_at"),
+            "redelivered": bool(src.get("redelivered"))}
 
 
 def queue_wait(row: Mapping[str, Any]) -> float | None:
@@ -137,10 +177,10 @@ def upsert_runs(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> int:
         return 0
     stmt = dialect_insert(conn)(task_runs)
     old, new = task_runs.c, stmt.excluded
-    retry = literal("RETRY")
+    time_ordered = [literal(state) for state in TIME_ORDERED]
     wins = case(
         (
-            or_(old.state == retry, new.state == retry),
+            or_(*(old.state == s for s in time_ordered), *(new.state == s for s in time_ordered)),
             or_(old.state_at.is_(None), and_(new.state_at.is_not(None), new.state_at >= old.state_at)),
         ),
         else_=_rank_sql(new.state) >= _rank_sql(old.state),
@@ -166,8 +206,8 @@ def upsert_runs(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> int:
             )
         elif col in ("sent_at", "received_at", "started_at"):
             sets[col] = _sql_greatest(o, n)
-        elif col == "queue_wait":
-            continue  # computed below from the merged times
+        elif col == "queue_wait" or col in RECEIPT_FIELDS:
+            continue  # computed below
         elif col == "seen_at":
             sets[col] = _sql_least(o, n)
         elif col == "retries":
@@ -181,8 +221,28 @@ def upsert_runs(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> int:
     sent = _sql_greatest(old.sent_at, new.sent_at)
     started = _sql_greatest(old.started_at, new.started_at)
     sets["queue_wait"] = _seconds_between(conn, sent, started)
+    sets.update(_receipts_sql(old, new))
     conn.execute(stmt.on_conflict_do_update(index_elements=[task_runs.c.task_id], set_=sets), [_complete(r) for r in rows])
     return len(rows)
+
+
+def _receipts_sql(old, new) -> dict:
+    """The SQL twin of merge_receipts."""
+    a, b = old.received_attempt, new.received_attempt
+    take_new = or_(a.is_(None), and_(b.is_not(None), b > a))
+    take_old = or_(b.is_(None), a > b)
+    first_o, first_n = old.received_first_at, new.received_first_at
+    return {
+        "received_attempt": case((take_new, b), else_=a),
+        "received_first_at": case((take_new, first_n), (take_old, first_o), else_=_sql_least(first_o, first_n)),
+        "redelivered": case(
+            (and_(a.is_(None), b.is_(None)), or_(old.redelivered, new.redelivered)),
+            (take_new, new.redelivered),
+            (take_old, old.redelivered),
+            else_=or_(old.redelivered, new.redelivered,
+                     and_(first_o.is_not(None), first_n.is_not(None), first_o != first_n)),
+        ),
+    }
 
 
 def _seconds_between(conn: Connection, start, end):
@@ -199,6 +259,7 @@ def _complete(row: Mapping[str, Any]) -> dict[str, Any]:
     out = {c: row.get(c) for c in RUN_COLUMNS}
     out["retries"] = out["retries"] or 0
     out["truncated"] = bool(out["truncated"])
+    out["redelivered"] = bool(out["redelivered"])
     out["queue_wait"] = queue_wait(out)
     return out
 

@@ -62,6 +62,15 @@ task_runs = Table(
     Column("queue_wait", Float),
     Column("truncated", Boolean, nullable=False, server_default=false()),
     Column("updated_at", UTCDateTime, nullable=False),
+    # Detection (issue 6). The latest attempt's receipts: a second receive of the same attempt
+    # (same retries count, another timestamp) is an acks_late redelivery.
+    Column("received_attempt", Integer),
+    Column("received_first_at", UTCDateTime),
+    Column("redelivered", Boolean, nullable=False, server_default=false()),
+    # Set by the detector sweep, never by events.
+    Column("stuck_at", UTCDateTime),
+    # Set by `taskmon replay` on the new run: the task id it re-sends.
+    Column("replay_of", String(255)),
     Index(None, "seen_at"),
     Index(None, "name", "seen_at"),
     Index(None, "state", "seen_at"),
@@ -70,6 +79,7 @@ task_runs = Table(
     Index(None, "finished_at"),
     Index(None, "parent_id"),
     Index(None, "root_id"),
+    Index(None, "replay_of"),
 )
 
 # One row per worker hostname, from worker-online / worker-heartbeat / worker-offline.
@@ -218,4 +228,31 @@ reports = Table(
     Column("updated_at", UTCDateTime, nullable=False),
     Column("emailed_at", UTCDateTime),
     UniqueConstraint("kind", "period_start"),
+)
+
+# One row per task that ended for good in FAILURE, TIMEOUT, LOST or REJECTED: what to look at,
+# replay or resolve. Written by the detector sweep; state and replay link by the CLI.
+dead_letters = Table(
+    "dead_letters",
+    metadata,
+    Column("task_id", String(255), primary_key=True),
+    Column("name", String(255)),
+    Column("reason", String(16), nullable=False),
+    Column("exception_type", String(255)),
+    Column("exception", Text),
+    Column("queue", String(255)),
+    Column("worker", String(255)),
+    Column("first_seen", UTCDateTime, nullable=False),
+    Column("last_seen", UTCDateTime, nullable=False),
+    Column("dead_at", UTCDateTime, nullable=False),
+    Column("state", String(16), nullable=False, server_default="open"),
+    Column("replayed_as", String(255)),
+    Column("replayed_at", UTCDateTime),
+    Column("resolved_at", UTCDateTime),
+    Column("resolution", Text),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Index(None, "dead_at"),
+    Index(None, "state", "dead_at"),
+    Index(None, "name", "dead_at"),
 )

@@ -4,6 +4,7 @@ Configured from the environment so that a worker subprocess and the test share a
 """
 import os
 import time
+from pathlib import Path
 
 from celery import Celery
 from celery.exceptions import SoftTimeLimitExceeded
@@ -19,6 +20,8 @@ app.conf.update(
     broker_connection_retry_on_startup=True,
     event_queue_ttl=60,
     worker_hijack_root_logger=False,
+    # kombu's default; a test lowers it so that a new worker takes back a killed worker's task at once
+    broker_transport_options={"visibility_timeout": float(os.environ.get("SAMPLE_VISIBILITY_TIMEOUT", 3600))},
 )
 
 
@@ -58,3 +61,11 @@ def limited(seconds):
 @app.task(name="sample.login")
 def login(user, password=None, token=None):
     return f"logged in {user}"
+
+
+@app.task(name="sample.fragile")
+def fragile(flag_path, n):
+    """Fails while the file at ``flag_path`` says "broken": a test fixes the cause, then replays."""
+    if Path(flag_path).read_text().strip() == "broken":
+        raise RuntimeError("dependency is down")
+    return n * 2
