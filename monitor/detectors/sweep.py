@@ -89,7 +89,7 @@ class Sweeper:
         for kind, n in result.counts().items():
             self.counters.incr(f"detect.{kind}", n)
         if result.counts():
-            log.warning("detectors: %s", ", ".join(f"{n} {kind}" for kind, n in result.counts().items()))
+            log.info("detectors: %s", ", ".join(f"{n} {kind}" for kind, n in result.counts().items()))
         return result
 
     def sweep(self, now: datetime, feed_since: datetime | None) -> SweepResult:
