@@ -185,12 +185,10 @@ class SmtpSink:
     """A real SMTP server (aiosmtpd) that keeps every message it receives."""
 
     def __init__(self):
-        from aiosmtpd.controller import Controller
-
         self.messages: list = []
         self.received = threading.Event()
         self.port = free_port()
-        self.controller = Controller(self, hostname="127.0.0.1", port=self.port)
+        self.controller = None
 
     async def handle_DATA(self, server, session, envelope):
         from email import message_from_bytes
@@ -202,11 +200,17 @@ class SmtpSink:
         return "250 OK"
 
     def start(self) -> "SmtpSink":
+        """Listen on ``port``; after stop() too (a stopped aiosmtpd Controller cannot start again)."""
+        from aiosmtpd.controller import Controller
+
+        self.controller = Controller(self, hostname="127.0.0.1", port=self.port)
         self.controller.start()
         return self
 
     def stop(self) -> None:
-        self.controller.stop()
+        if self.controller is not None:
+            self.controller.stop()
+            self.controller = None
 
 
 @pytest.fixture
