@@ -172,3 +172,10 @@ def test_rendered_email_redacts_secrets_even_when_the_stored_row_has_them():
     for part in (subj, text, html):
         assert "hunter2" not in part and "s3cr3t" not in part
     assert "taskmon show abc" in text and "Runtime:" in text and "0.250 s" in text
+
+
+def test_a_high_failure_rate_is_not_raised_again_for_a_task_whose_failures_are_already_mailed():
+    rule = Rule("failure_rate", percent=20, min_count=10)
+    high = cond.rate_conditions({"a": {"total": 10, "failed": 10}, "b": {"total": 10, "failed": 10}}, rule)
+    assert [c.target for c in cond.drop_covered_rates(high, {"a"}, set())] == ["b"]
+    assert [c.target for c in cond.drop_covered_rates(high, {"a"}, {"failure_rate:a"})] == ["a", "b"]

@@ -146,3 +146,11 @@ def missed_runs(schedules: Iterable[Mapping[str, Any]], rule: Rule, now: datetim
                              detail={"schedule": row["name"], "task_name": row["task"], "due_at": due.isoformat(),
                                      "last_run_at": last.isoformat()}))
     return out
+
+
+def drop_covered_rates(conditions: Iterable[Condition], covered: set[str], open_keys: set[str]) -> list[Condition]:
+    """A high failure rate of a task whose failures are already being mailed (an open failed, timeout
+    or lost group: first e-mail, then digests with counts) would only repeat them: it is not raised
+    again. A failure_rate alert already open stays as it is until it resolves."""
+    return [c for c in conditions
+            if c.rule != "failure_rate" or c.task_name not in covered or c.key in open_keys]

@@ -17,7 +17,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from monitor.alerts import conditions as cond
 from monitor.alerts.grouping import Action, Group, plan
 from monitor.alerts.render import subject
-from monitor.alerts.rules import recipients, rules_of
+from monitor.alerts.rules import OCCURRENCE_RULES, recipients, rules_of
 from monitor.counters import Counters
 from monitor.settings import Settings
 from storage import alerts as store
@@ -101,6 +101,9 @@ class AlertRunner:
         with self.engine.begin() as conn:
             groups = {row["group_key"]: group_from_row(row) for row in store.open_groups(conn)}
             conditions += self._stored_conditions(conn, now, evaluated)
+            covered = {o.task_name for o in occurrences} | {
+                g.task_name for g in groups.values() if g.rule in OCCURRENCE_RULES and g.status == "open"}
+            conditions = cond.drop_covered_rates(conditions, covered, set(groups))
             result = plan(groups, occurrences, conditions, evaluated=evaluated,
                           holds={"queue_depth": depth_rule.for_seconds}, now=now,
                           digest_interval=timedelta(seconds=self.settings.alert_digest_interval))
