@@ -70,3 +70,14 @@ def send_alert(self, alert_id: int):
             raise
         log.warning("alert %s not sent (attempt %d), retrying in %.1fs: %s", alert_id, retries + 1, delay, exc)
         raise self.retry(exc=exc, countdown=delay, max_retries=settings.alert_max_retries) from None
+
+
+def send_test(settings: Settings, to: tuple[str, ...] | list[str], now: datetime | None = None) -> str:
+    """`taskmon alerts test`: render a sample alert and send it the way the alert task does; MailError if SMTP refuses."""
+    now = now or datetime.now(timezone.utc)
+    alert = {"id": "test", "rule": "failed", "kind": "fire", "task_name": "taskmon.test_alert",
+             "exception_type": "TestAlert", "task_id": None, "detail": {},
+             "message": "a test alert from `taskmon alerts test`: if you read this, alert e-mail works",
+             "occurrences": 1, "total_count": 1, "first_seen": now, "last_seen": now, "created_at": now}
+    subject, text, html = render(alert, None, settings.tz, settings.timezone)
+    return send_mail(settings, list(to), subject, text, html)
