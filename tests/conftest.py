@@ -184,7 +184,8 @@ def start_beat(tmp_path):
 class SmtpSink:
     """A real SMTP server (aiosmtpd) that keeps every message it receives."""
 
-    def __init__(self):
+    def __init__(self, **controller_kwargs):
+        self.controller_kwargs = controller_kwargs  # e.g. tls_context / ssl_context (tests/test_mail.py)
         self.messages: list = []
         self.received = threading.Event()
         self.port = free_port()
@@ -203,7 +204,7 @@ class SmtpSink:
         """Listen on ``port``; after stop() too (a stopped aiosmtpd Controller cannot start again)."""
         from aiosmtpd.controller import Controller
 
-        self.controller = Controller(self, hostname="127.0.0.1", port=self.port)
+        self.controller = Controller(self, hostname="127.0.0.1", port=self.port, **self.controller_kwargs)
         self.controller.start()
         return self
 

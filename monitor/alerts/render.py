@@ -62,7 +62,7 @@ def fields(alert: Mapping[str, Any], run: Mapping[str, Any] | None, tz: tzinfo, 
     """The (label, value) lines of the message body, in order; values already redacted."""
     out: list[tuple[str, str]] = []
     detail = alert.get("detail") or {}
-    if alert.get("message"):
+    if alert.get("message") and (run is None or alert["message"] != run.get("exception")):
         out.append(("What", redact_repr(alert["message"])))
     if alert.get("task_name"):
         out.append(("Task", alert["task_name"]))
