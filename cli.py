@@ -848,7 +848,7 @@ def alerts_group(click_ctx, ctx: Context, since, limit, as_json) -> None:
         click.echo("no alerts" + (" since then" if since else " yet"))
         return
     table = [(fmt_time(r["created_at"], ctx.settings.tz), r["id"], r["kind"], r["rule"], r["status"], r["attempts"],
-              _one_line(r["subject"], 70), _one_line(r["last_error"], 90)) for r in rows]
+              _one_line(r["subject"], 90), _one_line(r["last_error"], 90)) for r in rows]
     widths = [max(len(str(x)) for x in col) for col in zip(ALERT_COLUMNS, *table)]
     for line in [tuple(c.upper() for c in ALERT_COLUMNS), *table]:
         click.echo("  ".join(str(v).ljust(w) for v, w in zip(line, widths)).rstrip())
