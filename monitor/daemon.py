@@ -119,6 +119,7 @@ class Daemon:
         self.started_at = datetime.now(timezone.utc)
         self.stop_event = threading.Event()
         self.detector = self.scheduler = None  # issue 6: started in start()
+        self.alerter = None  # issue 7: evaluates the alert rules after each sweep
 
     def counters(self) -> dict[str, int]:
         parts = [self.writer.counters, *(s.counters for s in self.sources)]
@@ -126,6 +127,8 @@ class Daemon:
             parts.append(self.reconciler.counters)
         if self.detector is not None:
             parts.append(self.detector.counters)
+        if self.alerter is not None:
+            parts.append(self.alerter.counters)
         out = merged(*parts)
         out["buffered"] = len(self.buffer)
         return out
@@ -145,18 +148,31 @@ class Daemon:
                  self.engine.url.render_as_string(hide_password=True))
 
     def _start_detectors(self) -> None:
-        """Detector sweeps every detect_interval seconds, in APScheduler's thread with their own connections."""
+        """Detector sweeps every detect_interval seconds, each followed by the alert rules' evaluation,
+        in APScheduler's thread with their own connections."""
         if not self.settings.detect_interval:
             return
         from apscheduler.schedulers.background import BackgroundScheduler
 
+        from monitor.alerts.runner import AlertRunner
         from monitor.detectors.sweep import Sweeper
 
         self.detector = Sweeper(self.engine, self.settings, feed_ok=self._feed_ok)
+        alerter = AlertRunner(self.engine, self.settings)
+        if alerter.enabled:
+            self.alerter = alerter
+        else:
+            alerter.close()
         self.scheduler = BackgroundScheduler(timezone=timezone.utc)
-        self.scheduler.add_job(self.detector.run, "interval", seconds=self.settings.detect_interval, id="detect",
-                               max_instances=1, coalesce=True)
+        self.scheduler.add_job(self._detect_and_alert, "interval", seconds=self.settings.detect_interval,
+                               id="detect", max_instances=1, coalesce=True)
         self.scheduler.start()
+
+    def _detect_and_alert(self) -> None:
+        """One sweep, then the alert rules on what it found; each logs and counts its own failures."""
+        result = self.detector.run()
+        if self.alerter is not None:
+            self.alerter.run(result)
 
     def _feed_ok(self) -> bool:
         """Whether stored heartbeats are current: every source connected and the writer keeping up."""
@@ -227,6 +243,8 @@ class Daemon:
         deadline = time.monotonic() + self.options.stop_timeout
         if self.scheduler is not None:
             self.scheduler.shutdown(wait=True)
+        if self.alerter is not None:
+            self.alerter.close()
         for source in self.sources:
             source.stop()
         for source in self.sources:

@@ -60,6 +60,13 @@ class Settings:
     timeouts: tuple[tuple[str, float], ...] = ()
     lost_after_heartbeats: float = 2.0
     stuck_after: float = 300.0
+    # Alerts (issue 7)
+    alerts: tuple = ()  # monitor.alerts.rules.Rule objects; empty: the default rules
+    alert_digest_interval: float = 900.0
+    alert_retry_delay: float = 30.0
+    alert_retry_max_delay: float = 600.0
+    alert_max_retries: int = 500
+    alert_resend_after: float = 900.0
 
     @property
     def tz(self) -> ZoneInfo:
@@ -101,10 +108,18 @@ DESCRIPTIONS: dict[str, str] = {
     "lost_after_heartbeats": "A worker silent for this many of its heartbeat intervals is lost, and its "
                              "running tasks LOST",
     "stuck_after": "A task sent but not started this many seconds after it was due is flagged stuck",
+    "alerts": "Alert rules: the [alerts] table (see Alerts), or the same as a JSON object; default: every rule on",
+    "alert_digest_interval": "Seconds between digests of one alert group: further occurrences are counted and "
+                             "mailed together at most this often",
+    "alert_retry_delay": "Seconds before the first retry of an alert e-mail that could not be sent; doubles per retry",
+    "alert_retry_max_delay": "Cap in seconds on the delay between retries of an alert e-mail",
+    "alert_max_retries": "Retries of an alert e-mail before it stays failed (500 x 600 s: about 3.5 days)",
+    "alert_resend_after": "The daemon sends the alert task again for a pending or failed alert whose retry is "
+                          "this many seconds overdue (a lost task message)",
 }
 
 SECRET_FIELDS = {"smtp_password"}
-TABLE_FIELDS = {"timeouts"}  # settings written as a TOML table
+TABLE_FIELDS = {"timeouts", "alerts"}  # settings written as a TOML table
 URL_FIELDS = {"broker_url", "result_backend", "database_url"}
 SOURCES = ("default", "file", "env", "flag")
 
@@ -146,6 +161,10 @@ def display_value(name: str, value: Any) -> str:
         return mask_url(value)
     if name == "timeouts":
         return ",".join(f"{glob}={seconds:g}" for glob, seconds in value)
+    if name == "alerts":
+        from monitor.alerts.rules import default_rules, describe
+
+        return describe(value or default_rules())
     if isinstance(value, tuple):
         return ",".join(value)
     return str(value)
@@ -156,6 +175,13 @@ def _coerce(name: str, raw: Any) -> Any:
     default = getattr(Settings, name)
     if name == "timeouts":
         return _coerce_timeouts(raw)
+    if name == "alerts":
+        from monitor.alerts.rules import RuleError, parse_rules
+
+        try:
+            return parse_rules(raw)
+        except RuleError as exc:
+            raise SettingsError(str(exc)) from None
     try:
         if isinstance(default, bool):
             if isinstance(raw, bool):
@@ -241,6 +267,11 @@ def validate(s: Settings) -> Settings:
             raise SettingsError(f"{name}: must be more than 0, got {getattr(s, name):g}")
     if s.lost_after_heartbeats < 1:
         raise SettingsError(f"lost_after_heartbeats: must be 1 or more, got {s.lost_after_heartbeats:g}")
+    for name in ("alert_digest_interval", "alert_retry_delay", "alert_retry_max_delay", "alert_resend_after"):
+        if getattr(s, name) <= 0:
+            raise SettingsError(f"{name}: must be more than 0, got {getattr(s, name):g}")
+    if s.alert_max_retries < 0:
+        raise SettingsError(f"alert_max_retries: must be 0 or more, got {s.alert_max_retries}")
     if not 0 < s.smtp_port < 65536:
         raise SettingsError(f"smtp_port: must be 1-65535, got {s.smtp_port}")
     if s.smtp_security not in {"none", "starttls", "ssl"}:

@@ -256,3 +256,61 @@ dead_letters = Table(
     Index(None, "state", "dead_at"),
     Index(None, "name", "dead_at"),
 )
+
+# -- alerts (issue 7) -------------------------------------------------------------------------------
+
+# One row per alert group (rule + task name + exception type; worker, queue, task name or schedule
+# for condition rules): open or resolved, and what was counted but not mailed yet.
+alert_groups = Table(
+    "alert_groups",
+    metadata,
+    Column("group_key", String(512), primary_key=True),
+    Column("rule", String(32), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("task_name", String(255)),
+    Column("exception_type", String(255)),
+    Column("target", String(255)),
+    Column("since", UTCDateTime, nullable=False),
+    Column("first_seen", UTCDateTime, nullable=False),
+    Column("last_seen", UTCDateTime, nullable=False),
+    Column("total_count", Integer, nullable=False, server_default="0"),
+    Column("pending_count", Integer, nullable=False, server_default="0"),
+    Column("notified_at", UTCDateTime),
+    Column("last_task_id", String(255)),
+    Column("message", Text),
+    Column("resolved_at", UTCDateTime),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Index(None, "status"),
+)
+
+# One row per notification (fire, digest or resolved) and its delivery by the alerts.send_alert task.
+alerts = Table(
+    "alerts",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("group_key", String(512), nullable=False),
+    Column("rule", String(32), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("subject", Text, nullable=False),
+    Column("recipients", Text, nullable=False),
+    Column("task_name", String(255)),
+    Column("exception_type", String(255)),
+    Column("target", String(255)),
+    Column("task_id", String(255)),
+    Column("message", Text),
+    Column("detail", Text, nullable=False, server_default="{}"),
+    Column("occurrences", Integer, nullable=False),
+    Column("total_count", Integer, nullable=False),
+    Column("first_seen", UTCDateTime, nullable=False),
+    Column("last_seen", UTCDateTime, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("last_error", Text),
+    Column("next_attempt_at", UTCDateTime),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("sent_at", UTCDateTime),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Index(None, "created_at"),
+    Index(None, "status", "next_attempt_at"),
+    Index(None, "group_key"),
+)

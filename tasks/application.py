@@ -30,7 +30,7 @@ ROUTES = {
 }
 
 TASK_MODULES = ("tasks.cleanup", "tasks.reports", "tasks.billing", "tasks.notifications", "tasks.maintenance",
-                "tasks.demo")
+                "tasks.demo", "tasks.alerts")
 
 SOFT_TIME_LIMIT = 300
 HARD_TIME_LIMIT = 600

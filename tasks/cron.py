@@ -119,3 +119,12 @@ def next_run(row: Mapping[str, Any], app: Celery, now: datetime) -> datetime:
     sched = celery_schedule(row, app, nowfun=lambda: now.astimezone(app.timezone))
     last = row.get("last_run_at") or now
     return now + max(sched.remaining_estimate(last), timedelta(0))
+
+
+def due_after_last(row: Mapping[str, Any], app: Celery, now: datetime) -> datetime | None:
+    """When the row was (or is) due next after its ``last_run_at``, possibly in the past; None if it never ran."""
+    last = row.get("last_run_at")
+    if last is None:
+        return None
+    sched = celery_schedule(row, app, nowfun=lambda: now.astimezone(app.timezone))
+    return now + sched.remaining_estimate(last)

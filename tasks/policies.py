@@ -37,3 +37,25 @@ class CriticalTask(DefaultTask):
 
     max_retries = 5
     retry_backoff = 30
+
+
+class AlertTask(Task):
+    """Alert e-mail: retried for a long time with a capped, jittered backoff (the timings are settings,
+    alert_retry_delay / alert_retry_max_delay / alert_max_retries), never automatically on any error."""
+
+    max_retries = None  # the task passes alert_max_retries on each retry
+
+    @property
+    def settings(self):
+        return self.app.settings
+
+    @property
+    def engine(self):
+        return self.app.engine
+
+    def retry_delay(self, retries: int) -> float:
+        import random
+
+        s = self.settings
+        ceiling = min(s.alert_retry_delay * 2 ** min(retries, 30), s.alert_retry_max_delay)
+        return ceiling * (0.5 + random.random() / 2)

@@ -184,13 +184,12 @@ def start_beat(tmp_path):
 class SmtpSink:
     """A real SMTP server (aiosmtpd) that keeps every message it receives."""
 
-    def __init__(self):
-        from aiosmtpd.controller import Controller
-
+    def __init__(self, **controller_kwargs):
+        self.controller_kwargs = controller_kwargs  # e.g. tls_context / ssl_context (tests/test_mail.py)
         self.messages: list = []
         self.received = threading.Event()
         self.port = free_port()
-        self.controller = Controller(self, hostname="127.0.0.1", port=self.port)
+        self.controller = None
 
     async def handle_DATA(self, server, session, envelope):
         from email import message_from_bytes
@@ -202,11 +201,17 @@ class SmtpSink:
         return "250 OK"
 
     def start(self) -> "SmtpSink":
+        """Listen on ``port``; after stop() too (a stopped aiosmtpd Controller cannot start again)."""
+        from aiosmtpd.controller import Controller
+
+        self.controller = Controller(self, hostname="127.0.0.1", port=self.port, **self.controller_kwargs)
         self.controller.start()
         return self
 
     def stop(self) -> None:
-        self.controller.stop()
+        if self.controller is not None:
+            self.controller.stop()
+            self.controller = None
 
 
 @pytest.fixture

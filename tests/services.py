@@ -81,9 +81,9 @@ class Worker(Subprocess):
 
     def __init__(self, app: str, broker_url: str, *, queues: str | None = None, concurrency: int = 2,
                  pool: str = "prefork", env: dict | None = None, extra: list[str] | None = None, logdir: Path,
-                 events: bool = True):
-        self.hostname = f"{unique('w')}@taskmon-test"
-        self.log = logdir / f"{self.hostname.split('@')[0]}.log"
+                 events: bool = True, hostname: str | None = None):
+        self.hostname = hostname or f"{unique('w')}@taskmon-test"
+        self.log = logdir / f"{unique(self.hostname.split('@')[0])}.log"
         args = [sys.executable, "-m", "celery", "-A", app, "worker", "-l", "info",
                 "-c", str(concurrency), "-P", pool, "-n", self.hostname, "--without-gossip", "--without-mingle"]
         if events:

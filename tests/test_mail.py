@@ -25,12 +25,7 @@ def certificate(tmp_path, monkeypatch):
     return context
 
 
-class TlsSink(SmtpSink):
-    def __init__(self, **controller_kwargs):
-        from aiosmtpd.controller import Controller
-
-        super().__init__()
-        self.controller = Controller(self, hostname="127.0.0.1", port=self.port, **controller_kwargs)
+TlsSink = SmtpSink  # with tls_context= (STARTTLS) or ssl_context= (implicit SSL)
 
 
 def settings(port, security="none", **kw):

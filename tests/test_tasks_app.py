@@ -5,7 +5,7 @@ from celery.utils.time import get_exponential_backoff_interval
 
 from monitor.settings import Settings
 from tasks.application import QUEUE_NAMES, TaskmonCelery, make_app, task_names
-from tasks.policies import BadInput, CriticalTask, DefaultTask
+from tasks.policies import AlertTask, BadInput, CriticalTask, DefaultTask
 
 
 @pytest.fixture
@@ -57,9 +57,10 @@ def test_tasks_are_routed_by_module(app, task, queue):
 
 def test_task_names_are_module_dot_task_and_every_module_is_known(app):
     names = task_names(app)
-    assert len(names) == 21
+    assert len(names) == 22
     assert all(n.count(".") == 1 for n in names)
-    assert {n.split(".")[0] for n in names} == {"cleanup", "reports", "billing", "notifications", "maintenance", "demo"}
+    assert {n.split(".")[0] for n in names} == {"cleanup", "reports", "billing", "notifications", "maintenance", "demo",
+                                                 "alerts"}
 
 
 def test_retry_policies_default_and_critical(app):
@@ -78,3 +79,13 @@ def test_retry_policies_default_and_critical(app):
 def test_health_check_is_not_retried(app):
     task_names(app)
     assert app.tasks["maintenance.health_check"].autoretry_for == ()
+
+
+def test_alert_task_retries_long_with_a_capped_jittered_backoff_from_settings():
+    app = make_app(Settings(broker_url="memory://", alert_retry_delay=2, alert_retry_max_delay=10), set_as_current=False)
+    task_names(app)
+    task = app.tasks["alerts.send_alert"]
+    assert isinstance(task, AlertTask) and not isinstance(task, DefaultTask)  # never auto-retried on any error
+    for retries, ceiling in [(0, 2), (1, 4), (2, 8), (3, 10), (50, 10)]:
+        delay = task.retry_delay(retries)
+        assert ceiling / 2 <= delay <= ceiling

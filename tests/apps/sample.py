@@ -63,6 +63,12 @@ def login(user, password=None, token=None):
     return f"logged in {user}"
 
 
+@app.task(name="sample.login_fail")
+def login_fail(user, password=None):
+    """Always refused: a failure whose kwargs carry a secret that no e-mail may show."""
+    raise PermissionError(f"login refused for {user}")
+
+
 @app.task(name="sample.fragile")
 def fragile(flag_path, n):
     """Fails while the file at ``flag_path`` says "broken": a test fixes the cause, then replays."""

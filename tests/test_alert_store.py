@@ -1,0 +1,129 @@
+"""The alert job over stored rows on SQLite and PostgreSQL: scripted sweep results and ``now``."""
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from sqlalchemy import select
+
+from monitor.alerts.rules import parse_rules
+from monitor.alerts.runner import AlertRunner
+from monitor.detectors.sweep import SweepResult
+from monitor.redis_server import free_port
+from monitor.settings import Settings
+from storage import alerts as store
+from storage.runs import upsert_runs, upsert_workers
+from storage.schedules import add_schedule
+from storage.schema import alert_groups, periodic_tasks
+from tasks.alerts import deliver_alert
+from tasks.cron import definition
+from tasks.mail import MailError
+
+NOW = datetime.now(timezone.utc).replace(microsecond=0)
+ONLY = lambda *names: parse_rules({n: {"enabled": False} for n in  # noqa: E731
+                                   ("failed", "timeout", "lost", "stuck", "worker_offline", "queue_depth",
+                                    "failure_rate", "missed_run") if n not in names})
+
+
+def at(s):
+    return NOW + timedelta(seconds=s)
+
+
+def runner(engine, redis_url, rules, **kw):
+    settings = Settings(broker_url=redis_url, alert_recipients=("ops@example.com",), alerts=rules,
+                        alert_digest_interval=60, **kw)
+    return AlertRunner(engine, settings)
+
+
+def failed_run(task_id, t):
+    return {"task_id": task_id, "name": "billing.charge", "state": "FAILURE", "state_at": at(t), "seen_at": at(t),
+            "finished_at": at(t), "exception": "ValueError('card declined')", "exception_type": "ValueError",
+            "traceback": "Traceback (most recent call last):\nValueError: card declined", "worker": "w1@host",
+            "args": "(42,)", "kwargs": "{'password': 'hunter2'}", "runtime": 0.5, "updated_at": at(t)}
+
+
+def letters(*ids, t=0):
+    return SweepResult(at(t), dead_letters=[{"task_id": i, "name": "billing.charge", "reason": "failure",
+                                             "exception_type": "ValueError", "exception": "ValueError('card declined')",
+                                             "dead_at": at(t)} for i in ids])
+
+
+def test_a_failure_records_one_pending_alert_then_one_digest_and_the_group_state(engine, redis_url):
+    with engine.begin() as conn:
+        upsert_runs(conn, [failed_run(f"t{i}", 0) for i in range(3)])
+    r = runner(engine, redis_url, ONLY("failed"))
+    try:
+        first = r.evaluate(at(1), letters("t0", "t1", "t2"))
+        assert r.evaluate(at(30), None) == []
+        digest = r.evaluate(at(61), None)
+    finally:
+        r.close()
+    with engine.connect() as conn:
+        rows = store.list_alerts(conn)
+        group = conn.execute(select(alert_groups)).mappings().one()
+    assert [a["id"] for a in rows] == digest + first
+    assert [(a["kind"], a["occurrences"], a["total_count"], a["status"]) for a in rows] == [
+        ("digest", 2, 3, "pending"), ("fire", 1, 1, "pending")]
+    assert rows[1]["subject"] == "[taskmon] billing.charge failed: ValueError"
+    assert rows[0]["subject"] == "[taskmon] digest: billing.charge failed: ValueError (2 more, 3 in all)"
+    assert rows[1]["recipients"] == "ops@example.com" and rows[1]["task_id"] == "t0"
+    assert group["status"] == "open" and group["pending_count"] == 0 and group["total_count"] == 3
+
+
+def test_worker_offline_and_missed_run_are_read_from_storage_and_resolve(engine, redis_url):
+    with engine.begin() as conn:
+        upsert_workers(conn, [{"hostname": "w1@host", "status": "lost", "last_heartbeat": at(-10), "freq": 2.0,
+                               "first_seen": at(-100), "updated_at": at(-1)}])
+        add_schedule(conn, definition("nightly", "reports.generate_daily_report", every=60), at(-600))
+        conn.execute(periodic_tasks.update().where(periodic_tasks.c.name == "nightly").values(last_run_at=at(-300)))
+    r = runner(engine, redis_url, parse_rules({"missed_run": {"grace_seconds": 30}, "queue_depth": {"enabled": False}}))
+    try:
+        r.evaluate(at(0), None)
+        with engine.begin() as conn:
+            upsert_workers(conn, [{"hostname": "w1@host", "status": "online", "last_heartbeat": at(1), "freq": 2.0,
+                                   "first_seen": at(-100), "updated_at": at(1)}])
+        r.evaluate(at(2), None)
+    finally:
+        r.close()
+    with engine.connect() as conn:
+        rows = store.list_alerts(conn)
+    kinds = sorted((a["rule"], a["kind"], a["target"]) for a in rows)
+    assert kinds == [("missed_run", "fire", "nightly"), ("worker_offline", "fire", "w1@host"),
+                     ("worker_offline", "resolved", "w1@host")]
+
+
+def test_no_recipients_is_recorded_as_failed_and_nothing_is_sent(engine, redis_url):
+    r = AlertRunner(engine, Settings(broker_url=redis_url, alerts=ONLY("failed")))
+    try:
+        r.evaluate(at(1), letters("x"))
+    finally:
+        r.close()
+    with engine.connect() as conn:
+        (alert,) = store.list_alerts(conn)
+    assert alert["status"] == "failed" and alert["last_error"].startswith("no recipients")
+
+
+def test_delivery_is_idempotent_per_alert_and_a_failed_send_is_kept_for_a_retry(engine, redis_url, smtp_server):
+    with engine.begin() as conn:
+        upsert_runs(conn, [failed_run("t0", 0)])
+    r = runner(engine, redis_url, ONLY("failed"))
+    try:
+        (alert_id,) = r.evaluate(at(1), letters("t0"))
+    finally:
+        r.close()
+    down = Settings(smtp_host="127.0.0.1", smtp_port=free_port(), alert_resend_after=100)
+    with pytest.raises(MailError, match="cannot send mail via 127.0.0.1"):
+        deliver_alert(engine, down, alert_id, retry_in=5)
+    with engine.begin() as conn:
+        failed = store.get_alert(conn, alert_id)
+        assert failed["status"] == "failed" and failed["attempts"] == 1 and "refused" in failed["last_error"]
+        assert store.due_for_resend(conn, failed["updated_at"] + timedelta(seconds=104)) == []
+        assert store.due_for_resend(conn, failed["updated_at"] + timedelta(seconds=106)) == [alert_id]
+    up = Settings(smtp_host="127.0.0.1", smtp_port=smtp_server.port)
+    assert deliver_alert(engine, up, alert_id) == {"id": alert_id, "sent": True}
+    assert deliver_alert(engine, up, alert_id) == {"id": alert_id, "sent": False}
+    assert len(smtp_server.messages) == 1
+    msg = smtp_server.messages[0]["message"]
+    assert msg["Subject"] == "[taskmon] billing.charge failed: ValueError"
+    assert "hunter2" not in msg.as_string()
+    with engine.connect() as conn:
+        sent = store.get_alert(conn, alert_id)
+    assert sent["status"] == "sent" and sent["attempts"] == 2 and sent["sent_at"] is not None
