@@ -1,0 +1,1 @@
+"""The `taskmon` command families; cli.py registers them on the top-level group."""
