@@ -18,8 +18,24 @@ _PAIR = re.compile(
 )
 
 
+def mentions_secret(text: str) -> bool:
+    """Whether a secret word occurs in ``text``, ignoring case (``_SECRET_KEY.search``, faster).
+
+    Every task-sent/received event passes here twice; the case-insensitive regex costs ~0.2 us
+    per character, a lower-cased substring scan a tenth of that. For ASCII text the two agree
+    exactly; other text keeps the regex (its Unicode case folding, e.g. the Kelvin sign, differs).
+    """
+    if not text.isascii():
+        return _SECRET_KEY.search(text) is not None
+    lowered = text.lower()
+    for word in SECRET_WORDS:
+        if word in lowered:
+            return True
+    return False
+
+
 def is_secret_key(key: Any) -> bool:
-    return isinstance(key, str) and bool(_SECRET_KEY.search(key))
+    return isinstance(key, str) and mentions_secret(key)
 
 
 def redact_value(value: Any) -> Any:
@@ -40,7 +56,7 @@ def redact_repr(text: str | None) -> str | None:
     non-literal repr (``<object at 0x..>``) is redacted by pattern, which also catches
     ``password=...`` inside strings.
     """
-    if not text or not _SECRET_KEY.search(text):
+    if not text or not mentions_secret(text):
         return text
     try:
         value = ast.literal_eval(text)
