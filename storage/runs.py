@@ -52,6 +52,19 @@ def new_wins(old_state: str, old_at, new_state: str, new_at) -> bool:
     return state_rank(new_state) >= state_rank(old_state)
 
 
+# How merge_run combines each column (a dict lookup per column instead of a chain of tests).
+_OTHER, _OUTCOME, _LONGEST, _LATEST, _SEEN, _RETRIES, _TRUNCATED, _UPDATED = range(8)
+_MERGE_KIND: dict[str, int] = {
+    **{col: _OUTCOME for col in OUTCOME_FIELDS},
+    **{col: _LONGEST for col in LONGEST_FIELDS},
+    **{col: _LATEST for col in LATEST_FIELDS},
+    "seen_at": _SEEN,
+    "retries": _RETRIES,
+    "truncated": _TRUNCATED,
+    "updated_at": _UPDATED,
+}
+
+
 def merge_run(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> dict[str, Any]:
     """Merge two partial rows of one task exactly as ``upsert_runs`` does in SQL.
 
@@ -64,29 +77,29 @@ def merge_run(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> dict[str
         return out
     wins = new_wins(old["state"], old.get("state_at"), new["state"], new.get("state_at"))
     first, second = (new, old) if wins else (old, new)
+    outcome_from = new if wins and new["state"] in OUTCOME_STATES else (
+        old if not wins and old["state"] in OUTCOME_STATES else None)
+    kinds = _MERGE_KIND
     out: dict[str, Any] = {}
     for col in old.keys() | new.keys():
-        if col in OUTCOME_FIELDS:
-            if wins and new["state"] in OUTCOME_STATES:
-                out[col] = new.get(col)
-            elif not wins and old["state"] in OUTCOME_STATES:
-                out[col] = old.get(col)
-            else:
-                out[col] = _coalesce(old.get(col), new.get(col))
-        elif col in LONGEST_FIELDS:
-            out[col] = _longest(first.get(col), second.get(col))
-        elif col in LATEST_FIELDS:
+        kind = kinds.get(col, _OTHER)
+        if kind == _OTHER:
+            value = first.get(col)
+            out[col] = value if value is not None else second.get(col)
+        elif kind == _OUTCOME:
+            out[col] = outcome_from.get(col) if outcome_from is not None else _coalesce(old.get(col), new.get(col))
+        elif kind == _LATEST:
             out[col] = _greatest(old.get(col), new.get(col))
-        elif col == "seen_at":
+        elif kind == _LONGEST:
+            out[col] = _longest(first.get(col), second.get(col))
+        elif kind == _SEEN:
             out[col] = _least(old.get(col), new.get(col))
-        elif col == "retries":
+        elif kind == _RETRIES:
             out[col] = max(old.get(col) or 0, new.get(col) or 0)
-        elif col == "truncated":
+        elif kind == _TRUNCATED:
             out[col] = bool(old.get(col)) or bool(new.get(col))
-        elif col == "updated_at":
+        else:  # _UPDATED
             out[col] = new.get(col) or old.get(col)
-        else:
-            out[col] = _coalesce(first.get(col), second.get(col))
     out["queue_wait"] = queue_wait(out)
     return out
 
