@@ -25,6 +25,7 @@ TASK_EVENT_STATES = {
 WORKER_EVENTS = {"worker-online": "online", "worker-heartbeat": "online", "worker-offline": "offline"}
 FINISH_EVENTS = {"task-succeeded", "task-failed", "task-retried", "task-revoked", "task-rejected"}
 TEXT_FIELDS = ("args", "kwargs", "result", "exception", "traceback")
+REDACTED_FIELDS = frozenset({"args", "kwargs"})
 SHORT_FIELDS = ("name", "queue", "routing_key", "exchange", "root_id", "parent_id")
 SHORT_MAX = 255
 
@@ -119,15 +120,29 @@ def to_update(event: Any, field_max_bytes: int) -> Update:
     at = _timestamp(event)
     row: dict[str, Any] = {"task_id": task_id, "state": state, "state_at": at, "seen_at": at, "updated_at": at}
     truncated = False
+    # The loops below run for every event: plain strings (the usual case) take the short way,
+    # anything else goes through _text/_short, which convert or refuse it.
     for field in TEXT_FIELDS:
-        value = _text(event, field)
-        if field in ("args", "kwargs"):
+        value = event.get(field)
+        if value is None:
+            row[field] = None
+            continue
+        if value.__class__ is not str or "\x00" in value:
+            value = _text(event, field)
+        if field in REDACTED_FIELDS:
             value = redact_repr(value)
-        value, cut = truncate(value, field_max_bytes)
-        truncated |= cut
+        if field_max_bytes > 0 and len(value) * 4 > field_max_bytes:
+            value, cut = truncate(value, field_max_bytes)
+            truncated |= cut
         row[field] = value
     for field in SHORT_FIELDS:
-        row[field] = _short(event, field)
+        value = event.get(field)
+        if value is None:
+            row[field] = None
+        elif value.__class__ is str and "\x00" not in value:
+            row[field] = value if len(value) <= SHORT_MAX else value[:SHORT_MAX]
+        else:
+            row[field] = _short(event, field)
     row["truncated"] = truncated
     hostname = _short(event, "hostname")
     if kind != "task-sent":
