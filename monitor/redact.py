@@ -10,8 +10,13 @@ SECRET_WORDS = ("password", "passwd", "pwd", "secret", "token", "api_key", "apik
                 "private_key", "credential", "authorization", "auth", "cookie", "session_key", "signature")
 _SECRET_KEY = re.compile(r"(?i)(%s)" % "|".join(re.escape(w) for w in SECRET_WORDS))
 # 'password': 'x'   "api_key": "x"   password='x'   token=abc   in a repr, even a truncated one.
+# (?<![\w-]): a key starts where a run of word characters starts. Without it the regex also
+# tried every position inside every run (ids, hex strings), each a 15-word backtracking search:
+# ~250 us per repr instead of ~50. A match can only start at a run's start anyway (the run's
+# tail matches only if the whole run does), and the key is put back verbatim, so the result
+# is the same.
 _PAIR = re.compile(
-    r"""(?P<key>['"]?[\w-]*(?:%s)[\w-]*['"]?\s*(?::|=)\s*)"""
+    r"""(?<![\w-])(?P<key>['"]?[\w-]*(?:%s)[\w-]*['"]?\s*(?::|=)\s*)"""
     r"""(?P<value>'(?:[^'\\]|\\.)*(?:'|$)|"(?:[^"\\]|\\.)*(?:"|$)|b'(?:[^'\\]|\\.)*(?:'|$)|[^,)}\]\s]+)"""
     % "|".join(re.escape(w) for w in SECRET_WORDS),
     re.IGNORECASE,
