@@ -98,10 +98,12 @@ def taskmon_command() -> list[str]:
 class Taskmon(Consumer):
     """`taskmon run --source pubsub --no-enable-events` into a fresh database per step."""
 
+    extra_args: tuple[str, ...] = ()  # more `taskmon run` options (run.py --taskmon-args)
+
     def start(self, step: str, tasks: int) -> None:
         self.db_url = self.create_database(step)
         self._spawn([*taskmon_command(), "-v", "run", "--source", "pubsub", "--no-enable-events",
-                     "--db", self.db_url, "--broker", self.broker_url], step)
+                     "--db", self.db_url, "--broker", self.broker_url, *self.extra_args], step)
 
     def target(self, published: dict) -> int:
         return published["tasks"]

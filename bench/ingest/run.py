@@ -20,6 +20,7 @@ import json
 import multiprocessing
 import os
 import platform
+import shlex
 import shutil
 import sqlite3
 import subprocess
@@ -358,6 +359,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--settle", type=float, default=6.0,
                         help="a consumer whose progress stands still this long is done (default: %(default)s)")
     parser.add_argument("--warmup", type=float, default=1.0, help="seconds between subscribing and publishing")
+    parser.add_argument("--taskmon-args", default="", help="extra `taskmon run` options, e.g. '--batch-size 20000'")
     parser.add_argument("--out", help="JSON file (default: bench/results/ingest-<time>.json)")
     args = parser.parse_args(argv)
     args.rates = [int(r) for r in args.rates.split(",") if r.strip()]
@@ -368,8 +370,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def make_consumers(keys: list[str], workdir: Path, broker_url: str, postgres_url: str) -> list[cons.Consumer]:
+def make_consumers(keys: list[str], workdir: Path, broker_url: str, postgres_url: str,
+                   taskmon_args: str = "") -> list[cons.Consumer]:
     out: list[cons.Consumer] = []
+    cons.Taskmon.extra_args = tuple(shlex.split(taskmon_args))
     for key in keys:
         if key == "taskmon-sqlite":
             out.append(cons.TaskmonSQLite(workdir, broker_url))
@@ -400,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         facts = machine_facts(client, args.postgres if "taskmon-postgres" in args.consumers else None)
         facts["redis_pubsub_limit"] = client.config_get("client-output-buffer-limit")["client-output-buffer-limit"]
-        consumers = make_consumers(args.consumers, workdir, server.url, args.postgres)
+        consumers = make_consumers(args.consumers, workdir, server.url, args.postgres, args.taskmon_args)
         for index, rate in enumerate(args.rates):
             plan = gen.build(args.events, rate, seed=index + 1)
             print(f"\n== {rate:,} events/s: {plan['events']:,} events, {len(plan['expected']):,} tasks, "
