@@ -103,7 +103,11 @@ def exception_type(exception: str | None) -> str | None:
 
 
 def to_update(event: Any, field_max_bytes: int) -> Update:
-    """Validate one event and turn it into a partial row; raise Malformed otherwise."""
+    """Validate one event and turn it into a partial row; raise Malformed otherwise.
+
+    The row holds only what the event says: a field the event lacks (or sends as None) is
+    left out, which the merge and the upsert read as NULL. Fewer keys, less merging.
+    """
     if not isinstance(event, dict):
         raise Malformed("not_dict", type(event).__name__)
     kind = event.get("type")
@@ -125,7 +129,6 @@ def to_update(event: Any, field_max_bytes: int) -> Update:
     for field in TEXT_FIELDS:
         value = event.get(field)
         if value is None:
-            row[field] = None
             continue
         if value.__class__ is not str or "\x00" in value:
             value = _text(event, field)
@@ -138,22 +141,24 @@ def to_update(event: Any, field_max_bytes: int) -> Update:
     for field in SHORT_FIELDS:
         value = event.get(field)
         if value is None:
-            row[field] = None
+            pass
         elif value.__class__ is str and "\x00" not in value:
             row[field] = value if len(value) <= SHORT_MAX else value[:SHORT_MAX]
         else:
             row[field] = _short(event, field)
     row["truncated"] = truncated
     hostname = _short(event, "hostname")
-    if kind != "task-sent":
+    if kind != "task-sent" and hostname is not None:
         row["worker"] = hostname  # task-sent's hostname is the client's, not a worker
     retries = event.get("retries")
     if retries is not None:
         if isinstance(retries, bool) or not isinstance(retries, int):
             raise Malformed("bad_field_type", "retries")
         row["retries"] = retries
-    row["eta"] = _iso(event.get("eta"), "eta")
-    row["expires"] = _iso(event.get("expires"), "expires")
+    for field in ("eta", "expires"):
+        value = _iso(event.get(field), field)
+        if value is not None:
+            row[field] = value
     if kind == "task-sent":
         row["sent_at"] = at
     elif kind == "task-received":
@@ -166,9 +171,12 @@ def to_update(event: Any, field_max_bytes: int) -> Update:
         runtime = event.get("runtime")
         if runtime is not None and (isinstance(runtime, bool) or not isinstance(runtime, (int, float))):
             raise Malformed("bad_field_type", "runtime")
-        row["runtime"] = float(runtime) if runtime is not None else None
+        if runtime is not None:
+            row["runtime"] = float(runtime)
     if kind in ("task-failed", "task-retried"):
-        row["exception_type"] = exception_type(row["exception"])
+        name = exception_type(row.get("exception"))
+        if name is not None:
+            row["exception_type"] = name
     if kind == "task-revoked":
         flags = [f for f in ("terminated", "expired") if event.get(f)]
         signum = event.get("signum")
