@@ -172,12 +172,13 @@ def upsert_runs(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> int:
     if not rows:
         return 0
     sql, convert = _compiled_upsert(conn.dialect)
-    conn.exec_driver_sql(sql, [convert(r) for r in rows])
+    times: dict = {}  # a batch's rows share many timestamps (updated_at, a task's state_at/seen_at/sent_at)
+    conn.exec_driver_sql(sql, [convert(r, times) for r in rows])
     return len(rows)
 
 
 @functools.lru_cache(maxsize=16)
-def _compiled_upsert(dialect: Dialect) -> tuple[str, Callable[[Mapping[str, Any]], Any]]:
+def _compiled_upsert(dialect: Dialect) -> tuple[str, Callable[[Mapping[str, Any], dict], Any]]:
     """The merging upsert compiled once per dialect, and the function that turns a row into its parameters.
 
     The writer sends thousands of rows a second; building and compiling the statement per batch
@@ -188,27 +189,39 @@ def _compiled_upsert(dialect: Dialect) -> tuple[str, Callable[[Mapping[str, Any]
     names = tuple(compiled.positiontup) if dialect.positional else tuple(compiled.binds)
     if sorted(names) != sorted(RUN_COLUMNS):
         raise RuntimeError(f"unexpected parameters in the task_runs upsert: {names}")
-    processors = []
-    for col in task_runs.columns:
+    utc_process = utc_bind_processor(dialect)
+    times_at, steps = [], []
+    for i, col in enumerate(task_runs.columns):
         if isinstance(col.type, UTCDateTime):
-            processors.append(utc_bind_processor(dialect))
+            times_at.append(i)
         else:
-            processors.append(col.type.dialect_impl(dialect).bind_processor(dialect))
-    steps = tuple((i, p) for i, p in enumerate(processors) if p is not None)
+            process = col.type.dialect_impl(dialect).bind_processor(dialect)
+            if process is not None:
+                steps.append((i, process))
     at = {c: i for i, c in enumerate(RUN_COLUMNS)}
     i_retries, i_truncated, i_wait = at["retries"], at["truncated"], at["queue_wait"]
     order = tuple(at[n] for n in names)
+    in_order = order == tuple(range(len(RUN_COLUMNS)))
 
-    def convert(row: Mapping[str, Any]):
-        # Every column present (executemany needs one shape), queue_wait derived.
+    def convert(row: Mapping[str, Any], times: dict):
+        # Every column present (executemany needs one shape), queue_wait derived. SQLAlchemy's
+        # processors turn None into None, so None is left as it is.
         values = [row.get(c) for c in RUN_COLUMNS]
         values[i_retries] = values[i_retries] or 0
         values[i_truncated] = bool(values[i_truncated])
         values[i_wait] = queue_wait(row)
+        for i in times_at:
+            value = values[i]
+            if value is not None:
+                bound = times.get(value)
+                if bound is None:
+                    bound = times[value] = utc_process(value)
+                values[i] = bound
         for i, process in steps:
-            values[i] = process(values[i])
+            if values[i] is not None:
+                values[i] = process(values[i])
         if dialect.positional:
-            return tuple(values[i] for i in order)
+            return tuple(values) if in_order else tuple(values[i] for i in order)
         return dict(zip(names, (values[i] for i in order)))
 
     return compiled.string, convert
