@@ -75,33 +75,62 @@ def merge_run(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> dict[str
         out = dict(new)
         out["queue_wait"] = queue_wait(out)
         return out
-    wins = new_wins(old["state"], old.get("state_at"), new["state"], new.get("state_at"))
-    first, second = (new, old) if wins else (old, new)
-    outcome_from = new if wins and new["state"] in OUTCOME_STATES else (
-        old if not wins and old["state"] in OUTCOME_STATES else None)
+    return merge_into(dict(old), new)
+
+
+def merge_into(row: dict[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    """``merge_run(row, new)`` written into ``row`` (which the caller owns) and returned.
+
+    Only ``new``'s columns are visited: a column only ``row`` has keeps its value, except
+    where the rules say otherwise (an outcome that ``new`` replaces; retries and truncated,
+    which are never NULL). The per-batch merge calls this once for nearly every event.
+    """
+    old_state, new_state = row["state"], new["state"]
+    wins = new_wins(old_state, row.get("state_at"), new_state, new.get("state_at"))
+    # Whose outcome (result, exception, ...) the row ends up with; None: the two are coalesced.
+    outcome = _NEW if wins and new_state in OUTCOME_STATES else (
+        _OLD if not wins and old_state in OUTCOME_STATES else None)
+    if outcome is _NEW:
+        for col in OUTCOME_FIELDS:
+            if col not in new and col in row:
+                row[col] = None
+    if "retries" not in new and "retries" in row:
+        row["retries"] = row["retries"] or 0
+    if "truncated" not in new and "truncated" in row:
+        row["truncated"] = bool(row["truncated"])
     kinds = _MERGE_KIND
-    out: dict[str, Any] = {}
-    for col in old.keys() | new.keys():
+    for col, value in new.items():
         kind = kinds.get(col, _OTHER)
+        prev = row.get(col)
         if kind == _OTHER:
-            value = first.get(col)
-            out[col] = value if value is not None else second.get(col)
+            if wins:
+                row[col] = value if value is not None else prev
+            else:
+                row[col] = prev if prev is not None else value
         elif kind == _OUTCOME:
-            out[col] = outcome_from.get(col) if outcome_from is not None else _coalesce(old.get(col), new.get(col))
+            if outcome is _NEW:
+                row[col] = value
+            elif outcome is None:
+                row[col] = prev if prev is not None else value
+            else:  # _OLD: the stored outcome stays
+                row[col] = prev
         elif kind == _LATEST:
-            out[col] = _greatest(old.get(col), new.get(col))
+            row[col] = _greatest(prev, value)
         elif kind == _LONGEST:
-            out[col] = _longest(first.get(col), second.get(col))
+            row[col] = _longest(value, prev) if wins else _longest(prev, value)
         elif kind == _SEEN:
-            out[col] = _least(old.get(col), new.get(col))
+            row[col] = _least(prev, value)
         elif kind == _RETRIES:
-            out[col] = max(old.get(col) or 0, new.get(col) or 0)
+            row[col] = max(prev or 0, value or 0)
         elif kind == _TRUNCATED:
-            out[col] = bool(old.get(col)) or bool(new.get(col))
+            row[col] = bool(prev) or bool(value)
         else:  # _UPDATED
-            out[col] = new.get(col) or old.get(col)
-    out["queue_wait"] = queue_wait(out)
-    return out
+            row[col] = value or prev
+    row["queue_wait"] = queue_wait(row)
+    return row
+
+
+_NEW, _OLD = "new", "old"
 
 
 def queue_wait(row: Mapping[str, Any]) -> float | None:
