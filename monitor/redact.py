@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ast
+import functools
 import re
 from typing import Any
 
@@ -61,7 +62,26 @@ def redact_repr(text: str | None) -> str | None:
     non-literal repr (``<object at 0x..>``) is redacted by pattern, which also catches
     ``password=...`` inside strings.
     """
-    if not text or not mentions_secret(text):
+    if not text:
+        return text
+    if text.__class__ is str and len(text) <= _REMEMBER_CHARS:
+        return _redact_remembered(text)
+    return _redact(text)
+
+
+# task-sent and task-received carry the same args/kwargs reprs, a few hundred events apart:
+# remembering recent answers halves the redaction work (parsing and re-printing a repr that
+# holds a secret costs ~100 us). Only short texts, so the cache stays small (< 10 MB at worst).
+_REMEMBER_CHARS = 4096
+
+
+@functools.lru_cache(maxsize=1024)
+def _redact_remembered(text: str) -> str:
+    return _redact(text)
+
+
+def _redact(text: str) -> str:
+    if not mentions_secret(text):
         return text
     try:
         value = ast.literal_eval(text)
