@@ -46,7 +46,7 @@ def utc_bind_processor(dialect):
     utc = timezone.utc
     if dialect.name == "sqlite":
         def fast(value):  # SQLite's DATETIME text: 'YYYY-MM-DD HH:MM:SS.ffffff', always with microseconds
-            return value.replace(tzinfo=None).isoformat(" ", "microseconds")
+            return value.isoformat(" ", "microseconds")[:26]  # minus '+00:00'
     else:
         def fast(value):
             return value
