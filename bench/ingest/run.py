@@ -227,13 +227,12 @@ def run_step(consumer: cons.Consumer, gen: GeneratorProcess, plan: dict, rate: i
     return step
 
 
-def rss_run(consumer: cons.TaskmonSQLite, gen: GeneratorProcess, server: RedisServer, client: redis.Redis,
-            args) -> dict:
-    """taskmon -> SQLite takes --rss-events events at --rss-rate; VmRSS/VmHWM after it drained."""
-    info = gen.build(args.rss_events, args.rss_rate, seed=999)
-    plan = dict(info)
-    step = run_step(consumer, gen, plan, args.rss_rate, server, client, args)
-    return {"events": step.events, "rate": args.rss_rate, "achieved_rate": step.achieved_rate,
+def rss_run(consumer: cons.TaskmonSQLite, gen: GeneratorProcess, rate: int, server: RedisServer,
+            client: redis.Redis, args) -> dict:
+    """taskmon -> SQLite takes --rss-events events at ``rate``; VmRSS/VmHWM after it drained."""
+    plan = gen.build(args.rss_events, rate, seed=999)
+    step = run_step(consumer, gen, plan, rate, server, client, args)
+    return {"events": step.events, "rate": rate, "achieved_rate": step.achieved_rate,
             "tasks": step.tasks, "delivered": step.delivered, "lossless": step.lossless,
             "drain_seconds": step.drain_seconds, "rss_mb": step.rss_mb, "peak_rss_mb": step.peak_rss_mb,
             "events_dropped": step.events_dropped, "notes": step.notes}
@@ -350,7 +349,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--consumers", default=",".join(ALL_CONSUMERS), help="subset of: " + ", ".join(ALL_CONSUMERS))
     parser.add_argument("--rss-events", type=int, default=1_000_000,
                         help="events for taskmon's RSS measurement into SQLite; 0 skips it (default: %(default)s)")
-    parser.add_argument("--rss-rate", type=int, default=30_000, help="rate of the RSS run (default: %(default)s)")
+    parser.add_argument("--rss-rates", default="20000,30000",
+                        help="rates of the RSS runs, comma-separated (default: %(default)s)")
     parser.add_argument("--postgres", default=os.environ.get("TASKMON_BENCH_POSTGRES_URL",
                                                             "postgresql+psycopg://postgres@127.0.0.1:5432/test"),
                         help="PostgreSQL server to create the bench databases on (default: %(default)s)")
@@ -363,6 +363,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", help="JSON file (default: bench/results/ingest-<time>.json)")
     args = parser.parse_args(argv)
     args.rates = [int(r) for r in args.rates.split(",") if r.strip()]
+    args.rss_rates = [int(r) for r in args.rss_rates.split(",") if r.strip()]
     args.consumers = [c.strip() for c in args.consumers.split(",") if c.strip()]
     unknown = set(args.consumers) - set(ALL_CONSUMERS)
     if unknown:
@@ -400,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
     client = redis.Redis.from_url(server.url)
     gen = GeneratorProcess(server.url)
     steps: list[Step] = []
-    rss: dict | None = None
+    rss: list[dict] = []
     try:
         facts = machine_facts(client, args.postgres if "taskmon-postgres" in args.consumers else None)
         facts["redis_pubsub_limit"] = client.config_get("client-output-buffer-limit")["client-output-buffer-limit"]
@@ -410,6 +411,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\n== {rate:,} events/s: {plan['events']:,} events, {len(plan['expected']):,} tasks, "
                   f"{plan['messages']:,} messages ({plan['multi_messages']:,} task.multi), "
                   f"{plan['payload_bytes'] / 1e6:.0f} MB, built in {plan['build_seconds']} s", flush=True)
+            if index == 0:
+                wait_unsubscribed(client)
+                ceiling = gen.publish(0, max_seconds=120)
+                facts["generator_unpaced_events_per_s"] = round(ceiling["achieved_rate"])
+                print(f"  generator ceiling (unpaced, nobody subscribed): {ceiling['achieved_rate']:,.0f} events/s",
+                      flush=True)
             for consumer in consumers:
                 step = run_step(consumer, gen, plan, rate, server, client, args)
                 steps.append(step)
@@ -419,11 +426,12 @@ def main(argv: list[str] | None = None) -> int:
                       f"  peak RSS {step.peak_rss_mb} MB" + (f"  [{'; '.join(step.notes)}]" if step.notes else ""),
                       flush=True)
             del plan
-        if args.rss_events:
-            print(f"\n== taskmon -> SQLite RSS after {args.rss_events:,} events at {args.rss_rate:,}/s", flush=True)
-            rss = rss_run(cons.TaskmonSQLite(workdir, server.url), gen, server, client, args)
-            print(f"  final ok {rss['delivered']:,}/{rss['tasks']:,}, VmRSS {rss['rss_mb']} MB, "
-                  f"VmHWM {rss['peak_rss_mb']} MB", flush=True)
+        for rate in args.rss_rates if args.rss_events else []:
+            print(f"\n== taskmon -> SQLite RSS after {args.rss_events:,} events at {rate:,}/s", flush=True)
+            one = rss_run(cons.TaskmonSQLite(workdir, server.url), gen, rate, server, client, args)
+            rss.append(one)
+            print(f"  final ok {one['delivered']:,}/{one['tasks']:,}, drain {one['drain_seconds']}, "
+                  f"VmRSS {one['rss_mb']} MB, VmHWM {one['peak_rss_mb']} MB", flush=True)
     finally:
         gen.close()
         server.close()
@@ -444,12 +452,15 @@ def main(argv: list[str] | None = None) -> int:
         tables(steps, args.rates, args.consumers), "",
         details(steps), "",
     ]
-    if rss is not None:
-        report += [f"taskmon -> SQLite after {rss['events']:,} events at {rss['rate']:,}/s (achieved "
-                   f"{rss['achieved_rate']:,.0f}/s): VmRSS {rss['rss_mb']} MB, VmHWM (peak) {rss['peak_rss_mb']} MB; "
-                   f"final ok {rss['delivered']:,}/{rss['tasks']:,} tasks"
-                   + (f", drained in {rss['drain_seconds']} s" if rss['drain_seconds'] is not None else ", never drained")
-                   + (f"; {'; '.join(rss['notes'])}" if rss['notes'] else ""), ""]
+    for one in rss:
+        report += [f"taskmon -> SQLite after {one['events']:,} events at {one['rate']:,}/s (achieved "
+                   f"{one['achieved_rate']:,.0f}/s): VmRSS {one['rss_mb']} MB, VmHWM (peak) {one['peak_rss_mb']} MB; "
+                   f"final ok {one['delivered']:,}/{one['tasks']:,} tasks"
+                   + (f", drained {one['drain_seconds']} s after the last event" if one['drain_seconds'] is not None
+                      else ", never drained")
+                   + (f"; {'; '.join(one['notes'])}" if one['notes'] else "")]
+    if rss:
+        report.append("")
     report += ["Machine:", facts_text(facts)]
     print("\n".join(report), flush=True)
 
