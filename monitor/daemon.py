@@ -27,7 +27,9 @@ log = logging.getLogger(__name__)
 class RunOptions:
     sources: tuple[str, ...] = ("auto",)
     enable_events: bool = True
-    batch_size: int = 5000
+    # Events per transaction at most. The writer takes what has arrived (flush_interval at low
+    # rates); under load, bigger batches merge more events per row before any SQL runs.
+    batch_size: int = 50_000
     flush_interval: float = 0.2
     buffer_events: int = 200_000
     status_interval: float = 5.0

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from monitor.events import Update
-from storage.runs import merge_run
+from storage.runs import merge_into, merge_run
 
 
 class Pending:
@@ -18,7 +18,11 @@ class Pending:
 
     def add(self, update: Update) -> None:
         if update.kind == "task":
-            self.tasks[update.key] = merge_run(self.tasks.get(update.key), update.row)
+            row = self.tasks.get(update.key)
+            if row is None:
+                self.tasks[update.key] = merge_run(None, update.row)
+            else:
+                merge_into(row, update.row)  # the row is ours: merge in place
             return
         old = self.workers.get(update.key)
         row = update.row

@@ -29,7 +29,7 @@ def utcnow() -> datetime:
 
 
 class Writer(threading.Thread):
-    def __init__(self, engine: Engine, buffer: EventBuffer, *, field_max_bytes: int, batch_size: int = 5000,
+    def __init__(self, engine: Engine, buffer: EventBuffer, *, field_max_bytes: int, batch_size: int = 50_000,
                  flush_interval: float = 0.2, on_gap: Callable[[int, Gap], None] | None = None,
                  clock: Callable[[], datetime] = utcnow):
         super().__init__(name="taskmon-writer", daemon=True)

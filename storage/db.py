@@ -38,14 +38,18 @@ def make_engine(url_or_engine: str | Engine, **kwargs) -> Engine:
     return create_engine(url, **kwargs)
 
 
+def insert_for(dialect_name: str):
+    """The INSERT construct of a database, the one with ON CONFLICT (upserts)."""
+    if dialect_name == "sqlite":
+        return sqlite.insert
+    if dialect_name == "postgresql":
+        return postgresql.insert
+    raise ValueError(f"unsupported database {dialect_name!r}")
+
+
 def dialect_insert(conn: Connection):
     """The INSERT construct of the connection's database, the one with ON CONFLICT (upserts)."""
-    dialect = conn.dialect.name
-    if dialect == "sqlite":
-        return sqlite.insert
-    if dialect == "postgresql":
-        return postgresql.insert
-    raise ValueError(f"unsupported database {dialect!r}")
+    return insert_for(conn.dialect.name)
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:

@@ -156,3 +156,24 @@ def test_complete_args_win_over_a_truncated_repr_in_any_order(engine):
         upsert_runs(conn, [dict(b, task_id="y")])
         assert get_run(conn, "z")["args"] == get_run(conn, "y")["args"] == full
     assert merge_run(b, a)["args"] == merge_run(a, b)["args"] == full
+
+
+def test_upsert_stores_every_value_exactly_as_a_plain_sqlalchemy_insert(engine):
+    from sqlalchemy import text
+
+    from storage.schema import task_runs
+
+    tz = timezone(timedelta(hours=-5))
+    times = [T0, T0.replace(microsecond=123456), datetime(2026, 3, 1, 1, 2, 3, 5, tzinfo=tz),
+             datetime(999, 12, 31, 23, 59, 59, tzinfo=timezone.utc)]
+    rows = [run(f"u{i}", "SUCCESS", at, sent_at=at, started_at=T0, finished_at=at, runtime=1.5, retries=2,
+                truncated=True, args="(1,)", name="n") for i, at in enumerate(times)]
+    with engine.begin() as conn:
+        upsert_runs(conn, rows)
+        conn.execute(task_runs.insert(), [dict(r, task_id="plain-" + r["task_id"], queue_wait=None) for r in rows])
+        raw = {r[0]: r[1:] for r in conn.execute(text(
+            "SELECT task_id, CAST(state_at AS TEXT), CAST(sent_at AS TEXT), CAST(started_at AS TEXT), "
+            "CAST(finished_at AS TEXT), CAST(seen_at AS TEXT), runtime, retries, CAST(truncated AS TEXT) "
+            "FROM task_runs"))}
+    for i in range(len(times)):
+        assert raw[f"u{i}"] == raw[f"plain-u{i}"], i

@@ -15,7 +15,7 @@ from monitor.commands.base import Context, open_store, settings_options, Setting
               help="Event source (repeatable); default from settings: auto.")
 @click.option("--enable-events/--no-enable-events", default=True, show_default=True,
               help="Broadcast enable_events to workers on start, as Flower does.")
-@click.option("--batch-size", default=5000, show_default=True, type=click.IntRange(1, 100_000),
+@click.option("--batch-size", default=50_000, show_default=True, type=click.IntRange(1, 100_000),
               help="Most events written in one transaction.")
 @click.option("--buffer-events", default=200_000, show_default=True, type=click.IntRange(1000, 10_000_000),
               help="Events held in memory while the database is slow or away.")

@@ -1,0 +1,480 @@
+"""bench/ingest: taskmon vs celery's EventReceiver vs Flower, one Redis, the same rates, one run.
+
+For each rate of the ladder the generator builds one set of real kombu-format event messages;
+then, one consumer at a time (each in its own process), the bench starts the consumer, waits
+until Redis shows it subscribed, publishes the messages at the rate, waits (bounded) for the
+consumer to drain, and counts the tasks that reached their correct final state in the store
+(taskmon) or in memory (the peers). A rate is lossless for a consumer when every task did.
+Finally taskmon -> SQLite takes 1,000,000 events and its RSS is read from /proc.
+
+    /tmp/venvb/bin/python bench/ingest/run.py            # the full run (about 15 minutes)
+    /tmp/venvb/bin/python bench/ingest/run.py --rates 10000,30000 --events 100000 --consumers taskmon-sqlite
+
+Prints the tables and machine facts; writes the same as JSON under bench/results/.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import multiprocessing
+import os
+import platform
+import shlex
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+import redis
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import consumers as cons  # noqa: E402
+import generator  # noqa: E402
+
+from monitor.redis_server import RedisServer  # noqa: E402
+
+REPO = HERE.parent.parent
+ALL_CONSUMERS = ("taskmon-sqlite", "taskmon-postgres", "celery-bare", "celery-state", "flower")
+CUT_OFF_LOG = "for overcoming of output buffer limits"
+
+
+# -- the generator, in a process of its own (built once per rate, published once per consumer) --
+
+def _generator_loop(conn, redis_url: str) -> None:
+    plan = None
+    while True:
+        cmd, kwargs = conn.recv()
+        if cmd == "build":
+            plan = None
+            gc.collect()
+            started = time.perf_counter()
+            plan = generator.build_plan(**kwargs)
+            gc.collect()
+            gc.freeze()  # the plan's millions of objects stay out of later collections
+            conn.send({"expected": plan.expected, "events": plan.n_events, "messages": len(plan.commands),
+                       "heartbeats": plan.n_heartbeats, "multi_messages": plan.n_multi,
+                       "single_messages": plan.n_single, "payload_bytes": plan.n_bytes,
+                       "build_seconds": round(time.perf_counter() - started, 1)})
+        elif cmd == "publish":
+            gc.disable()
+            try:
+                conn.send(asdict(generator.publish(redis_url, plan, **kwargs)))
+            except Exception as exc:  # noqa: BLE001 - reported to the parent, which decides
+                conn.send({"error": f"{type(exc).__name__}: {exc}"})
+            finally:
+                gc.enable()
+        else:
+            return
+
+
+class GeneratorProcess:
+    def __init__(self, redis_url: str):
+        ctx = multiprocessing.get_context("fork")
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_generator_loop, args=(child, redis_url), name="bench-generator", daemon=True)
+        self.proc.start()
+
+    def build(self, events: int, rate: float, seed: int) -> dict:
+        self.conn.send(("build", {"n_events": events, "rate": rate, "seed": seed}))
+        return self.conn.recv()
+
+    def publish(self, rate: float, max_seconds: float) -> dict:
+        self.conn.send(("publish", {"rate": rate, "max_seconds": max_seconds}))
+        result = self.conn.recv()
+        if "error" in result:
+            raise RuntimeError(f"generator: {result['error']}")
+        return result
+
+    def close(self) -> None:
+        self.conn.send(("quit", {}))
+        self.proc.join(10)
+
+
+# -- one step: one consumer at one rate --
+
+@dataclass
+class Step:
+    consumer: str
+    label: str
+    target_rate: int
+    achieved_rate: float = 0.0
+    events: int = 0
+    tasks: int = 0
+    delivered: int = 0
+    wrong_state: int = 0
+    missing: int = 0
+    lossless: bool = False
+    drain_seconds: float | None = None  # publish end -> every task final (None: never)
+    subscriber_cut: bool = False  # the subscriber Redis saw at the start was gone at the end
+    redis_cutoffs: int = 0  # "closed for overcoming of output buffer limits" lines in the Redis log
+    unheard_messages: int = 0  # PUBLISH replies of 0: nobody subscribed at that moment
+    reconnects: int = 0  # as the consumer itself counted them
+    events_dropped: int = 0  # taskmon: dropped on internal buffer overflow
+    rss_mb: float | None = None
+    peak_rss_mb: float | None = None
+    load_before: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def delivered_pct(self) -> float:
+        return 100.0 * self.delivered / self.tasks if self.tasks else 0.0
+
+
+def subscribers(client: redis.Redis) -> dict[str, dict]:
+    return {c["id"]: c for c in client.client_list() if int(c.get("psub", 0)) > 0 or int(c.get("sub", 0)) > 0}
+
+
+def wait_subscribed(client: redis.Redis, consumer: cons.Consumer, timeout: float = 60.0) -> set[str]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if client.execute_command("PUBSUB", "NUMPAT") >= 1:
+            subs = subscribers(client)
+            if subs:
+                return set(subs)
+        if not consumer.alive():
+            raise RuntimeError(f"{consumer.key} exited before subscribing:\n{consumer.log_tail()}")
+        time.sleep(0.1)
+    raise RuntimeError(f"{consumer.key} did not subscribe within {timeout:.0f}s:\n{consumer.log_tail()}")
+
+
+def wait_unsubscribed(client: redis.Redis, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and (subscribers(client) or client.execute_command("PUBSUB", "NUMPAT")):
+        time.sleep(0.1)
+
+
+def drain(consumer: cons.Consumer, target: int, settle: float, timeout: float) -> tuple[float | None, int]:
+    """Wait until progress reaches target (-> seconds taken) or stops moving for ``settle`` s (-> None)."""
+    start = time.monotonic()
+    last, last_change = None, start
+    value = 0
+    while True:
+        value = consumer.progress()
+        now = time.monotonic()
+        if value >= target:
+            return now - start, value
+        if value != last:
+            last, last_change = value, now
+        elif now - last_change >= settle:
+            return None, value
+        if now - start >= timeout or not consumer.alive():
+            return None, value
+        time.sleep(0.25)
+
+
+def redis_cutoffs(log: Path) -> int:
+    try:
+        return log.read_text(errors="replace").count(CUT_OFF_LOG)
+    except FileNotFoundError:
+        return 0
+
+
+def run_step(consumer: cons.Consumer, gen: GeneratorProcess, plan: dict, rate: int, server: RedisServer,
+             client: redis.Redis, args) -> Step:
+    step = Step(consumer.key, consumer.label, rate, tasks=len(plan["expected"]), load_before=os.getloadavg()[0])
+    name = f"{consumer.key}-{rate}"
+    wait_unsubscribed(client)
+    cutoffs_before = redis_cutoffs(server.directory / "redis.log")
+    consumer.start(name, step.tasks)
+    try:
+        if isinstance(consumer, cons.Flower):
+            consumer.wait_http()
+        first_subscribers = wait_subscribed(client, consumer)
+        time.sleep(args.warmup)
+        planned = plan["events"] / rate
+        published = gen.publish(rate, max_seconds=3 * planned + 10)
+        step.events, step.achieved_rate = published["events"], published["achieved_rate"]
+        step.unheard_messages = published["zero_receivers"]
+        if published["stopped_early"]:
+            step.notes.append("generator hit its time limit")
+        target = consumer.target({"events": published["events"], "tasks": step.tasks,
+                                  "heartbeats": plan["heartbeats"]})
+        step.drain_seconds, _ = drain(consumer, target, args.settle, args.drain_timeout)
+        if step.drain_seconds is not None:
+            step.drain_seconds = round(step.drain_seconds, 1)
+        mem = consumer.rss()
+        if mem:
+            step.rss_mb, step.peak_rss_mb = round(mem["VmRSS"] / 1024, 1), round(mem["VmHWM"] / 1024, 1)
+        step.subscriber_cut = not (first_subscribers & set(subscribers(client)))
+        step.redis_cutoffs = redis_cutoffs(server.directory / "redis.log") - cutoffs_before
+        states, extra = consumer.stop_and_collect()
+        step.reconnects = int(extra.get("reconnects") or 0)
+        step.events_dropped = int(extra.get("events_dropped") or 0)
+        if extra.get("gaps"):
+            step.notes.append("taskmon receiver_gaps: " + ", ".join(extra["gaps"][:5]))
+        if extra.get("error"):
+            step.notes.append(extra["error"])
+        expected = plan["expected"]
+        delivered = sum(1 for task_id, state in expected.items() if states.get(task_id) == state)
+        missing = sum(1 for task_id in expected if task_id not in states)
+        step.delivered, step.missing = delivered, missing
+        step.wrong_state = step.tasks - delivered - missing
+        step.lossless = delivered == step.tasks and step.tasks > 0
+        if step.achieved_rate < 0.97 * rate:
+            step.notes.append(f"generator reached only {step.achieved_rate:,.0f} events/s")
+    finally:
+        consumer.terminate()
+        consumer.cleanup()
+    return step
+
+
+def rss_run(consumer: cons.TaskmonSQLite, gen: GeneratorProcess, rate: int, server: RedisServer,
+            client: redis.Redis, args) -> dict:
+    """taskmon -> SQLite takes --rss-events events at ``rate``; VmRSS/VmHWM after it drained."""
+    plan = gen.build(args.rss_events, rate, seed=999)
+    step = run_step(consumer, gen, plan, rate, server, client, args)
+    return {"events": step.events, "rate": rate, "achieved_rate": step.achieved_rate,
+            "tasks": step.tasks, "delivered": step.delivered, "lossless": step.lossless,
+            "drain_seconds": step.drain_seconds, "rss_mb": step.rss_mb, "peak_rss_mb": step.peak_rss_mb,
+            "events_dropped": step.events_dropped, "notes": step.notes}
+
+
+# -- facts and tables --
+
+def machine_facts(client: redis.Redis, postgres_url: str | None) -> dict:
+    cpu = "?"
+    with open("/proc/cpuinfo") as fh:
+        for line in fh:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    with open("/proc/meminfo") as fh:
+        mem_kb = int(next(line for line in fh if line.startswith("MemTotal")).split()[1])
+    facts = {
+        "nproc": os.cpu_count(),
+        "memory_gb": round(mem_kb / 1024 / 1024, 1),
+        "cpu": cpu,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "redis": client.info("server")["redis_version"],
+        "sqlite": sqlite3.sqlite_version,
+        "postgresql": None,
+    }
+    for pkg in ("celery", "kombu", "flower", "redis", "hiredis", "orjson", "SQLAlchemy", "psycopg", "tornado"):
+        key = "redis-py" if pkg == "redis" else pkg.lower()
+        try:
+            facts[key] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            facts[key] = None
+    if postgres_url:
+        try:
+            import psycopg
+            from sqlalchemy.engine import make_url
+
+            dsn = make_url(postgres_url).set(drivername="postgresql").render_as_string(hide_password=False)
+            with psycopg.connect(dsn, connect_timeout=5) as conn:
+                facts["postgresql"] = conn.execute("SHOW server_version").fetchone()[0]
+        except Exception as exc:  # noqa: BLE001 - a fact we could not read is reported as such
+            facts["postgresql"] = f"unreachable ({type(exc).__name__})"
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "monitor", "storage", "cli.py"], cwd=REPO,
+                               capture_output=True, text=True)
+        facts["taskmon_commit"] = commit.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    except OSError:
+        facts["taskmon_commit"] = None
+    return facts
+
+
+def fmt_rate(rate: float) -> str:
+    return f"{rate / 1000:g}k"
+
+
+def tables(steps: list[Step], rates: list[int], order: list[str]) -> str:
+    labels = {s.consumer: s.label for s in steps}
+    out = ["| consumer | " + " | ".join(f"{fmt_rate(r)}/s" for r in rates) + " | highest lossless |",
+           "| --- | " + " | ".join("---:" for _ in rates) + " | ---: |"]
+    for key in order:
+        row = {s.target_rate: s for s in steps if s.consumer == key}
+        if not row:
+            continue
+        cells = []
+        for rate in rates:
+            s = row.get(rate)
+            if s is None:
+                cells.append("-")
+            else:
+                mark = "" if s.lossless else (" (cut)" if s.subscriber_cut or s.redis_cutoffs else "")
+                cells.append(f"{s.delivered_pct:.2f}%{mark}")
+        lossless = [r for r in rates if r in row and row[r].lossless]
+        # "highest lossless": the highest rate below which every measured rate was lossless too.
+        best = None
+        for rate in rates:
+            if rate in row and row[rate].lossless:
+                best = rate
+            elif rate in row:
+                break
+        best_txt = f"{best:,}" if best else "none"
+        if lossless and best != max(lossless):
+            best_txt += f" (also {', '.join(fmt_rate(r) for r in lossless if r > (best or 0))})"
+        out.append(f"| {labels[key]} | " + " | ".join(cells) + f" | {best_txt} |")
+    return "\n".join(out)
+
+
+def details(steps: list[Step]) -> str:
+    out = ["| consumer | target/s | achieved/s | tasks | final ok | missing | wrong | drain s | cut by Redis "
+           "| unheard msgs | reconnects | dropped | RSS MB (peak) | load |",
+           "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |"]
+    for s in steps:
+        cut = "yes" if (s.subscriber_cut or s.redis_cutoffs) else "no"
+        drain_txt = f"{s.drain_seconds:.1f}" if s.drain_seconds is not None else "never"
+        rss = f"{s.rss_mb:.0f} ({s.peak_rss_mb:.0f})" if s.rss_mb is not None else "-"
+        out.append(f"| {s.label} | {s.target_rate:,} | {s.achieved_rate:,.0f} | {s.tasks:,} | {s.delivered:,} "
+                   f"| {s.missing:,} | {s.wrong_state:,} | {drain_txt} | {cut} | {s.unheard_messages:,} "
+                   f"| {s.reconnects} | {s.events_dropped:,} | {rss} | {s.load_before:.2f} |")
+    notes = [f"- {s.label} @ {s.target_rate:,}/s: {'; '.join(s.notes)}" for s in steps if s.notes]
+    return "\n".join(out + ([""] + notes if notes else []))
+
+
+def facts_text(facts: dict) -> str:
+    return "\n".join(f"- {k}: {v}" for k, v in facts.items())
+
+
+# -- main --
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rates", default="10000,20000,30000,40000,50000",
+                        help="comma-separated events/s ladder (default: %(default)s)")
+    parser.add_argument("--events", type=int, default=300_000, help="events per consumer per rate (default: %(default)s)")
+    parser.add_argument("--consumers", default=",".join(ALL_CONSUMERS), help="subset of: " + ", ".join(ALL_CONSUMERS))
+    parser.add_argument("--rss-events", type=int, default=1_000_000,
+                        help="events for taskmon's RSS measurement into SQLite; 0 skips it (default: %(default)s)")
+    parser.add_argument("--rss-rates", default="20000,30000",
+                        help="rates of the RSS runs, comma-separated (default: %(default)s)")
+    parser.add_argument("--postgres", default=os.environ.get("TASKMON_BENCH_POSTGRES_URL",
+                                                            "postgresql+psycopg://postgres@127.0.0.1:5432/test"),
+                        help="PostgreSQL server to create the bench databases on (default: %(default)s)")
+    parser.add_argument("--drain-timeout", type=float, default=120.0,
+                        help="most seconds to wait for a consumer after publishing (default: %(default)s)")
+    parser.add_argument("--settle", type=float, default=6.0,
+                        help="a consumer whose progress stands still this long is done (default: %(default)s)")
+    parser.add_argument("--warmup", type=float, default=1.0, help="seconds between subscribing and publishing")
+    parser.add_argument("--taskmon-args", default="", help="extra `taskmon run` options, e.g. '--batch-size 20000'")
+    parser.add_argument("--out", help="JSON file (default: bench/results/ingest-<time>.json)")
+    args = parser.parse_args(argv)
+    args.rates = [int(r) for r in args.rates.split(",") if r.strip()]
+    args.rss_rates = [int(r) for r in args.rss_rates.split(",") if r.strip()]
+    args.consumers = [c.strip() for c in args.consumers.split(",") if c.strip()]
+    unknown = set(args.consumers) - set(ALL_CONSUMERS)
+    if unknown:
+        parser.error(f"unknown consumers: {', '.join(sorted(unknown))}")
+    return args
+
+
+def make_consumers(keys: list[str], workdir: Path, broker_url: str, postgres_url: str,
+                   taskmon_args: str = "") -> list[cons.Consumer]:
+    out: list[cons.Consumer] = []
+    cons.Taskmon.extra_args = tuple(shlex.split(taskmon_args))
+    for key in keys:
+        if key == "taskmon-sqlite":
+            out.append(cons.TaskmonSQLite(workdir, broker_url))
+        elif key == "taskmon-postgres":
+            out.append(cons.TaskmonPostgres(workdir, broker_url, postgres_url))
+        elif key in ("celery-bare", "celery-state"):
+            out.append(cons.CeleryReceiver(workdir, broker_url, key.split("-", 1)[1]))
+        elif key == "flower":
+            out.append(cons.Flower(workdir, broker_url, cons.free_port()))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    started = datetime.now(timezone.utc)
+    load_before = os.getloadavg()
+    print(f"bench/ingest: {started:%Y-%m-%d %H:%M:%S} UTC, load average before: "
+          f"{' '.join(f'{x:.2f}' for x in load_before)}", flush=True)
+    if load_before[0] > 0.5:
+        print(f"WARNING: the machine is busy (1-min load {load_before[0]:.2f} on {os.cpu_count()} cores); "
+              f"figures may be low", flush=True)
+    workdir = Path(tempfile.mkdtemp(prefix="taskmon-bench-"))
+    server = RedisServer().start()
+    client = redis.Redis.from_url(server.url)
+    gen = GeneratorProcess(server.url)
+    steps: list[Step] = []
+    rss: list[dict] = []
+    try:
+        facts = machine_facts(client, args.postgres if "taskmon-postgres" in args.consumers else None)
+        facts["redis_pubsub_limit"] = client.config_get("client-output-buffer-limit")["client-output-buffer-limit"]
+        consumers = make_consumers(args.consumers, workdir, server.url, args.postgres, args.taskmon_args)
+        for index, rate in enumerate(args.rates):
+            plan = gen.build(args.events, rate, seed=index + 1)
+            print(f"\n== {rate:,} events/s: {plan['events']:,} events, {len(plan['expected']):,} tasks, "
+                  f"{plan['messages']:,} messages ({plan['multi_messages']:,} task.multi), "
+                  f"{plan['payload_bytes'] / 1e6:.0f} MB, built in {plan['build_seconds']} s", flush=True)
+            if index == 0:
+                wait_unsubscribed(client)
+                ceiling = gen.publish(0, max_seconds=120)
+                facts["generator_unpaced_events_per_s"] = round(ceiling["achieved_rate"])
+                print(f"  generator ceiling (unpaced, nobody subscribed): {ceiling['achieved_rate']:,.0f} events/s",
+                      flush=True)
+            for consumer in consumers:
+                step = run_step(consumer, gen, plan, rate, server, client, args)
+                steps.append(step)
+                print(f"  {step.label:<38} achieved {step.achieved_rate:>9,.0f}/s  final ok "
+                      f"{step.delivered_pct:7.2f}%  drain {step.drain_seconds if step.drain_seconds is not None else 'never'}"
+                      f"  cut={'yes' if step.subscriber_cut or step.redis_cutoffs else 'no'}"
+                      f"  peak RSS {step.peak_rss_mb} MB" + (f"  [{'; '.join(step.notes)}]" if step.notes else ""),
+                      flush=True)
+            del plan
+        for rate in args.rss_rates if args.rss_events else []:
+            print(f"\n== taskmon -> SQLite RSS after {args.rss_events:,} events at {rate:,}/s", flush=True)
+            one = rss_run(cons.TaskmonSQLite(workdir, server.url), gen, rate, server, client, args)
+            rss.append(one)
+            print(f"  final ok {one['delivered']:,}/{one['tasks']:,}, drain {one['drain_seconds']}, "
+                  f"VmRSS {one['rss_mb']} MB, VmHWM {one['peak_rss_mb']} MB", flush=True)
+    finally:
+        gen.close()
+        server.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+    load_after = os.getloadavg()
+    facts["load_before"] = " ".join(f"{x:.2f}" for x in load_before)
+    facts["load_after"] = " ".join(f"{x:.2f}" for x in load_after)
+    finished = datetime.now(timezone.utc)
+    facts["duration_min"] = round((finished - started).total_seconds() / 60, 1)
+
+    command = "python bench/ingest/run.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    report = [
+        "", f"## bench/ingest results ({started:%Y-%m-%d %H:%M} UTC)", "",
+        f"Command: `{command.strip()}`", "",
+        f"{args.events:,} events per consumer per rate; a cell is the share of tasks whose final state "
+        "(SUCCESS/FAILURE) reached the store (taskmon) or the consumer's memory (peers); '(cut)' = Redis "
+        "disconnected the subscriber.", "",
+        tables(steps, args.rates, args.consumers), "",
+        details(steps), "",
+    ]
+    for one in rss:
+        report += [f"taskmon -> SQLite after {one['events']:,} events at {one['rate']:,}/s (achieved "
+                   f"{one['achieved_rate']:,.0f}/s): VmRSS {one['rss_mb']} MB, VmHWM (peak) {one['peak_rss_mb']} MB; "
+                   f"final ok {one['delivered']:,}/{one['tasks']:,} tasks"
+                   + (f", drained {one['drain_seconds']} s after the last event" if one['drain_seconds'] is not None
+                      else ", never drained")
+                   + (f"; {'; '.join(one['notes'])}" if one['notes'] else "")]
+    if rss:
+        report.append("")
+    report += ["Machine:", facts_text(facts)]
+    print("\n".join(report), flush=True)
+
+    out = Path(args.out) if args.out else REPO / "bench" / "results" / f"ingest-{started:%Y%m%d-%H%M%S}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({
+        "command": command.strip(), "started": started.isoformat(), "finished": finished.isoformat(),
+        "machine": facts, "events_per_step": args.events, "rates": args.rates,
+        "steps": [dict(asdict(s), delivered_pct=round(s.delivered_pct, 3)) for s in steps],
+        "rss": rss,
+    }, indent=2))
+    print(f"\nJSON: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

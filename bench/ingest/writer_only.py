@@ -1,0 +1,113 @@
+"""taskmon's writer alone: the generator's events, decoded, through ``Writer.write`` (no Redis).
+
+Separates the writer's cost (event -> row conversion, per-batch merge, SQL) from the reader's,
+to see where the time goes and to compare performance changes:
+
+    python bench/ingest/writer_only.py --events 200000                  # SQLite in a temp dir
+    python bench/ingest/writer_only.py --db postgresql+psycopg://postgres@127.0.0.1:5432/test
+    python bench/ingest/writer_only.py --profile                         # cProfile, top functions
+
+With --db PostgreSQL it creates and drops a database of its own on that server.
+"""
+from __future__ import annotations
+
+import argparse
+import cProfile
+import gc
+import os
+import pstats
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import generator  # noqa: E402
+
+from monitor.buffer import Batch, EventBuffer, Taken  # noqa: E402
+from monitor.sources import decode_kombu_message  # noqa: E402
+from monitor.writer import Writer  # noqa: E402
+from storage.db import make_engine, upgrade  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--batch", type=int, default=5000, help="events per Writer.write (the daemon's --batch-size)")
+    parser.add_argument("--db", help="PostgreSQL server URL (default: a SQLite file in a temp dir)")
+    parser.add_argument("--profile", action="store_true",
+                        help="print the top functions by own time (runs prepare and commit in one thread)")
+    args = parser.parse_args(argv)
+
+    plan = generator.build_plan(args.events, 30_000, seed=7)
+    payloads = [cmd.rsplit(b"\r\n", 2)[-2] for cmd in plan.commands]  # the PUBLISH payloads
+    del plan
+    started = time.perf_counter()
+    events = [event for payload in payloads for event in decode_kombu_message(payload)]
+    decode = time.perf_counter() - started
+    del payloads
+    gc.collect()
+    gc.freeze()  # the test data is not what the writer should pay to collect
+
+    tmp = Path(tempfile.mkdtemp(prefix="taskmon-writer-"))
+    dbname = None
+    if args.db:
+        import psycopg
+        from sqlalchemy.engine import make_url
+
+        admin = make_url(args.db).set(drivername="postgresql").render_as_string(hide_password=False)
+        dbname = f"taskmon_writer_{os.getpid()}"
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{dbname}"')
+        url = make_url(args.db).set(database=dbname).render_as_string(hide_password=False)
+    else:
+        url = f"sqlite:///{tmp / 'writer.db'}"
+    engine = make_engine(url)
+    try:
+        upgrade(engine)
+        buffer = EventBuffer(10**8)
+        writer = Writer(engine, buffer, field_max_bytes=16384, batch_size=args.batch)
+        profiler = cProfile.Profile() if args.profile else None
+        if profiler:
+            # cProfile sees one thread: write() prepares and commits in this one.
+            batches = [events[i:i + args.batch] for i in range(0, len(events), args.batch)]
+            started = time.perf_counter()
+            profiler.enable()
+            for batch in batches:
+                writer.write(Taken(batches=[Batch("bench", batch)]))
+            profiler.disable()
+        else:
+            # The daemon's way: the writer thread takes from the buffer, its SQL thread commits.
+            for i in range(0, len(events), 1000):
+                buffer.put(Batch("bench", events[i:i + 1000]))
+            started = time.perf_counter()
+            writer.start()
+            while writer.counters.get("events_written") < len(events) and writer.is_alive():
+                time.sleep(0.01)
+            writer.stop(time.monotonic() + 10)
+            writer.join()
+        elapsed = time.perf_counter() - started
+        counts = writer.counters.snapshot()
+        print(f"{len(events):,} events ({counts.get('rows_written', 0):,} rows) into {engine.dialect.name} in "
+              f"{elapsed:.2f} s: writer {len(events) / elapsed:,.0f} events/s "
+              f"({elapsed / len(events) * 1e6:.1f} us/event); decode alone {len(events) / decode:,.0f} events/s"
+              + (" [under cProfile]" if profiler else ""))
+        malformed = {k: v for k, v in counts.items() if k.startswith("malformed")}
+        if malformed:
+            print(f"malformed: {malformed}")
+        if profiler:
+            pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
+    finally:
+        engine.dispose()
+        shutil.rmtree(tmp, ignore_errors=True)
+        if dbname:
+            with psycopg.connect(admin, autocommit=True) as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
