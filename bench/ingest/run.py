@@ -289,10 +289,31 @@ def fmt_rate(rate: float) -> str:
     return f"{rate / 1000:g}k"
 
 
-def tables(steps: list[Step], rates: list[int], order: list[str]) -> str:
+def highest(row: dict[int, Step], rates: list[int], ok) -> str:
+    """The highest rate up to which every measured rate passed ``ok``; later passing rates noted."""
+    best = None
+    for rate in rates:
+        if rate not in row:
+            continue
+        if not ok(row[rate]):
+            break
+        best = rate
+    text = f"{best:,}" if best else "none"
+    later = [r for r in rates if r in row and ok(row[r]) and r > (best or 0)]
+    if later:
+        text += f" (also {', '.join(fmt_rate(r) for r in later)})"
+    return text
+
+
+def kept_up(step: Step, max_drain: float) -> bool:
+    return step.lossless and step.drain_seconds is not None and step.drain_seconds <= max_drain
+
+
+def tables(steps: list[Step], rates: list[int], order: list[str], max_drain: float) -> str:
     labels = {s.consumer: s.label for s in steps}
-    out = ["| consumer | " + " | ".join(f"{fmt_rate(r)}/s" for r in rates) + " | highest lossless |",
-           "| --- | " + " | ".join("---:" for _ in rates) + " | ---: |"]
+    out = ["| consumer | " + " | ".join(f"{fmt_rate(r)}/s" for r in rates)
+           + f" | highest lossless | lossless and drained <= {max_drain:g} s |",
+           "| --- | " + " | ".join("---:" for _ in rates) + " | ---: | ---: |"]
     for key in order:
         row = {s.target_rate: s for s in steps if s.consumer == key}
         if not row:
@@ -305,18 +326,8 @@ def tables(steps: list[Step], rates: list[int], order: list[str]) -> str:
             else:
                 mark = "" if s.lossless else (" (cut)" if s.subscriber_cut or s.redis_cutoffs else "")
                 cells.append(f"{s.delivered_pct:.2f}%{mark}")
-        lossless = [r for r in rates if r in row and row[r].lossless]
-        # "highest lossless": the highest rate below which every measured rate was lossless too.
-        best = None
-        for rate in rates:
-            if rate in row and row[rate].lossless:
-                best = rate
-            elif rate in row:
-                break
-        best_txt = f"{best:,}" if best else "none"
-        if lossless and best != max(lossless):
-            best_txt += f" (also {', '.join(fmt_rate(r) for r in lossless if r > (best or 0))})"
-        out.append(f"| {labels[key]} | " + " | ".join(cells) + f" | {best_txt} |")
+        out.append(f"| {labels[key]} | " + " | ".join(cells) + f" | {highest(row, rates, lambda s: s.lossless)} | "
+                   f"{highest(row, rates, lambda s: kept_up(s, max_drain))} |")
     return "\n".join(out)
 
 
@@ -349,13 +360,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--consumers", default=",".join(ALL_CONSUMERS), help="subset of: " + ", ".join(ALL_CONSUMERS))
     parser.add_argument("--rss-events", type=int, default=1_000_000,
                         help="events for taskmon's RSS measurement into SQLite; 0 skips it (default: %(default)s)")
-    parser.add_argument("--rss-rates", default="20000,30000",
-                        help="rates of the RSS runs, comma-separated (default: %(default)s)")
+    parser.add_argument("--rss-rates", default="20000,25000,30000",
+                        help="rates of the sustained taskmon -> SQLite runs, comma-separated (default: %(default)s)")
     parser.add_argument("--postgres", default=os.environ.get("TASKMON_BENCH_POSTGRES_URL",
                                                             "postgresql+psycopg://postgres@127.0.0.1:5432/test"),
                         help="PostgreSQL server to create the bench databases on (default: %(default)s)")
     parser.add_argument("--drain-timeout", type=float, default=120.0,
                         help="most seconds to wait for a consumer after publishing (default: %(default)s)")
+    parser.add_argument("--kept-up-drain", type=float, default=2.0,
+                        help="a lossless step also 'kept up' if it drained within this many seconds (default: %(default)s)")
     parser.add_argument("--settle", type=float, default=6.0,
                         help="a consumer whose progress stands still this long is done (default: %(default)s)")
     parser.add_argument("--warmup", type=float, default=1.0, help="seconds between subscribing and publishing")
@@ -427,7 +440,7 @@ def main(argv: list[str] | None = None) -> int:
                       flush=True)
             del plan
         for rate in args.rss_rates if args.rss_events else []:
-            print(f"\n== taskmon -> SQLite RSS after {args.rss_events:,} events at {rate:,}/s", flush=True)
+            print(f"\n== taskmon -> SQLite, {args.rss_events:,} events at {rate:,}/s (sustained; RSS)", flush=True)
             one = rss_run(cons.TaskmonSQLite(workdir, server.url), gen, rate, server, client, args)
             rss.append(one)
             print(f"  final ok {one['delivered']:,}/{one['tasks']:,}, drain {one['drain_seconds']}, "
@@ -449,9 +462,12 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.events:,} events per consumer per rate; a cell is the share of tasks whose final state "
         "(SUCCESS/FAILURE) reached the store (taskmon) or the consumer's memory (peers); '(cut)' = Redis "
         "disconnected the subscriber.", "",
-        tables(steps, args.rates, args.consumers), "",
+        tables(steps, args.rates, args.consumers, args.kept_up_drain), "",
         details(steps), "",
     ]
+    if rss:
+        report += [f"taskmon -> SQLite, sustained: {args.rss_events:,} events at each rate, RSS read from /proc once "
+                   "drained (or given up on):", ""]
     for one in rss:
         report += [f"taskmon -> SQLite after {one['events']:,} events at {one['rate']:,}/s (achieved "
                    f"{one['achieved_rate']:,.0f}/s): VmRSS {one['rss_mb']} MB, VmHWM (peak) {one['peak_rss_mb']} MB; "
