@@ -13,7 +13,19 @@ class BadInput(ValueError):
     """A job was given arguments it cannot use (unknown bill, negative days); the message says which."""
 
 
-class DefaultTask(Task):
+class AppTask(Task):
+    """A task of taskmon's app: its settings and history Engine at hand."""
+
+    @property
+    def settings(self):
+        return self.app.settings
+
+    @property
+    def engine(self):
+        return self.app.engine
+
+
+class DefaultTask(AppTask):
     """3 retries, backoff from 60 s doubling up to 600 s, jittered."""
 
     autoretry_for = (Exception,)
@@ -23,14 +35,6 @@ class DefaultTask(Task):
     retry_backoff_max = 600
     retry_jitter = True
 
-    @property
-    def settings(self):
-        return self.app.settings
-
-    @property
-    def engine(self):
-        return self.app.engine
-
 
 class CriticalTask(DefaultTask):
     """5 retries, backoff from 30 s doubling up to 600 s, jittered: money and backups."""
@@ -39,19 +43,11 @@ class CriticalTask(DefaultTask):
     retry_backoff = 30
 
 
-class AlertTask(Task):
+class AlertTask(AppTask):
     """Alert e-mail: retried for a long time with a capped, jittered backoff (the timings are settings,
     alert_retry_delay / alert_retry_max_delay / alert_max_retries), never automatically on any error."""
 
     max_retries = None  # the task passes alert_max_retries on each retry
-
-    @property
-    def settings(self):
-        return self.app.settings
-
-    @property
-    def engine(self):
-        return self.app.engine
 
     def retry_delay(self, retries: int) -> float:
         import random
