@@ -176,6 +176,15 @@ def _summary(conn: Connection, task_id: str) -> dict[str, Any] | None:
     return dict(row) if row is not None else None
 
 
+def _workflow_size(conn: Connection, root_id: str) -> int:
+    """Runs whose root is ``root_id``: the root itself, if stored, and the rest through the
+    partial index on root_id, which holds only the runs whose root is another task."""
+    c = task_runs.c
+    members = select(func.count()).select_from(task_runs).where(c.root_id == root_id, c.root_id != c.task_id)
+    root = select(func.count()).select_from(task_runs).where(c.task_id == root_id, c.root_id == root_id)
+    return conn.execute(members).scalar() + conn.execute(root).scalar()
+
+
 def timeline(run: dict[str, Any]) -> list[dict[str, Any]]:
     """sent -> received -> started -> finished, the steps that are known, with the gap before each."""
     out, previous = [], None
@@ -220,7 +229,7 @@ def run_detail(conn: Connection, task_id: str) -> dict[str, Any] | None:
     root = None
     if root_id and root_id != task_id:
         root = next((a for a in ancestors if a["task_id"] == root_id), None) or _summary(conn, root_id)
-    workflow_size = conn.execute(select(func.count()).select_from(task_runs).where(c.root_id == root_id)).scalar() if root_id else 1
+    workflow_size = _workflow_size(conn, root_id) if root_id else 1
     return {
         "run": run,
         "timeline": timeline(run),

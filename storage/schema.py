@@ -17,6 +17,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     false,
+    text,
     true,
 )
 
@@ -77,9 +78,10 @@ task_runs = Table(
     Index(None, "worker", "seen_at"),
     Index(None, "updated_at"),
     Index(None, "finished_at"),
-    Index(None, "parent_id"),
-    Index(None, "root_id"),
-    Index(None, "replay_of"),
+    # Partial (migration 0007): only runs that link to another task take an index entry.
+    Index(None, "parent_id", sqlite_where=text("parent_id IS NOT NULL"), postgresql_where=text("parent_id IS NOT NULL")),
+    Index(None, "root_id", sqlite_where=text("root_id <> task_id"), postgresql_where=text("root_id <> task_id")),
+    Index(None, "replay_of", sqlite_where=text("replay_of IS NOT NULL"), postgresql_where=text("replay_of IS NOT NULL")),
 )
 
 # One row per worker hostname, from worker-online / worker-heartbeat / worker-offline.
