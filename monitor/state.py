@@ -1,14 +1,15 @@
 """Merge events per task (celery's state precedence) into one pending row per task and worker.
 
 Only the events of the batch being written are held: the database row is the long-lived
-state, and storage.runs merges with it by the same rules, so memory stays bounded.
+state, and storage.runs merges with it by the same rules, so memory stays bounded. The rows
+lack queue_wait, which storage.runs.prepare_runs derives when it builds their parameters.
 """
 from __future__ import annotations
 
 from typing import Any
 
 from monitor.events import Update
-from storage.runs import merge_into, merge_run
+from storage.runs import merge_fields
 
 
 class Pending:
@@ -20,9 +21,9 @@ class Pending:
         if update.kind == "task":
             row = self.tasks.get(update.key)
             if row is None:
-                self.tasks[update.key] = merge_run(None, update.row)
+                self.tasks[update.key] = update.row  # a fresh dict of its own: ours to merge into
             else:
-                merge_into(row, update.row)  # the row is ours: merge in place
+                merge_fields(row, update.row)  # queue_wait is derived when the row is written
             return
         old = self.workers.get(update.key)
         row = update.row

@@ -1,13 +1,16 @@
 """The writer thread: batches of events -> one transaction of merged upserts -> acks.
 
-It is the only thread that talks to the database on the hot path; the source threads never
-wait on SQL, so a slow commit can fill the bounded buffer but cannot stall a socket reader.
+Each batch is prepared (events -> merged rows and their SQL parameters, Python work) and then
+committed. It is the only thread that talks to the database on the hot path; the source
+threads never wait on SQL, so a slow commit can fill the bounded buffer but cannot stall a
+socket reader.
 """
 from __future__ import annotations
 
 import logging
 import threading
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Callable
 
@@ -19,13 +22,28 @@ from monitor.counters import Counters
 from monitor.events import Malformed, to_update
 from monitor.state import Pending
 from storage.health import Gap, record_gap
-from storage.runs import upsert_runs, upsert_workers
+from storage.runs import PreparedRuns, execute_runs, prepare_runs, upsert_runs, upsert_workers
 
 log = logging.getLogger(__name__)
 
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
+
+
+@dataclass
+class Prepared:
+    """One batch, ready to commit: its rows in key order, their parameters, gaps and acks.
+
+    The events themselves are not kept: once merged into rows they are garbage.
+    """
+
+    tasks: list[dict]
+    workers: list[dict]
+    runs: PreparedRuns
+    gaps: list
+    acks: list[Callable[[], None]]
+    events: int
 
 
 class Writer(threading.Thread):
@@ -54,11 +72,19 @@ class Writer(threading.Thread):
         while True:
             taken = self.buffer.take(self.batch_size, self.flush_interval)
             if taken.batches or taken.controls:
-                self.write(taken)
+                prepared = self.prepare(taken)
+                del taken  # the events are rows now: free them before the transaction
+                self.commit(prepared)
+                del prepared
             elif self.stopping.is_set() and len(self.buffer) == 0:
                 return
 
     def write(self, taken: Taken) -> bool:
+        """Prepare and commit one batch (what run() does with each; benchmarks call it directly)."""
+        return self.commit(self.prepare(taken))
+
+    def prepare(self, taken: Taken) -> Prepared:
+        """Events -> merged rows per task and worker, in key order, and the upsert's parameters."""
         pending = Pending()
         for batch in taken.batches:
             for event in batch.events:
@@ -69,34 +95,41 @@ class Writer(threading.Thread):
                 except (TypeError, ValueError, OverflowError) as exc:  # a shape to_update did not foresee
                     log.warning("skipping event that failed conversion: %s", exc)
                     self.counters.incr("malformed.bad_field_type")
-        events = taken.events
-        if not self._commit(pending, taken.controls):
-            self.counters.incr("events_lost_on_shutdown", events)
-            log.error("gave up on %d buffered events: the database stayed unreachable while stopping", events)
+        # Key order: the detector sweep locks rows in the same order, so PostgreSQL never deadlocks.
+        tasks = [pending.tasks[k] for k in sorted(pending.tasks)]
+        workers = [pending.workers[k] for k in sorted(pending.workers)]
+        acks = [batch.ack for batch in taken.batches if batch.ack is not None]
+        return Prepared(tasks, workers, prepare_runs(self.engine.dialect, tasks), taken.controls, acks, taken.events)
+
+    def commit(self, prepared: Prepared) -> bool:
+        if not self._commit(prepared):
+            self.counters.incr("events_lost_on_shutdown", prepared.events)
+            log.error("gave up on %d buffered events: the database stayed unreachable while stopping",
+                      prepared.events)
             return False
-        self.counters.incr("events_written", events)
-        self.counters.incr("rows_written", len(pending))
-        for batch in taken.batches:
-            if batch.ack is not None:
-                batch.ack()
+        self.counters.incr("events_written", prepared.events)
+        self.counters.incr("rows_written", len(prepared.tasks) + len(prepared.workers))
+        for ack in prepared.acks:
+            ack()
         return True
 
-    def _transaction(self, tasks: list, workers: list, gaps: list) -> list:
+    def _transaction(self, runs: PreparedRuns | list, workers: list, gaps: list) -> list:
         now = self.clock()
         gap_ids = []
         with self.engine.begin() as conn:
-            for row in tasks:
-                row["updated_at"] = now
-            upsert_runs(conn, tasks)
+            if isinstance(runs, PreparedRuns):
+                execute_runs(conn, runs, updated_at=now)
+            else:
+                upsert_runs(conn, [dict(row, updated_at=now) for row in runs])
             upsert_workers(conn, [dict(w, updated_at=now) for w in workers])
             for gap in gaps:
                 gap_ids.append((record_gap(conn, gap, now), gap))
         return gap_ids
 
-    def _one_by_one(self, pending: Pending, gaps: list) -> list:
+    def _one_by_one(self, prepared: Prepared) -> list:
         """A batch the database refused as a whole: write row by row, skip and count the bad ones."""
-        gap_ids = self._transaction([], [], gaps)
-        for kind, rows in (("task", pending.tasks.values()), ("worker", pending.workers.values())):
+        gap_ids = self._transaction([], [], prepared.gaps)
+        for kind, rows in (("task", prepared.tasks), ("worker", prepared.workers)):
             for row in rows:
                 try:
                     self._transaction([row] if kind == "task" else [], [row] if kind == "worker" else [], [])
@@ -108,23 +141,21 @@ class Writer(threading.Thread):
                                 str(getattr(exc, "orig", exc)).splitlines()[0])
         return gap_ids
 
-    def _commit(self, pending: Pending, gaps: list) -> bool:
+    def _commit(self, prepared: Prepared) -> bool:
         delay = 0.5
         while True:
             try:
                 try:
-                    # Key order: the detector sweep locks rows in the same order, so PostgreSQL never deadlocks.
-                    gap_ids = self._transaction([pending.tasks[k] for k in sorted(pending.tasks)],
-                                                [pending.workers[k] for k in sorted(pending.workers)], gaps)
+                    gap_ids = self._transaction(prepared.runs, prepared.workers, prepared.gaps)
                 except (OperationalError, InterfaceError):
                     raise
                 except DBAPIError as exc:
                     if exc.connection_invalidated:
                         raise
-                    gap_ids = self._one_by_one(pending, gaps)
+                    gap_ids = self._one_by_one(prepared)
                 except SQLAlchemyError:
                     log.exception("the batch could not be written; trying row by row")
-                    gap_ids = self._one_by_one(pending, gaps)
+                    gap_ids = self._one_by_one(prepared)
                 if not self.healthy:
                     log.warning("database is back; writing resumed")
                     self.healthy = True

@@ -9,6 +9,9 @@ RECEIVED -> STARTED again under the same id.
 from __future__ import annotations
 
 import functools
+import sqlite3
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from sqlalchemy import Connection, Dialect, and_, case, func, literal_column, or_, select
@@ -93,7 +96,14 @@ def merge_run(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> dict[str
 
 
 def merge_into(row: dict[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
-    """``merge_run(row, new)`` written into ``row`` (which the caller owns) and returned.
+    """``merge_run(row, new)`` written into ``row`` (which the caller owns) and returned."""
+    merge_fields(row, new)
+    row["queue_wait"] = queue_wait(row)
+    return row
+
+
+def merge_fields(row: dict[str, Any], new: Mapping[str, Any]) -> None:
+    """``merge_into`` without the derived ``queue_wait``, which ``prepare_runs`` derives anyway.
 
     Only ``new``'s columns are visited: a column only ``row`` has keeps its value, except
     where the rules say otherwise (an outcome that ``new`` replaces; retries and truncated,
@@ -143,8 +153,6 @@ def merge_into(row: dict[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
             row[col] = bool(prev) or bool(value)
         else:  # _UPDATED
             row[col] = value or prev
-    row["queue_wait"] = queue_wait(row)
-    return row
 
 
 _NEW, _OLD = "new", "old"
@@ -227,17 +235,90 @@ def _sql_least(a, b):
 
 def upsert_runs(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> int:
     """Insert or merge task runs (one statement, executemany). Returns the number of rows sent."""
-    if not rows:
+    return execute_runs(conn, prepare_runs(conn.dialect, rows))
+
+
+@dataclass
+class PreparedRuns:
+    """``upsert_runs``'s parameters, built ahead of the transaction (see ``prepare_runs``)."""
+
+    dialect: Dialect
+    params: list  # one list (positional dialects) or dict per row
+    stamp_at: int | str  # where updated_at sits in each row's parameters
+
+    def __len__(self) -> int:
+        return len(self.params)
+
+
+def prepare_runs(dialect: Dialect, rows: Sequence[Mapping[str, Any]]) -> PreparedRuns:
+    """The parameters of ``upsert_runs`` for ``rows``: the Python half of the work, with no connection.
+
+    The daemon's writer builds the next batch's parameters while the previous batch's SQL runs
+    (sqlite3 and psycopg release the GIL while the database works).
+    """
+    _, convert, stamp_at = _compiled_upsert(dialect)
+    times: dict = {}  # a batch's rows share many timestamps (a task's state_at/seen_at/sent_at)
+    return PreparedRuns(dialect, [convert(r, times) for r in rows], stamp_at)
+
+
+def execute_runs(conn: Connection, prepared: PreparedRuns, updated_at: datetime | None = None) -> int:
+    """Run prepared upserts; ``updated_at`` (when given) replaces every row's, as of this transaction."""
+    if not prepared.params:
         return 0
-    sql, convert = _compiled_upsert(conn.dialect)
-    times: dict = {}  # a batch's rows share many timestamps (updated_at, a task's state_at/seen_at/sent_at)
-    conn.exec_driver_sql(sql, [convert(r, times) for r in rows])
-    return len(rows)
+    if prepared.dialect is not conn.dialect:
+        raise ValueError("parameters prepared for another dialect")
+    sql = _compiled_upsert(conn.dialect)[0]
+    if updated_at is not None:
+        bound, at = utc_bind_processor(conn.dialect)(updated_at), prepared.stamp_at
+        for values in prepared.params:
+            values[at] = bound
+    params = prepared.params
+    if conn.dialect.name == "sqlite":
+        _execute_multirow(conn, sql, params)
+    else:  # psycopg pipelines executemany: one round trip for the batch
+        conn.exec_driver_sql(sql, [tuple(v) for v in params] if conn.dialect.positional else params)
+    return len(params)
+
+
+# Rows per multi-row INSERT on SQLite (its variable limit is 32,766 since 3.32, 999 before).
+MULTIROW_MAX = 256
+
+
+def _execute_multirow(conn: Connection, sql: str, params: list) -> None:
+    """SQLite: many rows per INSERT ... VALUES (..), (..), .. ON CONFLICT statement.
+
+    sqlite3 releases the GIL inside each sqlite3_step; executemany steps (and so releases and
+    takes back the GIL) once per row, and a busy thread beside it holds the GIL for up to the
+    switch interval (5 ms) each time: the writer's SQL thread crawled whenever the reader or
+    the preparing thread had work. One statement of 256 rows is one step, so the database
+    works with the GIL released. Chunks are powers of two: at most nine statement texts.
+    """
+    limit = conn.connection.driver_connection.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+    most = max(1, min(MULTIROW_MAX, limit // len(RUN_COLUMNS)))
+    i, n = 0, len(params)
+    while i < n:
+        k = most
+        while k > n - i:
+            k //= 2
+        flat = [value for values in params[i:i + k] for value in values]
+        conn.exec_driver_sql(_multirow_sql(sql, k), tuple(flat))
+        i += k
+
+
+@functools.lru_cache(maxsize=64)
+def _multirow_sql(sql: str, rows: int) -> str:
+    """The single-row upsert with ``rows`` rows in its VALUES list (SQLite's '?' parameters)."""
+    head, sep, tail = sql.partition(" VALUES (")
+    one, close, rest = tail.partition(")")
+    if not sep or not close or set(one.replace(", ", "")) != {"?"} or one.count("?") != len(RUN_COLUMNS):
+        raise RuntimeError("unexpected shape of the task_runs upsert")
+    return f"{head} VALUES {', '.join([f'({one})'] * rows)}{rest}"
 
 
 @functools.lru_cache(maxsize=16)
-def _compiled_upsert(dialect: Dialect) -> tuple[str, Callable[[Mapping[str, Any], dict], Any]]:
-    """The merging upsert compiled once per dialect, and the function that turns a row into its parameters.
+def _compiled_upsert(dialect: Dialect) -> tuple[str, Callable[[Mapping[str, Any], dict], Any], int | str]:
+    """The merging upsert compiled once per dialect, the function that turns a row into its
+    parameters, and where updated_at sits in them.
 
     The writer sends thousands of rows a second; building and compiling the statement per batch
     and SQLAlchemy's generic per-row, per-column parameter handling took longer than SQLite
@@ -261,11 +342,12 @@ def _compiled_upsert(dialect: Dialect) -> tuple[str, Callable[[Mapping[str, Any]
     i_redelivered = at["redelivered"]
     order = tuple(at[n] for n in names)
     in_order = order == tuple(range(len(RUN_COLUMNS)))
+    positional = dialect.positional
 
     def convert(row: Mapping[str, Any], times: dict):
         # Every column present (executemany needs one shape), queue_wait derived. SQLAlchemy's
         # processors turn None into None, so None is left as it is.
-        values = [row.get(c) for c in RUN_COLUMNS]
+        values = list(map(row.get, RUN_COLUMNS))
         values[i_retries] = values[i_retries] or 0
         values[i_truncated] = bool(values[i_truncated])
         values[i_redelivered] = bool(values[i_redelivered])
@@ -280,11 +362,12 @@ def _compiled_upsert(dialect: Dialect) -> tuple[str, Callable[[Mapping[str, Any]
         for i, process in steps:
             if values[i] is not None:
                 values[i] = process(values[i])
-        if dialect.positional:
-            return tuple(values) if in_order else tuple(values[i] for i in order)
+        if positional:
+            return values if in_order else [values[i] for i in order]
         return dict(zip(names, (values[i] for i in order)))
 
-    return compiled.string, convert
+    stamp_at = names.index("updated_at") if positional else "updated_at"
+    return compiled.string, convert, stamp_at
 
 
 def upsert_runs_statement(dialect_name: str):

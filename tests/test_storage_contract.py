@@ -10,7 +10,7 @@ from sqlalchemy import inspect, select
 
 from storage.db import current_revision, head_revision, make_engine, upgrade
 from storage.runs import get_run, merge_run, upsert_runs, upsert_workers
-from storage.schema import metadata, workers
+from storage.schema import metadata, task_runs, workers
 
 T0 = datetime(2026, 11, 23, 6, 0, 0, tzinfo=timezone.utc)
 
@@ -121,6 +121,29 @@ def test_many_rows_in_one_call_merge_like_single_calls(engine):
     assert [s["state"] for s in stored] == [e["state"] for e in expected]
     assert [s["result"] for s in stored] == [e.get("result") for e in expected]
     assert [s["exception"] for s in stored] == [e.get("exception") for e in expected]
+
+
+def test_a_batch_of_many_statements_merges_every_row_like_the_twin(engine):
+    # 700 rows: more than one multi-row INSERT on SQLite (256 + 256 + 128 + 32 + 16 + 8 + 4), half
+    # of them new and half merging into stored rows, in one call like the writer's batches.
+    rng = random.Random(11)
+    parts = {}
+    for i in range(700):
+        order = rng.sample(lifecycle(f"b{i:03}"), 7)
+        cut = rng.randint(1, 6)
+        parts[f"b{i:03}"] = (fold(order[:cut]), fold(order[cut:]))
+    with engine.begin() as conn:
+        upsert_runs(conn, [first for key, (first, _) in parts.items() if int(key[1:]) % 2 == 0])
+        upsert_runs(conn, [second for _, second in parts.values()])
+        stored = {r["task_id"]: r for r in map(dict, conn.execute(select(task_runs)).mappings())}
+    assert len(stored) == 700
+    for key, (first, second) in parts.items():
+        python = merge_run(first, second) if int(key[1:]) % 2 == 0 else merge_run(None, second)
+        for col, value in stored[key].items():
+            if col == "updated_at":
+                continue
+            want = python.get(col, False if col in ("truncated", "redelivered") else 0 if col == "retries" else None)
+            assert value == (pytest.approx(want) if isinstance(want, float) else want), (key, col)
 
 
 def test_started_after_succeeded_does_not_flip_state_back(engine):
