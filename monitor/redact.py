@@ -64,18 +64,22 @@ def redact_repr(text: str | None) -> str | None:
     """
     if not text:
         return text
-    if text.__class__ is str and len(text) <= _REMEMBER_CHARS:
+    if not mentions_secret(text):
+        return text
+    if len(text) <= _REMEMBER_CHARS:
         return _redact_remembered(text)
     return _redact(text)
 
 
-# task-sent and task-received carry the same args/kwargs reprs, a few hundred events apart:
-# remembering recent answers halves the redaction work (parsing and re-printing a repr that
-# holds a secret costs ~100 us). Only short texts, so the cache stays small (< 10 MB at worst).
+# task-sent and task-received carry the same args/kwargs reprs, often thousands of events
+# apart: remembering recent answers halves the redaction work (parsing and re-printing a repr
+# that holds a secret costs ~100 us). Only texts that mention a secret are remembered (the
+# others come back unchanged, after a scan that costs little), and only short ones: at most
+# 4,096 texts of 4,096 characters, a few MB in practice.
 _REMEMBER_CHARS = 4096
 
 
-@functools.lru_cache(maxsize=1024)
+@functools.lru_cache(maxsize=4096)
 def _redact_remembered(text: str) -> str:
     return _redact(text)
 
