@@ -18,6 +18,7 @@ class Batch:
     source: str
     events: list
     ack: Callable[[], None] | None = None
+    put_at: float = 0.0  # time.monotonic() when the buffer took it (set by EventBuffer.put)
 
 
 @dataclass
@@ -49,6 +50,7 @@ class EventBuffer:
                 if not block or (stop is not None and stop.is_set()):
                     return False
                 self._cond.wait(0.2)
+            batch.put_at = time.monotonic()
             self._items.append(batch)
             self._size += n
             self._cond.notify_all()
@@ -59,6 +61,11 @@ class EventBuffer:
         with self._cond:
             self._items.append(item)
             self._cond.notify_all()
+
+    def oldest_put_at(self) -> float | None:
+        """When the oldest batch still waiting was put (monotonic), None if none waits."""
+        with self._cond:
+            return next((item.put_at for item in self._items if isinstance(item, Batch)), None)
 
     def take(self, max_events: int, timeout: float) -> Taken:
         """Up to ``max_events`` events (whole batches), waiting at most ``timeout`` for the first."""

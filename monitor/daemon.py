@@ -22,6 +22,10 @@ from storage.health import Gap, latest_status, write_status
 
 log = logging.getLogger(__name__)
 
+# A worker is lost after lost_after_heartbeats x its interval (>= 1 s) of silence in the store;
+# while the writer is further behind than this, the silence may be the writer's, not the worker's.
+FEED_MAX_LAG = 1.0
+
 
 @dataclass(frozen=True)
 class RunOptions:
@@ -177,9 +181,10 @@ class Daemon:
             self.alerter.run(result)
 
     def _feed_ok(self) -> bool:
-        """Whether stored heartbeats are current: every source connected and the writer keeping up."""
+        """Whether stored heartbeats are current: every source connected and the writer keeping up
+        (nothing received more than FEED_MAX_LAG seconds ago is still uncommitted)."""
         return (all(source.connected.is_set() for source in self.sources) and self.writer.healthy
-                and len(self.buffer) < self.options.batch_size)
+                and len(self.buffer) < self.options.batch_size and self.writer.lag() < FEED_MAX_LAG)
 
     def _record_downtime(self) -> None:
         """A daemon that starts after another one stopped (or died) missed what came between."""

@@ -62,6 +62,17 @@ class Writer(threading.Thread):
         self.stopping = threading.Event()
         self.give_up_at: float | None = None  # monotonic deadline for retries once stopping
         self.healthy = True
+        self.working_since: float | None = None  # put_at of the oldest event of the batch in hand
+
+    def lag(self, now: float | None = None) -> float:
+        """Seconds since the oldest event not yet committed was received (0: nothing waits).
+
+        The detectors judge silence from stored heartbeats; while this is large, a worker's
+        recent heartbeats may still be in memory, and it would look lost when it is not.
+        """
+        now = time.monotonic() if now is None else now
+        waiting = [t for t in (self.working_since, self.buffer.oldest_put_at()) if t is not None]
+        return max(now - min(waiting), 0.0) if waiting else 0.0
 
     def stop(self, deadline: float) -> None:
         """Finish what is buffered, retrying a failing database until ``deadline`` (monotonic)."""
@@ -72,10 +83,12 @@ class Writer(threading.Thread):
         while True:
             taken = self.buffer.take(self.batch_size, self.flush_interval)
             if taken.batches or taken.controls:
+                self.working_since = min((b.put_at for b in taken.batches), default=None)
                 prepared = self.prepare(taken)
                 del taken  # the events are rows now: free them before the transaction
                 self.commit(prepared)
                 del prepared
+                self.working_since = None
             elif self.stopping.is_set() and len(self.buffer) == 0:
                 return
 
