@@ -22,7 +22,7 @@ from monitor.counters import Counters
 from monitor.events import Malformed, to_update
 from monitor.state import Pending
 from storage.health import Gap, record_gap
-from storage.runs import PreparedRuns, execute_runs, prepare_runs, upsert_runs, upsert_workers
+from storage.runs import PreparedRuns, execute_runs, prepare_runs, upsert_workers
 
 log = logging.getLogger(__name__)
 
@@ -126,14 +126,11 @@ class Writer(threading.Thread):
             ack()
         return True
 
-    def _transaction(self, runs: PreparedRuns | list, workers: list, gaps: list) -> list:
+    def _transaction(self, runs: PreparedRuns, workers: list, gaps: list) -> list:
         now = self.clock()
         gap_ids = []
         with self.engine.begin() as conn:
-            if isinstance(runs, PreparedRuns):
-                execute_runs(conn, runs, updated_at=now)
-            else:
-                upsert_runs(conn, [dict(row, updated_at=now) for row in runs])
+            execute_runs(conn, runs, updated_at=now)
             upsert_workers(conn, [dict(w, updated_at=now) for w in workers])
             for gap in gaps:
                 gap_ids.append((record_gap(conn, gap, now), gap))
@@ -141,11 +138,13 @@ class Writer(threading.Thread):
 
     def _one_by_one(self, prepared: Prepared) -> list:
         """A batch the database refused as a whole: write row by row, skip and count the bad ones."""
-        gap_ids = self._transaction([], [], prepared.gaps)
+        dialect = self.engine.dialect
+        gap_ids = self._transaction(prepare_runs(dialect, []), [], prepared.gaps)
         for kind, rows in (("task", prepared.tasks), ("worker", prepared.workers)):
             for row in rows:
                 try:
-                    self._transaction([row] if kind == "task" else [], [row] if kind == "worker" else [], [])
+                    self._transaction(prepare_runs(dialect, [row] if kind == "task" else []),
+                                      [row] if kind == "worker" else [], [])
                 except (OperationalError, InterfaceError):
                     raise
                 except SQLAlchemyError as exc:

@@ -246,9 +246,6 @@ class PreparedRuns:
     params: list  # one list (positional dialects) or dict per row
     stamp_at: int | str  # where updated_at sits in each row's parameters
 
-    def __len__(self) -> int:
-        return len(self.params)
-
 
 def prepare_runs(dialect: Dialect, rows: Sequence[Mapping[str, Any]]) -> PreparedRuns:
     """The parameters of ``upsert_runs`` for ``rows``: the Python half of the work, with no connection.
