@@ -58,8 +58,9 @@ def one_line(text: str | None, width: int) -> str:
     return first if len(first) <= width else first[: width - 1] + "…"
 
 
-def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], right: Iterable[int] = ()) -> str:
-    """A plain-text table: a header, a rule, one line per row; columns in ``right`` are right-aligned."""
+def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], right: Iterable[int] = (), rule: bool = True) -> str:
+    """A plain-text table: a header, a rule (unless ``rule`` is False), one line per row; columns
+    in ``right`` are right-aligned."""
     rows = [[NONE if v is None else str(v) for v in r] for r in rows]
     widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
     right = set(right)
@@ -68,7 +69,7 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], right: Iterable
         parts = [c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))]
         return "  ".join(parts).rstrip()
 
-    return "\n".join([line(headers), line(["-" * w for w in widths]), *[line(r) for r in rows]])
+    return "\n".join([line(headers), *([line(["-" * w for w in widths])] if rule else []), *[line(r) for r in rows]])
 
 
 def jsonable(value: Any, tz: tzinfo) -> Any:

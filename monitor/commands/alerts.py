@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 from monitor.commands.base import Context, json_option, open_store, settings_options, time_option, utcnow
-from monitor.render import fmt_time, one_line
+from monitor.render import fmt_time, one_line, table as render_table
 
 
 ALERT_COLUMNS = ("created", "id", "kind", "rule", "status", "tries", "subject", "error")
@@ -35,9 +35,7 @@ def alerts_group(click_ctx, ctx: Context, since, limit, as_json) -> None:
         return
     table = [(fmt_time(r["created_at"], ctx.settings.tz), r["id"], r["kind"], r["rule"], r["status"], r["attempts"],
               one_line(r["subject"], 90), one_line(r["last_error"], 90)) for r in rows]
-    widths = [max(len(str(x)) for x in col) for col in zip(ALERT_COLUMNS, *table)]
-    for line in [tuple(c.upper() for c in ALERT_COLUMNS), *table]:
-        click.echo("  ".join(str(v).ljust(w) for v, w in zip(line, widths)).rstrip())
+    click.echo(render_table([c.upper() for c in ALERT_COLUMNS], table, rule=False))
     if len(rows) == limit:
         click.echo(f"(first {limit}; --limit for more)", err=True)
 

@@ -7,7 +7,7 @@ import sys
 import click
 
 from monitor.commands.base import Context, open_store, parse_since_option, settings_options
-from monitor.render import fmt_time, one_line
+from monitor.render import fmt_time, one_line, table as render_table
 
 
 LETTER_COLUMNS = ("dead_at", "reason", "state", "name", "task_id", "exception", "replayed_as")
@@ -46,9 +46,7 @@ def dead_letters_group(click_ctx, ctx: Context, name_glob, reason, since, letter
         return
     table = [(fmt_time(r["dead_at"], ctx.settings.tz), r["reason"], r["state"], r["name"] or "-", r["task_id"],
               one_line(r["exception"], 60), r["replayed_as"] or "-") for r in rows]
-    widths = [max(len(str(x)) for x in col) for col in zip(LETTER_COLUMNS, *table)]
-    for line in [tuple(c.upper() for c in LETTER_COLUMNS), *table]:
-        click.echo("  ".join(str(v).ljust(w) for v, w in zip(line, widths)).rstrip())
+    click.echo(render_table([c.upper() for c in LETTER_COLUMNS], table, rule=False))
     if len(rows) == limit:
         click.echo(f"(first {limit}; --limit for more)", err=True)
 
