@@ -127,3 +127,24 @@ def test_delivery_is_idempotent_per_alert_and_a_failed_send_is_kept_for_a_retry(
     with engine.connect() as conn:
         sent = store.get_alert(conn, alert_id)
     assert sent["status"] == "sent" and sent["attempts"] == 2 and sent["sent_at"] is not None
+
+
+def test_finished_counts_count_each_run_once_by_name_within_the_window(engine):
+    def run(task_id, state, **times):
+        row = {"task_id": task_id, "name": "report.build", "state": state, "seen_at": at(-600), "updated_at": at(0)}
+        return row | {k: at(v) if v is not None else None for k, v in times.items()}
+
+    with engine.begin() as conn:
+        upsert_runs(conn, [
+            run("ok-in", "SUCCESS", finished_at=-10, state_at=-10),
+            run("fail-in", "FAILURE", finished_at=-20, state_at=-20),
+            run("old", "FAILURE", finished_at=-900, state_at=-900),
+            run("lost-in", "LOST", state_at=-30),  # a detector verdict: no finished_at
+            run("lost-old", "LOST", state_at=-900),
+            run("timeout-in", "TIMEOUT", finished_at=-40, state_at=-40),  # both times in: counted once
+            run("timeout-late", "TIMEOUT", finished_at=-900, state_at=-5),  # the verdict came later
+            {**run("nameless", "FAILURE", finished_at=-10, state_at=-10), "name": None},
+            {**run("other", "SUCCESS", finished_at=-10, state_at=-10), "name": "mail.send"},
+        ])
+        counts = store.finished_counts(conn, at(-300), ("FAILURE", "TIMEOUT", "LOST"))
+    assert counts == {"report.build": {"total": 5, "failed": 4}, "mail.send": {"total": 1, "failed": 0}}
