@@ -13,6 +13,10 @@ from storage.schema import receiver_gaps, task_runs, workers
 DETECT_COLUMNS = ("task_id", "name", "state", "state_at", "worker", "queue", "eta", "seen_at", "sent_at",
                   "started_at", "stuck_at")
 
+# What monitor.detectors.deadletters.dead_letter reads of a run.
+LETTER_COLUMNS = ("task_id", "name", "state", "state_at", "exception", "exception_type", "queue", "worker",
+                  "seen_at", "sent_at", "received_at", "started_at", "finished_at")
+
 
 def _runs(conn: Connection, *where) -> list[dict[str, Any]]:
     cols = [task_runs.c[c] for c in DETECT_COLUMNS]
@@ -84,9 +88,12 @@ def mark_worker_lost(conn: Connection, hostname: str, last_heartbeat: datetime, 
 
 def dead_candidates(conn: Connection, dead_states: Sequence[str], *, updated_since: datetime | None,
                     limit: int) -> list[dict[str, Any]]:
-    """Rows in a dead state that have no dead letter yet, or one about an earlier death."""
+    """Rows in a dead state that have no dead letter yet, or one about an earlier death.
+
+    Only the columns a dead letter takes: args, result and traceback stay in task_runs.
+    """
     query = (
-        select(task_runs)
+        select(*(task_runs.c[c] for c in LETTER_COLUMNS))
         .outerjoin(dl, dl.c.task_id == task_runs.c.task_id)
         .where(task_runs.c.state.in_(dead_states),
                or_(dl.c.task_id.is_(None), dl.c.dead_at != task_runs.c.state_at),

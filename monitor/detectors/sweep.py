@@ -25,8 +25,9 @@ from storage import detection as store
 
 log = logging.getLogger(__name__)
 
-# Dead letters written per sweep at most (a first sweep over a long history catches up in steps).
-DEAD_LETTER_BATCH = 5000
+# Dead letters written per sweep at most (a first sweep over a long history catches up in steps):
+# more than the 750 failures a second of 30,000 events a second with 10% failing, every 10 s.
+DEAD_LETTER_BATCH = 10_000
 # How far back a sweep looks for rows changed since the previous one: covers the writer's longest
 # transaction (updated_at is taken when it begins, the commit comes later).
 WINDOW_SLACK = timedelta(seconds=120)
