@@ -3,11 +3,8 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
@@ -59,13 +56,20 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
     # NORMAL is durable across process crashes in WAL mode; only power loss can drop the last commits.
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.execute("PRAGMA foreign_keys=ON")
-    # 64 MiB of page cache instead of 2: the daemon's upserts touch index pages all over
-    # task_runs (task ids are random); with the default, a third of its SQL time was re-reading them.
-    cur.execute("PRAGMA cache_size=-65536")
+    # The default page cache (2 MB). A larger one did not make the writer's SQL faster once its
+    # batches were prepared by the helper process, and every pooled connection fills its own.
     cur.close()
 
 
+if TYPE_CHECKING:
+    from alembic.config import Config
+
+
+# alembic is imported where it is used: the writer's helper process (monitor.prepare) needs this
+# module's dialect helpers, not alembic's 9 MB.
 def _alembic_config(engine: Engine) -> Config:
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     cfg.attributes["engine"] = engine
@@ -73,16 +77,22 @@ def _alembic_config(engine: Engine) -> Config:
 
 
 def head_revision() -> str:
+    from alembic.script import ScriptDirectory
+
     return ScriptDirectory.from_config(_alembic_config(None)).get_current_head()
 
 
 def current_revision(engine: Engine) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
     with engine.connect() as conn:
         return MigrationContext.configure(conn).get_current_revision()
 
 
 def upgrade(engine: Engine, revision: str = "head") -> tuple[str | None, str]:
     """Bring the schema to ``revision``; return (before, after). Safe to run again."""
+    from alembic import command
+
     try:
         before = current_revision(engine)
         command.upgrade(_alembic_config(engine), revision)
