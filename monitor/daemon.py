@@ -14,6 +14,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from monitor.buffer import EventBuffer
+from monitor.prepare import Preparer
 from monitor.counters import merged
 from monitor.settings import Settings, mask_url
 from monitor.sources import Source
@@ -36,6 +37,9 @@ class RunOptions:
     batch_size: int = 50_000
     flush_interval: float = 0.2
     buffer_events: int = 200_000
+    # Helper processes that turn events into rows while the writer commits (monitor.prepare);
+    # 0: the writer thread does it itself.
+    prepare_processes: int = 1
     status_interval: float = 5.0
     log_interval: float = 60.0
     stop_timeout: float = 8.0
@@ -118,9 +122,11 @@ class Daemon:
             from monitor.reconcile import Reconciler
 
             self.reconciler = Reconciler(engine, settings)
+        self.preparer = Preparer(engine.dialect, engine.url.drivername, settings.field_max_bytes,
+                                 processes=options.prepare_processes)
         self.writer = Writer(engine, self.buffer, field_max_bytes=settings.field_max_bytes,
                              batch_size=options.batch_size, flush_interval=options.flush_interval,
-                             on_gap=self.reconciler.submit if self.reconciler else None)
+                             on_gap=self.reconciler.submit if self.reconciler else None, preparer=self.preparer)
         self.daemon_id = f"{socket.gethostname()}:{os.getpid()}"
         self.started_at = datetime.now(timezone.utc)
         self.stop_event = threading.Event()
@@ -128,7 +134,7 @@ class Daemon:
         self.alerter = None  # issue 7: evaluates the alert rules after each sweep
 
     def counters(self) -> dict[str, int]:
-        parts = [self.writer.counters, *(s.counters for s in self.sources)]
+        parts = [self.writer.counters, self.preparer.counters, *(s.counters for s in self.sources)]
         if self.reconciler is not None:
             parts.append(self.reconciler.counters)
         if self.detector is not None:
@@ -258,6 +264,7 @@ class Daemon:
             source.join(max(deadline - time.monotonic(), 0.1) / 2)
         self.writer.stop(deadline)
         self.writer.join(max(deadline - time.monotonic(), 0.1))
+        self.preparer.close()
         if self.reconciler is not None:
             self.reconciler.stop()
         for source in self.sources:

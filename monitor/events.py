@@ -106,11 +106,13 @@ def is_time_limit_error(exc_type: str | None) -> bool:
     return bool(exc_type) and exc_type.rsplit(".", 1)[-1] in TIME_LIMIT_ERRORS
 
 
-def to_update(event: Any, field_max_bytes: int) -> Update:
+def to_update(event: Any, field_max_bytes: int, redacted: dict[str, str] | None = None) -> Update:
     """Validate one event and turn it into a partial row; raise Malformed otherwise.
 
     The row holds only what the event says: a field the event lacks (or sends as None) is
-    left out, which the merge and the upsert read as NULL. Fewer keys, less merging.
+    left out, which the merge and the upsert read as NULL (truncated: false). Fewer keys, less
+    merging. ``redacted``: texts already redacted in this batch (task-received repeats the
+    args and kwargs of task-sent), filled as it goes.
     """
     if not isinstance(event, dict):
         raise Malformed("not_dict", type(event).__name__)
@@ -137,7 +139,13 @@ def to_update(event: Any, field_max_bytes: int) -> Update:
         if value.__class__ is not str or "\x00" in value:
             value = _text(event, field)
         if field in REDACTED_FIELDS:
-            value = redact_repr(value)
+            if redacted is None:
+                value = redact_repr(value)
+            else:
+                known = redacted.get(value)
+                if known is None:
+                    known = redacted[value] = redact_repr(value)
+                value = known
         if field_max_bytes > 0 and len(value) * 4 > field_max_bytes:
             value, cut = truncate(value, field_max_bytes)
             truncated |= cut
@@ -150,19 +158,23 @@ def to_update(event: Any, field_max_bytes: int) -> Update:
             row[field] = value if len(value) <= SHORT_MAX else value[:SHORT_MAX]
         else:
             row[field] = _short(event, field)
-    row["truncated"] = truncated
-    hostname = _short(event, "hostname")
-    if kind != "task-sent" and hostname is not None:
-        row["worker"] = hostname  # task-sent's hostname is the client's, not a worker
+    if truncated:
+        row["truncated"] = True
+    if kind != "task-sent":  # task-sent's hostname is the client's, not a worker
+        hostname = _short(event, "hostname")
+        if hostname is not None:
+            row["worker"] = hostname
     retries = event.get("retries")
     if retries is not None:
         if isinstance(retries, bool) or not isinstance(retries, int):
             raise Malformed("bad_field_type", "retries")
         row["retries"] = retries
     for field in ("eta", "expires"):
-        value = _iso(event.get(field), field)
+        value = event.get(field)
         if value is not None:
-            row[field] = value
+            value = _iso(value, field)
+            if value is not None:
+                row[field] = value
     if kind == "task-sent":
         row["sent_at"] = at
     elif kind == "task-received":

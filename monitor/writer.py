@@ -1,15 +1,17 @@
 """The writer thread: batches of events -> one transaction of merged upserts -> acks.
 
-Each batch is prepared (events -> merged rows and their SQL parameters, Python work) and then
-committed. It is the only thread that talks to the database on the hot path; the source
-threads never wait on SQL, so a slow commit can fill the bounded buffer but cannot stall a
-socket reader.
+Each batch is prepared (events -> merged rows and their SQL parameters: Python work, done by a
+helper process when the daemon has one, see monitor.prepare) and then committed, in the order
+taken. It is the only thread that talks to the database on the hot path; the source threads
+never wait on SQL, so a slow commit can fill the bounded buffer but cannot stall a socket reader.
 """
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Callable
@@ -19,10 +21,10 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlch
 
 from monitor.buffer import EventBuffer, Taken
 from monitor.counters import Counters
-from monitor.events import Malformed, to_update
-from monitor.state import Pending
+from monitor.memory import release_free_memory
+from monitor.prepare import Job, Preparer
 from storage.health import Gap, record_gap
-from storage.runs import PreparedRuns, execute_runs, prepare_runs, upsert_workers
+from storage.runs import PreparedRuns, execute_runs, runs_from_params, upsert_workers
 
 log = logging.getLogger(__name__)
 
@@ -33,23 +35,33 @@ def utcnow() -> datetime:
 
 @dataclass
 class Prepared:
-    """One batch, ready to commit: its rows in key order, their parameters, gaps and acks.
+    """One batch, ready to commit: its runs' parameters (key order), worker rows, gaps and acks.
 
     The events themselves are not kept: once merged into rows they are garbage.
     """
 
-    tasks: list[dict]
-    workers: list[dict]
     runs: PreparedRuns
+    workers: list[dict]
     gaps: list
     acks: list[Callable[[], None]]
     events: int
 
 
+@dataclass
+class InFlight:
+    """A batch taken from the buffer whose rows are being prepared (see monitor.prepare)."""
+
+    job: Job
+    gaps: list
+    acks: list[Callable[[], None]]
+    events: int
+    put_at: float | None  # when the buffer took its oldest events
+
+
 class Writer(threading.Thread):
     def __init__(self, engine: Engine, buffer: EventBuffer, *, field_max_bytes: int, batch_size: int = 50_000,
                  flush_interval: float = 0.2, on_gap: Callable[[int, Gap], None] | None = None,
-                 clock: Callable[[], datetime] = utcnow):
+                 clock: Callable[[], datetime] = utcnow, preparer: Preparer | None = None):
         super().__init__(name="taskmon-writer", daemon=True)
         self.engine = engine
         self.buffer = buffer
@@ -58,11 +70,13 @@ class Writer(threading.Thread):
         self.flush_interval = flush_interval
         self.on_gap = on_gap
         self.clock = clock
+        # No helper process unless given one: batches are then prepared in this thread.
+        self.preparer = preparer or Preparer(engine.dialect, engine.url.drivername, field_max_bytes, processes=0)
         self.counters = Counters()
         self.stopping = threading.Event()
         self.give_up_at: float | None = None  # monotonic deadline for retries once stopping
         self.healthy = True
-        self.working_since: float | None = None  # put_at of the oldest event of the batch in hand
+        self.working_since: float | None = None  # put_at of the oldest event taken but not committed
 
     def lag(self, now: float | None = None) -> float:
         """Seconds since the oldest event not yet committed was received (0: nothing waits).
@@ -80,17 +94,39 @@ class Writer(threading.Thread):
         self.stopping.set()
 
     def run(self) -> None:
+        # With a helper process, batches are prepared there while this thread commits earlier ones.
+        # A batch goes to the helper when half a batch is waiting (or when nothing is in flight), so
+        # the helper always has a worthwhile batch in hand instead of a sliver taken just after
+        # the previous one.
+        depth = 3 if self.preparer.processes else 1
+        in_flight: deque[InFlight] = deque()
+        since_cleanup = 0  # events written since the last idle clean-up
         while True:
-            taken = self.buffer.take(self.batch_size, self.flush_interval)
-            if taken.batches or taken.controls:
-                self.working_since = min((b.put_at for b in taken.batches), default=None)
-                prepared = self.prepare(taken)
-                del taken  # the events are rows now: free them before the transaction
-                self.commit(prepared)
-                del prepared
-                self.working_since = None
+            if len(in_flight) < depth and (not in_flight or len(self.buffer) >= self.batch_size // 2):
+                taken = self.buffer.take(self.batch_size, 0 if in_flight else self.flush_interval)
+                if taken.batches or taken.controls:
+                    in_flight.append(self.submit(taken))
+                    self._note_working(in_flight)
+                    continue
+            if in_flight:
+                if len(in_flight) < depth and not in_flight[0].job.done(self.flush_interval / 4):
+                    continue  # meanwhile the buffer may fill enough for the next batch
+                flight = in_flight.popleft()
+                self.commit(self.finish(flight))
+                self._note_working(in_flight)
+                since_cleanup += flight.events
+                del flight
+                release_free_memory()
             elif self.stopping.is_set() and len(self.buffer) == 0:
                 return
+            elif since_cleanup >= self.batch_size:
+                # Idle after a burst: collect what only the cyclic collector frees, and give it back.
+                gc.collect()
+                release_free_memory()
+                since_cleanup = 0
+
+    def _note_working(self, in_flight: deque[InFlight]) -> None:
+        self.working_since = min((f.put_at for f in in_flight if f.put_at is not None), default=None)
 
     def write(self, taken: Taken) -> bool:
         """Prepare and commit one batch (what run() does with each; benchmarks call it directly)."""
@@ -98,21 +134,20 @@ class Writer(threading.Thread):
 
     def prepare(self, taken: Taken) -> Prepared:
         """Events -> merged rows per task and worker, in key order, and the upsert's parameters."""
-        pending = Pending()
-        for batch in taken.batches:
-            for event in batch.events:
-                try:
-                    pending.add(to_update(event, self.field_max_bytes))
-                except Malformed as exc:
-                    self.counters.incr(f"malformed.{exc.reason}")
-                except (TypeError, ValueError, OverflowError) as exc:  # a shape to_update did not foresee
-                    log.warning("skipping event that failed conversion: %s", exc)
-                    self.counters.incr("malformed.bad_field_type")
-        # Key order: the detector sweep locks rows in the same order, so PostgreSQL never deadlocks.
-        tasks = [pending.tasks[k] for k in sorted(pending.tasks)]
-        workers = [pending.workers[k] for k in sorted(pending.workers)]
-        acks = [batch.ack for batch in taken.batches if batch.ack is not None]
-        return Prepared(tasks, workers, prepare_runs(self.engine.dialect, tasks), taken.controls, acks, taken.events)
+        return self.finish(self.submit(taken))
+
+    def submit(self, taken: Taken) -> InFlight:
+        return InFlight(self.preparer.submit([batch.piece for batch in taken.batches]), taken.controls,
+                        [batch.ack for batch in taken.batches if batch.ack is not None], taken.events,
+                        min((b.put_at for b in taken.batches), default=None))
+
+    def finish(self, flight: InFlight) -> Prepared:
+        """Wait for a batch's rows (prepared here if the helper failed); count what was malformed."""
+        ready = flight.job.result()
+        for key, n in ready.malformed.items():
+            self.counters.incr(key, n)
+        return Prepared(runs_from_params(self.engine.dialect, ready.params), ready.workers, flight.gaps,
+                        flight.acks, flight.events)
 
     def commit(self, prepared: Prepared) -> bool:
         if not self._commit(prepared):
@@ -121,7 +156,7 @@ class Writer(threading.Thread):
                       prepared.events)
             return False
         self.counters.incr("events_written", prepared.events)
-        self.counters.incr("rows_written", len(prepared.tasks) + len(prepared.workers))
+        self.counters.incr("rows_written", len(prepared.runs.params) + len(prepared.workers))
         for ack in prepared.acks:
             ack()
         return True
@@ -138,19 +173,19 @@ class Writer(threading.Thread):
 
     def _one_by_one(self, prepared: Prepared) -> list:
         """A batch the database refused as a whole: write row by row, skip and count the bad ones."""
-        dialect = self.engine.dialect
-        gap_ids = self._transaction(prepare_runs(dialect, []), [], prepared.gaps)
-        for kind, rows in (("task", prepared.tasks), ("worker", prepared.workers)):
-            for row in rows:
-                try:
-                    self._transaction(prepare_runs(dialect, [row] if kind == "task" else []),
-                                      [row] if kind == "worker" else [], [])
-                except (OperationalError, InterfaceError):
-                    raise
-                except SQLAlchemyError as exc:
-                    self.counters.incr("malformed.db_rejected")
-                    log.warning("database refused a %s row (%s): %s", kind, row.get("task_id") or row.get("hostname"),
-                                str(getattr(exc, "orig", exc)).splitlines()[0])
+        empty = runs_from_params(self.engine.dialect, [])
+        gap_ids = self._transaction(empty, [], prepared.gaps)
+        singles = [("task", key, (one, [])) for key, one in prepared.runs.one_by_one()]
+        singles += [("worker", row.get("hostname"), (empty, [row])) for row in prepared.workers]
+        for kind, key, (runs, workers) in singles:
+            try:
+                self._transaction(runs, workers, [])
+            except (OperationalError, InterfaceError):
+                raise
+            except SQLAlchemyError as exc:
+                self.counters.incr("malformed.db_rejected")
+                log.warning("database refused a %s row (%s): %s", kind, key,
+                            str(getattr(exc, "orig", exc)).splitlines()[0])
         return gap_ids
 
     def _commit(self, prepared: Prepared) -> bool:

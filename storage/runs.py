@@ -111,7 +111,8 @@ def merge_fields(row: dict[str, Any], new: Mapping[str, Any]) -> None:
     """
     old_state, new_state = row["state"], new["state"]
     wins = new_wins(old_state, row.get("state_at"), new_state, new.get("state_at"))
-    row.update(merge_receipts(row, new))
+    if "received_attempt" in new or "received_attempt" in row or "redelivered" in new or "redelivered" in row:
+        row.update(merge_receipts(row, new))  # otherwise none of the three is known: NULL, NULL, false
     # Whose outcome (result, exception, ...) the row ends up with; None: the two are coalesced.
     outcome = _NEW if wins and new_state in OUTCOME_STATES else (
         _OLD if not wins and old_state in OUTCOME_STATES else None)
@@ -245,17 +246,28 @@ class PreparedRuns:
     dialect: Dialect
     params: list  # one list (positional dialects) or dict per row
     stamp_at: int | str  # where updated_at sits in each row's parameters
+    key_at: int | str  # where task_id sits
+
+    def one_by_one(self) -> Iterable[tuple[str, "PreparedRuns"]]:
+        """(task_id, the run alone) for each run: for writing row by row."""
+        for values in self.params:
+            yield values[self.key_at], PreparedRuns(self.dialect, [values], self.stamp_at, self.key_at)
 
 
 def prepare_runs(dialect: Dialect, rows: Sequence[Mapping[str, Any]]) -> PreparedRuns:
     """The parameters of ``upsert_runs`` for ``rows``: the Python half of the work, with no connection.
 
-    The daemon's writer builds the next batch's parameters while the previous batch's SQL runs
-    (sqlite3 and psycopg release the GIL while the database works).
+    The daemon's writer has them built (in a helper process) while the previous batch's SQL runs.
     """
-    _, convert, stamp_at = _compiled_upsert(dialect)
+    _, convert, _, _ = _compiled_upsert(dialect)
     times: dict = {}  # a batch's rows share many timestamps (a task's state_at/seen_at/sent_at)
-    return PreparedRuns(dialect, [convert(r, times) for r in rows], stamp_at)
+    return runs_from_params(dialect, [convert(r, times) for r in rows])
+
+
+def runs_from_params(dialect: Dialect, params: list) -> PreparedRuns:
+    """Parameters that ``prepare_runs`` built for ``dialect`` (perhaps in another process), ready to execute."""
+    _, _, stamp_at, key_at = _compiled_upsert(dialect)
+    return PreparedRuns(dialect, params, stamp_at, key_at)
 
 
 def execute_runs(conn: Connection, prepared: PreparedRuns, updated_at: datetime | None = None) -> int:
@@ -313,9 +325,9 @@ def _multirow_sql(sql: str, rows: int) -> str:
 
 
 @functools.lru_cache(maxsize=16)
-def _compiled_upsert(dialect: Dialect) -> tuple[str, Callable[[Mapping[str, Any], dict], Any], int | str]:
+def _compiled_upsert(dialect: Dialect) -> tuple[str, Callable[[Mapping[str, Any], dict], Any], int | str, int | str]:
     """The merging upsert compiled once per dialect, the function that turns a row into its
-    parameters, and where updated_at sits in them.
+    parameters, and where updated_at and task_id sit in them.
 
     The writer sends thousands of rows a second; building and compiling the statement per batch
     and SQLAlchemy's generic per-row, per-column parameter handling took longer than SQLite
@@ -364,7 +376,8 @@ def _compiled_upsert(dialect: Dialect) -> tuple[str, Callable[[Mapping[str, Any]
         return dict(zip(names, (values[i] for i in order)))
 
     stamp_at = names.index("updated_at") if positional else "updated_at"
-    return compiled.string, convert, stamp_at
+    key_at = names.index("task_id") if positional else "task_id"
+    return compiled.string, convert, stamp_at, key_at
 
 
 def upsert_runs_statement(dialect_name: str):

@@ -105,7 +105,7 @@ def test_any_event_order_and_duplicates_give_the_same_row_in_sql_and_python(engi
             for col in stored:
                 if col in ("task_id", "updated_at"):
                     continue
-                want = python.get(col, False if col == "truncated" else 0 if col == "retries" else None)
+                want = python.get(col, False if col in ("truncated", "redelivered") else 0 if col == "retries" else None)
                 assert stored[col] == (pytest.approx(want) if isinstance(want, float) else want), (i, col)
             assert stored["state"] == expected["state"] == "SUCCESS"
             assert stored["result"] == "'ok'" and stored["retries"] == 1

@@ -28,6 +28,7 @@ sys.path.insert(0, str(HERE))
 import generator  # noqa: E402
 
 from monitor.buffer import Batch, EventBuffer, Taken  # noqa: E402
+from monitor.prepare import Preparer  # noqa: E402
 from monitor.sources import decode_kombu_message  # noqa: E402
 from monitor.writer import Writer  # noqa: E402
 from storage.db import make_engine, upgrade  # noqa: E402
@@ -37,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--batch", type=int, default=5000, help="events per Writer.write (the daemon's --batch-size)")
+    parser.add_argument("--prepare-processes", type=int, default=1,
+                        help="helper processes preparing rows (the daemon's --prepare-processes; 0: in the writer)")
     parser.add_argument("--db", help="PostgreSQL server URL (default: a SQLite file in a temp dir)")
     parser.add_argument("--profile", action="store_true",
                         help="print the top functions by own time (runs prepare and commit in one thread)")
@@ -66,10 +69,13 @@ def main(argv: list[str] | None = None) -> int:
     else:
         url = f"sqlite:///{tmp / 'writer.db'}"
     engine = make_engine(url)
+    preparer = None
     try:
         upgrade(engine)
         buffer = EventBuffer(10**8)
-        writer = Writer(engine, buffer, field_max_bytes=16384, batch_size=args.batch)
+        preparer = Preparer(engine.dialect, engine.url.drivername, 16384,
+                            processes=0 if args.profile else args.prepare_processes)
+        writer = Writer(engine, buffer, field_max_bytes=16384, batch_size=args.batch, preparer=preparer)
         profiler = cProfile.Profile() if args.profile else None
         if profiler:
             # cProfile sees one thread: write() prepares and commits in this one.
@@ -82,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             # The daemon's way: the writer thread takes from the buffer, its SQL thread commits.
             for i in range(0, len(events), 1000):
-                buffer.put(Batch("bench", events[i:i + 1000]))
+                buffer.put(Batch.encode("bench", events[i:i + 1000]))  # as the sources put them
             started = time.perf_counter()
             writer.start()
             while writer.counters.get("events_written") < len(events) and writer.is_alive():
@@ -101,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
         if profiler:
             pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
     finally:
+        if preparer is not None:
+            preparer.close()
         engine.dispose()
         shutil.rmtree(tmp, ignore_errors=True)
         if dbname:

@@ -19,13 +19,16 @@ from monitor.commands.base import Context, open_store, settings_options, Setting
               help="Most events written in one transaction.")
 @click.option("--buffer-events", default=200_000, show_default=True, type=click.IntRange(1000, 10_000_000),
               help="Events held in memory while the database is slow or away.")
-def run_cmd(ctx: Context, sources: tuple, enable_events: bool, batch_size: int, buffer_events: int) -> None:
+@click.option("--prepare-processes", default=1, show_default=True, type=click.IntRange(0, 8),
+              help="Helper processes that turn events into rows while the writer commits; 0: the writer does it.")
+def run_cmd(ctx: Context, sources: tuple, enable_events: bool, batch_size: int, buffer_events: int,
+            prepare_processes: int) -> None:
     """Consume Celery events and write every task execution to the history database."""
     from monitor.daemon import Daemon, RunOptions
 
     engine = open_store(ctx)
     options = RunOptions(sources=sources or ctx.settings.event_sources, enable_events=enable_events,
-                         batch_size=batch_size, buffer_events=buffer_events)
+                         batch_size=batch_size, buffer_events=buffer_events, prepare_processes=prepare_processes)
     try:
         daemon = Daemon(ctx.settings, engine, options)
     except ValueError as exc:

@@ -102,7 +102,7 @@ class Source(threading.Thread):
         if not events:
             return True
         self.counters.incr("events_received", len(events))
-        ok = self.buffer.put(Batch(self.name_prefix, events, ack), block=self.durable, stop=self.stopping)
+        ok = self.buffer.put(Batch.encode(self.name_prefix, events, ack), block=self.durable, stop=self.stopping)
         if ok:
             if self._overflow_since is not None:
                 self.report_gap("overflow", self._overflow_since, events_lost=self._overflow_dropped,

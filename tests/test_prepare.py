@@ -1,0 +1,133 @@
+"""The writer's helper process (monitor.prepare): the same rows as the writer thread, and no batch lost when it dies."""
+import os
+import signal
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+from sqlalchemy import select
+
+from monitor.buffer import Batch, EventBuffer, Taken
+from monitor.prepare import Preparer, prepare_batch
+from monitor.writer import Writer
+from storage.schema import task_runs
+from tests.eventgen import T0, lifecycle
+
+
+def mixed_events() -> list:
+    """Lifecycles split over pieces, duplicates, secrets, an oversize field, a worker, malformed events."""
+    events = []
+    for i in range(40):
+        events += lifecycle(f"t{i:03}", t=T0 + i, fail=i % 7 == 0, kwargs="{'api_token': 's3cret', 'n': %d}" % i)
+    events += lifecycle("t000", t=T0)[1:3]  # duplicates of events already in the batch
+    events.append({**lifecycle("big", t=T0)[0], "args": "x" * 50_000})
+    events.append({"type": "worker-heartbeat", "hostname": "w1@host", "timestamp": T0 + 5, "active": 2,
+                   "processed": 9, "loadavg": [0.5, 0.2, 0.1], "freq": 2.0})
+    events += [{"type": "task-sent"}, {"type": "no-such-event", "uuid": "x", "timestamp": T0}, "not a dict",
+               {"type": "task-started", "uuid": "t001", "timestamp": "yesterday"}]
+    return events
+
+
+def pieces(events: list, size: int = 37) -> list:
+    return [orjson.dumps(events[i:i + size]) for i in range(0, len(events), size)]
+
+
+def helper_pids() -> list[int]:
+    """This process's children that run a spawned multiprocessing worker (not its resource tracker)."""
+    out = []
+    for children in Path(f"/proc/{os.getpid()}/task").glob("*/children"):
+        for pid in children.read_text().split():
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes() if Path(f"/proc/{pid}").exists() else b""
+            if b"spawn_main" in cmdline:
+                out.append(int(pid))
+    return out
+
+
+def test_the_helper_prepares_exactly_what_the_writer_thread_prepares(engine):
+    batch = pieces(mixed_events())
+    here = prepare_batch(engine.dialect, batch, 16384)
+    preparer = Preparer(engine.dialect, engine.url.drivername, 16384, processes=1)
+    try:
+        there = preparer.submit(batch).result()
+    finally:
+        preparer.close()
+    assert there.params == here.params and there.workers == here.workers
+    assert there.malformed == here.malformed == {"malformed.missing_uuid": 1, "malformed.unknown_type": 1,
+                                                 "malformed.not_dict": 1, "malformed.bad_field_type": 1}
+    assert len(here.params) == 41 and preparer.counters.get("prepare.helper_failures") == 0
+    texts = [v for row in here.params for v in (row.values() if isinstance(row, dict) else row) if isinstance(v, str)]
+    assert any("api_token" in t for t in texts) and not any("s3cret" in t for t in texts)
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="finds the helper through /proc")
+def test_a_helper_killed_with_9_loses_no_batch_and_a_new_one_takes_over(sqlite_url):
+    from storage.db import make_engine, upgrade
+
+    engine = make_engine(sqlite_url)
+    upgrade(engine)
+    preparer = Preparer(engine.dialect, engine.url.drivername, 16384, processes=1)
+    writer = Writer(engine, EventBuffer(10_000), field_max_bytes=16384, preparer=preparer)
+    try:
+        assert writer.write(Taken(batches=[Batch.encode("test", lifecycle("before"))]))
+        (helper,) = helper_pids()
+        job = preparer.submit([orjson.dumps(lifecycle("during"))])
+        os.kill(helper, signal.SIGKILL)
+        ready = job.result()  # prepared in this thread: the helper died with the batch in hand, or before
+        assert [row[0] for row in ready.params] == ["during"]
+        assert preparer.counters.get("prepare.helper_failures") == 1
+        assert writer.write(Taken(batches=[Batch.encode("test", lifecycle("after"))]))
+        deadline = time.monotonic() + 10
+        while not [p for p in helper_pids() if p != helper] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert [p for p in helper_pids() if p != helper], "no new helper started"
+        with engine.connect() as conn:
+            states = dict(conn.execute(select(task_runs.c.task_id, task_runs.c.state)).all())
+        assert states == {"before": "SUCCESS", "after": "SUCCESS"}  # "during" was prepared, not written
+    finally:
+        preparer.close()
+        engine.dispose()
+
+
+def test_without_a_helper_the_writer_thread_prepares_batches_itself(sqlite_url):
+    from storage.db import make_engine, upgrade
+
+    engine = make_engine(sqlite_url)
+    upgrade(engine)
+    writer = Writer(engine, EventBuffer(10_000), field_max_bytes=16384)  # processes=0 by default
+    try:
+        assert writer.preparer.processes == 0
+        assert writer.write(Taken(batches=[Batch.encode("test", lifecycle("a")), Batch("test", lifecycle("b"))]))
+        assert helper_pids() == []
+        with engine.connect() as conn:
+            assert conn.execute(select(task_runs.c.task_id).order_by(task_runs.c.task_id)).scalars().all() == ["a", "b"]
+    finally:
+        engine.dispose()
+
+
+def test_the_helper_exits_when_its_daemon_is_killed_with_9(fresh_redis, sqlite_url, tmp_path):
+    import redis
+
+    from storage.db import make_engine
+    from tests.daemon_helpers import wait_for_runs
+    from tests.eventgen import publish
+    from tests.services import DaemonProcess
+
+    daemon = DaemonProcess(fresh_redis.url, sqlite_url, "--source", "pubsub", logdir=tmp_path)
+    engine = make_engine(sqlite_url)
+    try:
+        daemon.wait_log("subscribed to")
+        publish(redis.Redis(port=fresh_redis.port), lifecycle("k1"))
+        wait_for_runs(engine, ["k1"], states={"SUCCESS"})
+        children = [int(p) for f in Path(f"/proc/{daemon.proc.pid}/task").glob("*/children") for p in f.read_text().split()]
+        helpers = [p for p in children if b"spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes()]
+        assert len(helpers) == 1
+        os.kill(daemon.proc.pid, signal.SIGKILL)  # the daemon alone, not its process group
+        daemon.proc.wait()
+        deadline = time.monotonic() + 10
+        while any(Path(f"/proc/{p}").exists() for p in children) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not [p for p in children if Path(f"/proc/{p}").exists()], "orphaned helper processes"
+    finally:
+        daemon.kill()
+        engine.dispose()
