@@ -168,6 +168,18 @@ class Preparer:
                 self.processes = 0
         return self._pool
 
+    def release(self) -> None:
+        """Between bursts: let go of the last batch's buffers (see the writer's idle clean-up).
+
+        The pool's feeder thread keeps the last job it pickled (a whole batch of events) until it
+        sends another; a no-op job replaces it, and the helper trims its heap meanwhile.
+        """
+        if self._pool is not None:
+            try:
+                self._pool.submit(release_free_memory).result(timeout=10)
+            except Exception as exc:  # noqa: BLE001 - a broken helper is restarted by the next batch anyway
+                log.debug("helper clean-up skipped: %s", exc)
+
     def broken(self) -> None:
         """The helper died (killed, out of memory): start a new one for the next batches."""
         self.counters.incr("prepare.helper_failures")
