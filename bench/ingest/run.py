@@ -121,6 +121,7 @@ class Step:
     events_dropped: int = 0  # taskmon: dropped on internal buffer overflow
     rss_mb: float | None = None
     peak_rss_mb: float | None = None
+    idle_rss_mb: float | None = None  # sustained runs: VmRSS --rss-idle seconds after the drain
     load_before: float = 0.0
     notes: list[str] = field(default_factory=list)
 
@@ -179,7 +180,7 @@ def redis_cutoffs(log: Path) -> int:
 
 
 def run_step(consumer: cons.Consumer, gen: GeneratorProcess, plan: dict, rate: int, server: RedisServer,
-             client: redis.Redis, args) -> Step:
+             client: redis.Redis, args, idle_rss: float = 0.0) -> Step:
     step = Step(consumer.key, consumer.label, rate, tasks=len(plan["expected"]), load_before=os.getloadavg()[0])
     name = f"{consumer.key}-{rate}"
     wait_unsubscribed(client)
@@ -204,6 +205,10 @@ def run_step(consumer: cons.Consumer, gen: GeneratorProcess, plan: dict, rate: i
         mem = consumer.rss()
         if mem:
             step.rss_mb, step.peak_rss_mb = round(mem["VmRSS"] / 1024, 1), round(mem["VmHWM"] / 1024, 1)
+        if idle_rss and mem:
+            time.sleep(idle_rss)  # what stays once the daemon is idle again, as it is between bursts
+            idle = consumer.rss()
+            step.idle_rss_mb = round(idle["VmRSS"] / 1024, 1) if idle else None
         step.subscriber_cut = not (first_subscribers & set(subscribers(client)))
         step.redis_cutoffs = redis_cutoffs(server.directory / "redis.log") - cutoffs_before
         states, extra = consumer.stop_and_collect()
@@ -231,8 +236,8 @@ def rss_run(consumer: cons.TaskmonSQLite, gen: GeneratorProcess, rate: int, serv
             client: redis.Redis, args) -> dict:
     """taskmon -> SQLite takes --rss-events events at ``rate``; VmRSS/VmHWM after it drained."""
     plan = gen.build(args.rss_events, rate, seed=999)
-    step = run_step(consumer, gen, plan, rate, server, client, args)
-    return {"events": step.events, "rate": rate, "achieved_rate": step.achieved_rate,
+    step = run_step(consumer, gen, plan, rate, server, client, args, idle_rss=args.rss_idle)
+    return {"idle_rss_mb": step.idle_rss_mb, "idle_seconds": args.rss_idle,"events": step.events, "rate": rate, "achieved_rate": step.achieved_rate,
             "tasks": step.tasks, "delivered": step.delivered, "lossless": step.lossless,
             "drain_seconds": step.drain_seconds, "rss_mb": step.rss_mb, "peak_rss_mb": step.peak_rss_mb,
             "events_dropped": step.events_dropped, "notes": step.notes}
@@ -360,6 +365,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--consumers", default=",".join(ALL_CONSUMERS), help="subset of: " + ", ".join(ALL_CONSUMERS))
     parser.add_argument("--rss-events", type=int, default=1_000_000,
                         help="events for taskmon's RSS measurement into SQLite; 0 skips it (default: %(default)s)")
+    parser.add_argument("--rss-idle", type=float, default=5.0,
+                        help="sustained runs: read VmRSS again this many seconds after the drain (default: %(default)s)")
     parser.add_argument("--rss-rates", default="20000,25000,30000",
                         help="rates of the sustained taskmon -> SQLite runs, comma-separated (default: %(default)s)")
     parser.add_argument("--postgres", default=os.environ.get("TASKMON_BENCH_POSTGRES_URL",
@@ -444,7 +451,8 @@ def main(argv: list[str] | None = None) -> int:
             one = rss_run(cons.TaskmonSQLite(workdir, server.url), gen, rate, server, client, args)
             rss.append(one)
             print(f"  final ok {one['delivered']:,}/{one['tasks']:,}, drain {one['drain_seconds']}, "
-                  f"VmRSS {one['rss_mb']} MB, VmHWM {one['peak_rss_mb']} MB", flush=True)
+                  f"VmRSS {one['rss_mb']} MB ({one['idle_rss_mb']} MB {args.rss_idle:g} s later), "
+                  f"VmHWM {one['peak_rss_mb']} MB", flush=True)
     finally:
         gen.close()
         server.close()
@@ -470,7 +478,8 @@ def main(argv: list[str] | None = None) -> int:
                    "drained (or given up on):", ""]
     for one in rss:
         report += [f"taskmon -> SQLite after {one['events']:,} events at {one['rate']:,}/s (achieved "
-                   f"{one['achieved_rate']:,.0f}/s): VmRSS {one['rss_mb']} MB, VmHWM (peak) {one['peak_rss_mb']} MB; "
+                   f"{one['achieved_rate']:,.0f}/s): VmRSS {one['rss_mb']} MB when drained, {one['idle_rss_mb']} MB "
+                   f"{one['idle_seconds']:g} s later, VmHWM (peak) {one['peak_rss_mb']} MB; "
                    f"final ok {one['delivered']:,}/{one['tasks']:,} tasks"
                    + (f", drained {one['drain_seconds']} s after the last event" if one['drain_seconds'] is not None
                       else ", never drained")
