@@ -17,7 +17,8 @@ import os
 import signal
 import threading
 import time
-from concurrent.futures import Future, ProcessPoolExecutor, wait
+from collections import Counter
+from concurrent.futures import CancelledError, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Iterable
@@ -44,7 +45,7 @@ class Ready:
     malformed: dict[str, int] = field(default_factory=dict)
 
 
-def merge_events(pieces: Iterable[bytes | list], field_max_bytes: int, malformed: dict[str, int]) -> Pending:
+def merge_events(pieces: Iterable[bytes | list], field_max_bytes: int, malformed: Counter) -> Pending:
     """Validate and merge events per task and worker; count the unusable ones in ``malformed``.
 
     ``pieces``: event lists, or orjson arrays of events (``Batch.piece``), decoded one at a time so
@@ -57,21 +58,20 @@ def merge_events(pieces: Iterable[bytes | list], field_max_bytes: int, malformed
             try:
                 pending.add(to_update(event, field_max_bytes, redacted))
             except Malformed as exc:
-                key = f"malformed.{exc.reason}"
-                malformed[key] = malformed.get(key, 0) + 1
+                malformed[f"malformed.{exc.reason}"] += 1
             except (TypeError, ValueError, OverflowError) as exc:  # a shape to_update did not foresee
                 log.warning("skipping event that failed conversion: %s", exc)
-                malformed["malformed.bad_field_type"] = malformed.get("malformed.bad_field_type", 0) + 1
+                malformed["malformed.bad_field_type"] += 1
     return pending
 
 
 def prepare_batch(dialect: Dialect, pieces: Iterable[bytes | list], field_max_bytes: int) -> Ready:
-    malformed: dict[str, int] = {}
+    malformed: Counter = Counter()
     pending = merge_events(pieces, field_max_bytes, malformed)
     # Key order: the detector sweep locks rows in the same order, so PostgreSQL never deadlocks.
     tasks = [pending.tasks[k] for k in sorted(pending.tasks)]
     workers = [pending.workers[k] for k in sorted(pending.workers)]
-    return Ready(prepare_runs(dialect, tasks).params, workers, malformed)
+    return Ready(prepare_runs(dialect, tasks).params, workers, dict(malformed))
 
 
 # Helpers that die one after another (no memory to start one, say): stop starting them.
@@ -128,6 +128,8 @@ class Job:
                 return ready
             except BrokenProcessPool:
                 self.preparer.broken()
+            except CancelledError:  # the pool was closed under a writer still stopping: prepare it here
+                pass
             except Exception:  # a bug the helper hit: the same work here logs and counts it again
                 log.exception("the preparing helper failed on a batch; preparing it in the writer")
                 self.preparer.counters.incr("prepare.helper_failures")

@@ -33,14 +33,17 @@ def pieces(events: list, size: int = 37) -> list:
     return [orjson.dumps(events[i:i + size]) for i in range(0, len(events), size)]
 
 
-def helper_pids() -> list[int]:
-    """This process's children that run a spawned multiprocessing worker (not its resource tracker)."""
+def children_of(pid: int) -> list[int]:
+    return [int(c) for f in Path(f"/proc/{pid}/task").glob("*/children") for c in f.read_text().split()]
+
+
+def helper_pids(pid: int | None = None) -> list[int]:
+    """Children of ``pid`` (this process) that run a spawned multiprocessing worker (not its resource tracker)."""
     out = []
-    for children in Path(f"/proc/{os.getpid()}/task").glob("*/children"):
-        for pid in children.read_text().split():
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes() if Path(f"/proc/{pid}").exists() else b""
-            if b"spawn_main" in cmdline:
-                out.append(int(pid))
+    for child in children_of(pid or os.getpid()):
+        cmdline = Path(f"/proc/{child}/cmdline").read_bytes() if Path(f"/proc/{child}").exists() else b""
+        if b"spawn_main" in cmdline:
+            out.append(child)
     return out
 
 
@@ -119,9 +122,8 @@ def test_the_helper_exits_when_its_daemon_is_killed_with_9(fresh_redis, sqlite_u
         daemon.wait_log("subscribed to")
         publish(redis.Redis(port=fresh_redis.port), lifecycle("k1"))
         wait_for_runs(engine, ["k1"], states={"SUCCESS"})
-        children = [int(p) for f in Path(f"/proc/{daemon.proc.pid}/task").glob("*/children") for p in f.read_text().split()]
-        helpers = [p for p in children if b"spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes()]
-        assert len(helpers) == 1
+        children = children_of(daemon.proc.pid)
+        assert len(helper_pids(daemon.proc.pid)) == 1
         os.kill(daemon.proc.pid, signal.SIGKILL)  # the daemon alone, not its process group
         daemon.proc.wait()
         deadline = time.monotonic() + 10

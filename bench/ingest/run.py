@@ -237,8 +237,9 @@ def rss_run(consumer: cons.TaskmonSQLite, gen: GeneratorProcess, rate: int, serv
     """taskmon -> SQLite takes --rss-events events at ``rate``; VmRSS/VmHWM after it drained."""
     plan = gen.build(args.rss_events, rate, seed=999)
     step = run_step(consumer, gen, plan, rate, server, client, args, idle_rss=args.rss_idle)
-    return {"idle_rss_mb": step.idle_rss_mb, "idle_seconds": args.rss_idle,"events": step.events, "rate": rate, "achieved_rate": step.achieved_rate,
+    return {"events": step.events, "rate": rate, "achieved_rate": step.achieved_rate,
             "tasks": step.tasks, "delivered": step.delivered, "lossless": step.lossless,
+            "idle_rss_mb": step.idle_rss_mb, "idle_seconds": args.rss_idle,
             "drain_seconds": step.drain_seconds, "rss_mb": step.rss_mb, "peak_rss_mb": step.peak_rss_mb,
             "events_dropped": step.events_dropped, "notes": step.notes}
 
