@@ -4,7 +4,10 @@ A row handed to ``upsert_runs`` is a partial view of one task (what some events 
 The database row and the new row are merged with celery's state precedence
 (celery/events/state.py): a state that logically happens-before the stored one only fills
 fields that are still empty; RETRY is decided by time, because a task goes RETRY ->
-RECEIVED -> STARTED again under the same id.
+RECEIVED -> STARTED again under the same id, except that SUCCESS and FAILURE always beat it:
+no attempt follows them, so a task-retried stamped later comes from an earlier attempt whose
+worker was slow to report it (a pool child descheduled between publishing the retry and
+returning to the parent, while another child already ran the retry).
 """
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from sqlalchemy import Connection, Dialect, and_, case, func, literal_column, or_, select
+from sqlalchemy import Connection, Dialect, and_, case, false, func, literal_column, or_, select, true
 
 from storage.db import dialect_insert, insert_for
 from storage.schema import task_runs, workers
@@ -44,6 +47,8 @@ STATE_RANK: dict[str, int] = {
 CUSTOM_RANK = 9  # states celery does not know, as in celery.states.precedence
 # States that end one attempt of a task that may have another under the same id: ordered by time.
 TIME_ORDERED = ("RETRY", "REJECTED")
+# Outcomes no attempt follows: a RETRY, whatever its time, belongs to an earlier attempt.
+LAST_ATTEMPT = ("SUCCESS", "FAILURE")
 READY_STATES = frozenset({"SUCCESS", "FAILURE", "REVOKED", "REJECTED", "TIMEOUT", "LOST"})
 # Fields that describe how an attempt ended; they follow the state that wins.
 OUTCOME_FIELDS = ("result", "exception", "exception_type", "traceback", "finished_at", "runtime")
@@ -63,6 +68,10 @@ def state_rank(state: str) -> int:
 
 def new_wins(old_state: str, old_at, new_state: str, new_at) -> bool:
     """Whether a newly seen state replaces the stored one (the Python twin of the SQL rule)."""
+    if old_state == "RETRY" and new_state in LAST_ATTEMPT:
+        return True
+    if new_state == "RETRY" and old_state in LAST_ATTEMPT:
+        return False
     if old_state in TIME_ORDERED or new_state in TIME_ORDERED:
         return old_at is None or (new_at is not None and new_at >= old_at)
     return state_rank(new_state) >= state_rank(old_state)
@@ -385,7 +394,10 @@ def upsert_runs_statement(dialect_name: str):
     stmt = insert_for(dialect_name)(task_runs)
     old, new = task_runs.c, stmt.excluded
     time_ordered = [_const(state) for state in TIME_ORDERED]
+    retry, last_attempt = _const("RETRY"), [_const(state) for state in LAST_ATTEMPT]
     wins = case(
+        (and_(old.state == retry, or_(*(new.state == s for s in last_attempt))), true()),
+        (and_(new.state == retry, or_(*(old.state == s for s in last_attempt))), false()),
         (
             or_(*(old.state == s for s in time_ordered), *(new.state == s for s in time_ordered)),
             or_(old.state_at.is_(None), and_(new.state_at.is_not(None), new.state_at >= old.state_at)),

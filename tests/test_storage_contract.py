@@ -111,6 +111,31 @@ def test_any_event_order_and_duplicates_give_the_same_row_in_sql_and_python(engi
             assert stored["result"] == "'ok'" and stored["retries"] == 1
 
 
+@pytest.mark.parametrize("last", ["SUCCESS", "FAILURE"])
+def test_a_retry_reported_after_the_next_attempt_ended_does_not_undo_its_outcome(engine, last):
+    # A pool child publishes its retry, then is descheduled before the parent learns of it;
+    # another child runs the retry to the end, and only then is task-retried sent.
+    s = lambda n: T0 + timedelta(seconds=n)  # noqa: E731
+    outcome = {"result": "'ok'"} if last == "SUCCESS" else {"exception": "ValueError('no')", "exception_type": "ValueError"}
+    rows = [
+        run("late", "PENDING", s(0), name="sample.flaky", args="(1,)", sent_at=s(0), queue="celery"),
+        run("late", "STARTED", s(2), started_at=s(2), worker="w1"),
+        run("late", "RECEIVED", s(3), name="sample.flaky", received_at=s(3), retries=1, worker="w1"),
+        run("late", last, s(4), finished_at=s(4), runtime=0.5, worker="w1", **outcome),
+        run("late", "RETRY", s(5), exception="RuntimeError('attempt 0 failed')", exception_type="RuntimeError",
+            finished_at=s(5)),
+    ]
+    rng = random.Random(3)
+    with engine.begin() as conn:
+        for i, order in enumerate([rows, list(reversed(rows))] + [rng.sample(rows, len(rows)) for _ in range(6)]):
+            upsert_runs(conn, [dict(r, task_id=f"late{i}") for r in order])
+            stored, python = get_run(conn, f"late{i}"), fold(order)
+            assert stored["state"] == python["state"] == last, i
+            assert stored["finished_at"] == python["finished_at"] == s(4), i
+            assert stored["exception"] == python.get("exception") == outcome.get("exception"), i
+            assert stored["result"] == python.get("result") == outcome.get("result"), i
+
+
 def test_many_rows_in_one_call_merge_like_single_calls(engine):
     rows = lifecycle()
     with engine.begin() as conn:
