@@ -7,6 +7,8 @@ from click.testing import CliRunner
 from kombu import Connection, Exchange, Queue
 
 from cli import cli
+from monitor.alerts.conditions import queue_conditions
+from monitor.alerts.rules import Rule
 from monitor.queues import queue_depths, redis_key
 from tests.history_data import insert, now_utc, run
 
@@ -68,6 +70,10 @@ def test_rabbitmq_depth_and_missing_queue(sqlite_url, amqp_url):
         assert "celery" in rows
         table = queues_cmd(sqlite_url, amqp_url, "--queue", f"{name}-absent")
         assert "no such queue" in table.stdout
+        # The queue_depth alert rule reads the same depths: a queue that does not exist is not deep.
+        depths = queue_depths(amqp_url, [name, f"{name}-absent"])
+        fired = queue_conditions(depths, Rule("queue_depth", threshold=2, for_seconds=0))
+        assert [c.target for c in fired] == [name]
     finally:
         with Connection(amqp_url) as conn:
             Queue(name, Exchange(name, type="direct"), routing_key=name).bind(conn.default_channel).delete()

@@ -100,11 +100,14 @@ def worker_conditions(workers: Iterable[Mapping[str, Any]], now: datetime) -> li
 
 
 def queue_conditions(depths: Iterable[Mapping[str, Any]], rule: Rule) -> list[Condition]:
-    """Queues with more than ``threshold`` messages waiting (how long is grouping's business)."""
+    """Queues with more than ``threshold`` messages waiting (how long is grouping's business).
+
+    A queue RabbitMQ does not have (``messages`` None) has nothing waiting.
+    """
     return [Condition("queue_depth", q["name"], f"queue {q['name']} has {q['messages']:,} messages waiting "
                       f"(more than {rule.threshold:,})", detail={"queue": q["name"], "messages": q["messages"],
                                                                  "threshold": rule.threshold})
-            for q in depths if q["messages"] > rule.threshold]
+            for q in depths if (q["messages"] or 0) > rule.threshold]
 
 
 def rate_conditions(counts: Mapping[str, Mapping[str, int]], rule: Rule) -> list[Condition]:
