@@ -143,6 +143,9 @@ def start_worker(tmp_path):
     yield start
     for worker in started:
         worker.stop()
+        # pytest shows a fixture's teardown output only when the test failed: the worker's side of it.
+        print(f"--- {worker.log.name} (last 60 lines)", *worker.log.read_text(errors="replace").splitlines()[-60:],
+              sep="\n")
 
 
 @pytest.fixture
