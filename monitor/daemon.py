@@ -16,6 +16,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from monitor.buffer import EventBuffer
 from monitor.prepare import Preparer
 from monitor.counters import merged
+from monitor.memory import tune_allocator
 from monitor.settings import Settings, mask_url
 from monitor.sources import Source
 from monitor.writer import Writer
@@ -114,6 +115,7 @@ class Daemon:
         self.settings = settings
         self.engine = engine
         self.options = options
+        tune_allocator()  # before the threads start: see monitor.memory
         self.buffer = EventBuffer(options.buffer_events)
         self.source_names = resolve_sources(options.sources, settings.broker_url)
         self.sources = build_sources(self.source_names, settings, self.buffer)

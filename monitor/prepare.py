@@ -28,7 +28,7 @@ from sqlalchemy import Dialect, create_engine
 
 from monitor.counters import Counters
 from monitor.events import Malformed, to_update
-from monitor.memory import release_free_memory
+from monitor.memory import release_free_memory, tune_allocator
 from monitor.state import Pending
 from storage.runs import prepare_runs
 
@@ -37,10 +37,11 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Ready:
-    """A batch's events as the writer commits them: task_runs parameters (key order), worker rows, and
-    what could not be used, by reason."""
+    """A batch's events as the writer commits them: task_runs parameters (key order, pickled in
+    chunks: see storage.runs.PreparedRuns), worker rows, and what could not be used, by reason."""
 
-    params: list
+    chunks: list[bytes]
+    rows: int
     workers: list[dict]
     malformed: dict[str, int] = field(default_factory=dict)
 
@@ -71,7 +72,9 @@ def prepare_batch(dialect: Dialect, pieces: Iterable[bytes | list], field_max_by
     # Key order: the detector sweep locks rows in the same order, so PostgreSQL never deadlocks.
     tasks = [pending.tasks[k] for k in sorted(pending.tasks)]
     workers = [pending.workers[k] for k in sorted(pending.workers)]
-    return Ready(prepare_runs(dialect, tasks).params, workers, dict(malformed))
+    del pending
+    runs = prepare_runs(dialect, tasks, packed=True)
+    return Ready(runs.chunks, runs.rows, workers, dict(malformed))
 
 
 # Helpers that die one after another (no memory to start one, say): stop starting them.
@@ -87,6 +90,7 @@ def _init_helper(daemon_pid: int) -> None:
     # needs its helper until the last batch is prepared. The daemon shuts the helper down.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    tune_allocator()
     threading.Thread(target=_housekeeping, args=(daemon_pid,), name="taskmon-helper-housekeeping", daemon=True).start()
 
 

@@ -24,7 +24,7 @@ from monitor.counters import Counters
 from monitor.memory import release_free_memory
 from monitor.prepare import Job, Preparer
 from storage.health import Gap, record_gap
-from storage.runs import PreparedRuns, execute_runs, runs_from_params, upsert_workers
+from storage.runs import PreparedRuns, execute_runs, runs_from_chunks, upsert_workers
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +147,7 @@ class Writer(threading.Thread):
         ready = flight.job.result()
         for key, n in ready.malformed.items():
             self.counters.incr(key, n)
-        return Prepared(runs_from_params(self.engine.dialect, ready.params), ready.workers, flight.gaps,
+        return Prepared(runs_from_chunks(self.engine.dialect, ready.chunks, ready.rows), ready.workers, flight.gaps,
                         flight.acks, flight.events)
 
     def commit(self, prepared: Prepared) -> bool:
@@ -157,7 +157,7 @@ class Writer(threading.Thread):
                       prepared.events)
             return False
         self.counters.incr("events_written", prepared.events)
-        self.counters.incr("rows_written", len(prepared.runs.params) + len(prepared.workers))
+        self.counters.incr("rows_written", prepared.runs.rows + len(prepared.workers))
         for ack in prepared.acks:
             ack()
         return True
@@ -174,7 +174,7 @@ class Writer(threading.Thread):
 
     def _one_by_one(self, prepared: Prepared) -> list:
         """A batch the database refused as a whole: write row by row, skip and count the bad ones."""
-        empty = runs_from_params(self.engine.dialect, [])
+        empty = runs_from_chunks(self.engine.dialect, [], 0)
         gap_ids = self._transaction(empty, [], prepared.gaps)
         singles = [("task", key, (one, [])) for key, one in prepared.runs.one_by_one()]
         singles += [("worker", row.get("hostname"), (empty, [row])) for row in prepared.workers]

@@ -12,10 +12,11 @@ returning to the parent, while another child already ran the retry).
 from __future__ import annotations
 
 import functools
+import pickle
 import sqlite3
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from sqlalchemy import Connection, Dialect, and_, case, false, func, literal_column, or_, select, true
 
@@ -250,56 +251,78 @@ def upsert_runs(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> int:
 
 @dataclass
 class PreparedRuns:
-    """``upsert_runs``'s parameters, built ahead of the transaction (see ``prepare_runs``)."""
+    """``upsert_runs``'s parameters, built ahead of the transaction (see ``prepare_runs``).
+
+    They come in chunks of at most ``CHUNK_ROWS`` rows, each a list or that list pickled
+    (``packed``): a batch's rows stay bytes until their chunk is executed, so only one chunk's
+    worth of small objects is alive at a time. Unpickling tens of thousands of rows at once
+    left the allocator's arenas pinned at their high-water mark (tens of MB of RSS).
+    """
 
     dialect: Dialect
-    params: list  # one list (positional dialects) or dict per row
+    chunks: list  # each: a list of rows' parameters, or that list pickled
+    rows: int
     stamp_at: int | str  # where updated_at sits in each row's parameters
     key_at: int | str  # where task_id sits
+
+    def params_by_chunk(self) -> Iterator[list]:
+        for chunk in self.chunks:
+            yield pickle.loads(chunk) if isinstance(chunk, bytes) else chunk
+
+    @property
+    def params(self) -> list:
+        """Every row's parameters (one list for positional dialects, else a dict), in order."""
+        return [values for chunk in self.params_by_chunk() for values in chunk]
 
     def one_by_one(self) -> Iterable[tuple[str, "PreparedRuns"]]:
         """(task_id, the run alone) for each run: for writing row by row."""
         for values in self.params:
-            yield values[self.key_at], PreparedRuns(self.dialect, [values], self.stamp_at, self.key_at)
+            yield values[self.key_at], PreparedRuns(self.dialect, [[values]], 1, self.stamp_at, self.key_at)
 
 
-def prepare_runs(dialect: Dialect, rows: Sequence[Mapping[str, Any]]) -> PreparedRuns:
+# Rows per chunk of prepared parameters: one multi-row INSERT on SQLite (see _execute_multirow).
+CHUNK_ROWS = 256
+
+
+def prepare_runs(dialect: Dialect, rows: Sequence[Mapping[str, Any]], packed: bool = False) -> PreparedRuns:
     """The parameters of ``upsert_runs`` for ``rows``: the Python half of the work, with no connection.
 
-    The daemon's writer has them built (in a helper process) while the previous batch's SQL runs.
+    The daemon's writer has them built (in a helper process) while the previous batch's SQL runs,
+    ``packed``: pickled chunk by chunk as they are built.
     """
     _, convert, _, _ = _compiled_upsert(dialect)
     times: dict = {}  # a batch's rows share many timestamps (a task's state_at/seen_at/sent_at)
-    return runs_from_params(dialect, [convert(r, times) for r in rows])
+    chunks = []
+    for i in range(0, len(rows), CHUNK_ROWS):
+        chunk = [convert(r, times) for r in rows[i:i + CHUNK_ROWS]]
+        chunks.append(pickle.dumps(chunk, protocol=pickle.HIGHEST_PROTOCOL) if packed else chunk)
+    return runs_from_chunks(dialect, chunks, len(rows))
 
 
-def runs_from_params(dialect: Dialect, params: list) -> PreparedRuns:
+def runs_from_chunks(dialect: Dialect, chunks: list, rows: int) -> PreparedRuns:
     """Parameters that ``prepare_runs`` built for ``dialect`` (perhaps in another process), ready to execute."""
     _, _, stamp_at, key_at = _compiled_upsert(dialect)
-    return PreparedRuns(dialect, params, stamp_at, key_at)
+    return PreparedRuns(dialect, chunks, rows, stamp_at, key_at)
 
 
 def execute_runs(conn: Connection, prepared: PreparedRuns, updated_at: datetime | None = None) -> int:
     """Run prepared upserts; ``updated_at`` (when given) replaces every row's, as of this transaction."""
-    if not prepared.params:
+    if not prepared.rows:
         return 0
     if prepared.dialect is not conn.dialect:
         raise ValueError("parameters prepared for another dialect")
     sql = _compiled_upsert(conn.dialect)[0]
-    if updated_at is not None:
-        bound, at = utc_bind_processor(conn.dialect)(updated_at), prepared.stamp_at
-        for values in prepared.params:
-            values[at] = bound
-    params = prepared.params
-    if conn.dialect.name == "sqlite":
-        _execute_multirow(conn, sql, params)
-    else:  # psycopg pipelines executemany: one round trip for the batch
-        conn.exec_driver_sql(sql, [tuple(v) for v in params] if conn.dialect.positional else params)
-    return len(params)
+    bound, at = utc_bind_processor(conn.dialect)(updated_at) if updated_at is not None else None, prepared.stamp_at
+    for params in prepared.params_by_chunk():
+        if bound is not None:
+            for values in params:
+                values[at] = bound
+        if conn.dialect.name == "sqlite":
+            _execute_multirow(conn, sql, params)
+        else:  # psycopg pipelines executemany: one round trip per chunk
+            conn.exec_driver_sql(sql, [tuple(v) for v in params] if conn.dialect.positional else params)
+    return prepared.rows
 
-
-# Rows per multi-row INSERT on SQLite (its variable limit is 32,766 since 3.32, 999 before).
-MULTIROW_MAX = 256
 
 
 def _execute_multirow(conn: Connection, sql: str, params: list) -> None:
@@ -312,7 +335,7 @@ def _execute_multirow(conn: Connection, sql: str, params: list) -> None:
     works with the GIL released. Chunks are powers of two: at most nine statement texts.
     """
     limit = conn.connection.driver_connection.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
-    most = max(1, min(MULTIROW_MAX, limit // len(RUN_COLUMNS)))
+    most = max(1, min(CHUNK_ROWS, limit // len(RUN_COLUMNS)))  # the limit: 32,766 since 3.32, 999 before
     i, n = 0, len(params)
     while i < n:
         k = most

@@ -11,6 +11,7 @@ from sqlalchemy import select
 from monitor.buffer import Batch, EventBuffer, Taken
 from monitor.prepare import Preparer, prepare_batch
 from monitor.writer import Writer
+from storage.runs import runs_from_chunks
 from storage.schema import task_runs
 from tests.eventgen import T0, lifecycle
 
@@ -47,6 +48,10 @@ def helper_pids(pid: int | None = None) -> list[int]:
     return out
 
 
+def params_of(engine, ready) -> list:
+    return runs_from_chunks(engine.dialect, ready.chunks, ready.rows).params
+
+
 def test_the_helper_prepares_exactly_what_the_writer_thread_prepares(engine):
     batch = pieces(mixed_events())
     here = prepare_batch(engine.dialect, batch, 16384)
@@ -55,11 +60,12 @@ def test_the_helper_prepares_exactly_what_the_writer_thread_prepares(engine):
         there = preparer.submit(batch).result()
     finally:
         preparer.close()
-    assert there.params == here.params and there.workers == here.workers
+    here_params, there_params = params_of(engine, here), params_of(engine, there)
+    assert there_params == here_params and there.workers == here.workers
     assert there.malformed == here.malformed == {"malformed.missing_uuid": 1, "malformed.unknown_type": 1,
                                                  "malformed.not_dict": 1, "malformed.bad_field_type": 1}
-    assert len(here.params) == 41 and preparer.counters.get("prepare.helper_failures") == 0
-    texts = [v for row in here.params for v in (row.values() if isinstance(row, dict) else row) if isinstance(v, str)]
+    assert len(here_params) == here.rows == 41 and preparer.counters.get("prepare.helper_failures") == 0
+    texts = [v for row in here_params for v in (row.values() if isinstance(row, dict) else row) if isinstance(v, str)]
     assert any("api_token" in t for t in texts) and not any("s3cret" in t for t in texts)
 
 
@@ -77,7 +83,7 @@ def test_a_helper_killed_with_9_loses_no_batch_and_a_new_one_takes_over(sqlite_u
         job = preparer.submit([orjson.dumps(lifecycle("during"))])
         os.kill(helper, signal.SIGKILL)
         ready = job.result()  # prepared in this thread: the helper died with the batch in hand, or before
-        assert [row[0] for row in ready.params] == ["during"]
+        assert [row[0] for row in params_of(engine, ready)] == ["during"]
         assert preparer.counters.get("prepare.helper_failures") == 1
         assert writer.write(Taken(batches=[Batch.encode("test", lifecycle("after"))]))
         deadline = time.monotonic() + 10
