@@ -21,6 +21,7 @@ from monitor.settings import Settings, mask_url
 from monitor.sources import Source
 from monitor.writer import Writer
 from storage.health import Gap, latest_status, write_status
+from storage.runs import row_plan
 
 log = logging.getLogger(__name__)
 
@@ -124,8 +125,7 @@ class Daemon:
             from monitor.reconcile import Reconciler
 
             self.reconciler = Reconciler(engine, settings)
-        self.preparer = Preparer(engine.dialect, engine.url.drivername, settings.field_max_bytes,
-                                 processes=options.prepare_processes)
+        self.preparer = Preparer(row_plan(engine.dialect), settings.field_max_bytes, processes=options.prepare_processes)
         self.writer = Writer(engine, self.buffer, field_max_bytes=settings.field_max_bytes,
                              batch_size=options.batch_size, flush_interval=options.flush_interval,
                              on_gap=self.reconciler.submit if self.reconciler else None, preparer=self.preparer)

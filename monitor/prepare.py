@@ -24,13 +24,12 @@ from dataclasses import dataclass, field
 from typing import Iterable
 
 import orjson
-from sqlalchemy import Dialect, create_engine
 
 from monitor.counters import Counters
 from monitor.events import Malformed, to_update
 from monitor.memory import release_free_memory, tune_allocator
 from monitor.state import Pending
-from storage.runs import prepare_runs
+from storage.params import RowPlan, pack_rows
 
 log = logging.getLogger(__name__)
 
@@ -66,23 +65,21 @@ def merge_events(pieces: Iterable[bytes | list], field_max_bytes: int, malformed
     return pending
 
 
-def prepare_batch(dialect: Dialect, pieces: Iterable[bytes | list], field_max_bytes: int) -> Ready:
+def prepare_batch(plan: RowPlan, pieces: Iterable[bytes | list], field_max_bytes: int) -> Ready:
     malformed: Counter = Counter()
     pending = merge_events(pieces, field_max_bytes, malformed)
     # Key order: the detector sweep locks rows in the same order, so PostgreSQL never deadlocks.
     tasks = [pending.tasks[k] for k in sorted(pending.tasks)]
     workers = [pending.workers[k] for k in sorted(pending.workers)]
     del pending
-    runs = prepare_runs(dialect, tasks, packed=True)
-    return Ready(runs.chunks, runs.rows, workers, dict(malformed))
+    return Ready(pack_rows(plan, tasks, packed=True), len(tasks), workers, dict(malformed))
 
 
 # Helpers that die one after another (no memory to start one, say): stop starting them.
 GIVE_UP_AFTER = 5
 
 # -- the helper process ---------------------------------------------------------------------------
-
-_dialects: dict[str, Dialect] = {}
+# It imports this module and what it needs, not SQLAlchemy (storage.params: ~26 MB less).
 
 
 def _init_helper(daemon_pid: int) -> None:
@@ -104,11 +101,8 @@ def _housekeeping(daemon_pid: int) -> None:
         release_free_memory()
 
 
-def _prepare_in_helper(drivername: str, field_max_bytes: int, pieces: list) -> Ready:
-    dialect = _dialects.get(drivername)
-    if dialect is None:  # no connection: only the dialect's compiler and bind processors are used
-        dialect = _dialects[drivername] = create_engine(f"{drivername}://").dialect
-    return prepare_batch(dialect, pieces, field_max_bytes)
+def _prepare_in_helper(plan: RowPlan, field_max_bytes: int, pieces: list) -> Ready:
+    return prepare_batch(plan, pieces, field_max_bytes)
 
 
 class Job:
@@ -137,15 +131,14 @@ class Job:
             except Exception:  # a bug the helper hit: the same work here logs and counts it again
                 log.exception("the preparing helper failed on a batch; preparing it in the writer")
                 self.preparer.counters.incr("prepare.helper_failures")
-        return prepare_batch(self.preparer.dialect, self.pieces, self.preparer.field_max_bytes)
+        return prepare_batch(self.preparer.plan, self.pieces, self.preparer.field_max_bytes)
 
 
 class Preparer:
     """A pool of ``processes`` helper processes (spawned, so they share no locks with our threads)."""
 
-    def __init__(self, dialect: Dialect, drivername: str, field_max_bytes: int, processes: int = 1):
-        self.dialect = dialect
-        self.drivername = drivername
+    def __init__(self, plan: RowPlan, field_max_bytes: int, processes: int = 1):
+        self.plan = plan  # storage.runs.row_plan(dialect)
         self.field_max_bytes = field_max_bytes
         self.processes = processes
         self.counters = Counters()  # prepare.helper_failures: crashes and errors of the helper
@@ -159,7 +152,7 @@ class Preparer:
         future = None
         if pool is not None:
             try:
-                future = pool.submit(_prepare_in_helper, self.drivername, self.field_max_bytes, pieces)
+                future = pool.submit(_prepare_in_helper, self.plan, self.field_max_bytes, pieces)
             except (BrokenProcessPool, RuntimeError):
                 self.broken()
         return Job(self, pieces, future)

@@ -2,14 +2,14 @@
 
 Only the events of the batch being written are held: the database row is the long-lived
 state, and storage.runs merges with it by the same rules, so memory stays bounded. The rows
-lack queue_wait, which storage.runs.prepare_runs derives when it builds their parameters.
+lack queue_wait, which storage.params derives when it builds their parameters.
 """
 from __future__ import annotations
 
 from typing import Any
 
 from monitor.events import Update
-from storage.runs import merge_fields
+from storage.merge import merge_fields
 
 
 class Pending:

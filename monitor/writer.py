@@ -24,7 +24,7 @@ from monitor.counters import Counters
 from monitor.memory import release_free_memory
 from monitor.prepare import Job, Preparer
 from storage.health import Gap, record_gap
-from storage.runs import PreparedRuns, execute_runs, runs_from_chunks, upsert_workers
+from storage.runs import PreparedRuns, execute_runs, row_plan, runs_from_chunks, upsert_workers
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ class Writer(threading.Thread):
         self.on_gap = on_gap
         self.clock = clock
         # No helper process unless given one: batches are then prepared in this thread.
-        self.preparer = preparer or Preparer(engine.dialect, engine.url.drivername, field_max_bytes, processes=0)
+        self.preparer = preparer or Preparer(row_plan(engine.dialect), field_max_bytes, processes=0)
         self.counters = Counters()
         self.stopping = threading.Event()
         self.give_up_at: float | None = None  # monotonic deadline for retries once stopping

@@ -11,8 +11,9 @@ from sqlalchemy import select
 from monitor.buffer import Batch, EventBuffer, Taken
 from monitor.prepare import Preparer, prepare_batch
 from monitor.writer import Writer
-from storage.runs import runs_from_chunks
+from storage.runs import row_plan, runs_from_chunks
 from storage.schema import task_runs
+from tests import helper_probe
 from tests.eventgen import T0, lifecycle
 
 
@@ -54,8 +55,8 @@ def params_of(engine, ready) -> list:
 
 def test_the_helper_prepares_exactly_what_the_writer_thread_prepares(engine):
     batch = pieces(mixed_events())
-    here = prepare_batch(engine.dialect, batch, 16384)
-    preparer = Preparer(engine.dialect, engine.url.drivername, 16384, processes=1)
+    here = prepare_batch(row_plan(engine.dialect), batch, 16384)
+    preparer = Preparer(row_plan(engine.dialect), 16384, processes=1)
     try:
         there = preparer.submit(batch).result()
     finally:
@@ -69,13 +70,23 @@ def test_the_helper_prepares_exactly_what_the_writer_thread_prepares(engine):
     assert any("api_token" in t for t in texts) and not any("s3cret" in t for t in texts)
 
 
+def test_the_helper_process_does_without_sqlalchemy(engine):
+    # storage.params converts without it: importing it doubled the helper's memory.
+    preparer = Preparer(row_plan(engine.dialect), 16384, processes=1)
+    try:
+        assert preparer.submit(pieces(mixed_events())).result().rows == 41
+        assert preparer._pool.submit(helper_probe.imported, "sqlalchemy").result(timeout=30) is False
+    finally:
+        preparer.close()
+
+
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="finds the helper through /proc")
 def test_a_helper_killed_with_9_loses_no_batch_and_a_new_one_takes_over(sqlite_url):
     from storage.db import make_engine, upgrade
 
     engine = make_engine(sqlite_url)
     upgrade(engine)
-    preparer = Preparer(engine.dialect, engine.url.drivername, 16384, processes=1)
+    preparer = Preparer(row_plan(engine.dialect), 16384, processes=1)
     writer = Writer(engine, EventBuffer(10_000), field_max_bytes=16384, preparer=preparer)
     try:
         assert writer.write(Taken(batches=[Batch.encode("test", lifecycle("before"))]))

@@ -32,6 +32,7 @@ from monitor.prepare import Preparer  # noqa: E402
 from monitor.sources import decode_kombu_message  # noqa: E402
 from monitor.writer import Writer  # noqa: E402
 from storage.db import make_engine, upgrade  # noqa: E402
+from storage.runs import row_plan  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         upgrade(engine)
         buffer = EventBuffer(10**8)
-        preparer = Preparer(engine.dialect, engine.url.drivername, 16384,
+        preparer = Preparer(row_plan(engine.dialect), 16384,
                             processes=0 if args.profile else args.prepare_processes)
         writer = Writer(engine, buffer, field_max_bytes=16384, batch_size=args.batch, preparer=preparer)
         profiler = cProfile.Profile() if args.profile else None
