@@ -121,7 +121,6 @@ class Writer(threading.Thread):
                 return
             elif since_cleanup >= self.batch_size:
                 # Idle after a burst: collect what only the cyclic collector frees, and give it back.
-                self.preparer.release()
                 gc.collect()
                 release_free_memory()
                 since_cleanup = 0
