@@ -20,7 +20,7 @@ from storage.merge import (  # noqa: F401 - merge_run: the Python twin, beside t
     TIME_ORDERED, merge_run)
 from storage.params import CHUNK_ROWS, RowPlan, bind_time, pack_rows
 from storage.schema import task_runs, workers
-from storage.types import UTCDateTime, utc_bind_processor
+from storage.types import UTCDateTime
 
 RUN_COLUMNS = tuple(c.name for c in task_runs.columns)
 
@@ -104,7 +104,8 @@ def execute_runs(conn: Connection, prepared: PreparedRuns, updated_at: datetime 
     if prepared.dialect is not conn.dialect:
         raise ValueError("parameters prepared for another dialect")
     sql = _compiled_upsert(conn.dialect)[0]
-    bound, at = utc_bind_processor(conn.dialect)(updated_at) if updated_at is not None else None, prepared.stamp_at
+    bound = None if updated_at is None else bind_time(updated_at, row_plan(conn.dialect).times_as_text)
+    at = prepared.stamp_at
     for params in prepared.params_by_chunk():
         if bound is not None:
             for values in params:

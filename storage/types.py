@@ -69,30 +69,3 @@ class Money(TypeDecorator):
         if dialect.name == "sqlite":
             return Decimal(int(value)).scaleb(-2)
         return Decimal(value).quantize(self.CENT)
-
-
-def utc_bind_processor(dialect):
-    """UTCDateTime's bind processing for ``dialect`` (what SQLAlchemy would bind), fast for UTC datetimes.
-
-    Event times are made with ``tzinfo=timezone.utc``; for those the conversion is one step
-    instead of SQLAlchemy's three. Anything else (other zones, naive values, None) takes
-    SQLAlchemy's own path, and so gets the same result or error.
-    """
-    generic = UTCDateTime().dialect_impl(dialect).bind_processor(dialect)
-    utc = timezone.utc
-    if dialect.name == "sqlite":
-        def fast(value):  # SQLite's DATETIME text: 'YYYY-MM-DD HH:MM:SS.ffffff', always with microseconds
-            return value.isoformat(" ", "microseconds")[:26]  # minus '+00:00'
-    else:
-        def fast(value):
-            return value
-    probe = datetime(2026, 1, 2, 3, 4, 5, 0, tzinfo=utc)
-    if generic is None or generic(probe) != fast(probe):
-        return generic  # a storage format this shortcut does not know
-
-    def process(value):
-        if value is not None and value.tzinfo is utc:
-            return fast(value)
-        return generic(value)
-
-    return process
