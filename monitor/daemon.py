@@ -14,9 +14,9 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from monitor.buffer import EventBuffer
-from monitor.prepare import Preparer
 from monitor.counters import merged
 from monitor.memory import tune_allocator
+from monitor.prepare import Preparer
 from monitor.settings import Settings, mask_url
 from monitor.sources import Source
 from monitor.writer import Writer
