@@ -13,7 +13,7 @@ import click
 
 from monitor.commands import alerts, daemon, detection, history, tasks_app
 from monitor.commands.base import Context, settings_options
-from monitor.settings import DESCRIPTIONS
+from tasks.settings import DESCRIPTIONS
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -13,14 +13,15 @@ from datetime import datetime, timedelta, timezone
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from monitor.buffer import EventBuffer
-from monitor.counters import merged
-from monitor.memory import tune_allocator
-from monitor.prepare import Preparer
-from monitor.settings import Settings, mask_url
+from monitor.ingest.buffer import EventBuffer, Gap
+from monitor.ingest.counters import merged
+from monitor.ingest.memory import tune_allocator
+from monitor.ingest.prepare import Preparer
+from tasks.redact import mask_url
+from tasks.settings import Settings
 from monitor.sources import Source
-from monitor.writer import Writer
-from storage.health import Gap, latest_status, write_status
+from monitor.ingest.writer import Writer
+from storage.health import latest_status, write_status
 from storage.runs import row_plan
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ class RunOptions:
     batch_size: int = 50_000
     flush_interval: float = 0.2
     buffer_events: int = 200_000
-    # Helper processes that turn events into rows while the writer commits (monitor.prepare);
+    # Helper processes that turn events into rows while the writer commits (monitor.ingest.prepare);
     # 0: the writer thread does it itself.
     prepare_processes: int = 1
     status_interval: float = 5.0
@@ -116,13 +117,13 @@ class Daemon:
         self.settings = settings
         self.engine = engine
         self.options = options
-        tune_allocator()  # before the threads start: see monitor.memory
+        tune_allocator()  # before the threads start: see monitor.ingest.memory
         self.buffer = EventBuffer(options.buffer_events)
         self.source_names = resolve_sources(options.sources, settings.broker_url)
         self.sources = build_sources(self.source_names, settings, self.buffer)
         self.reconciler = None
         if settings.result_backend:
-            from monitor.reconcile import Reconciler
+            from monitor.ingest.reconcile import Reconciler
 
             self.reconciler = Reconciler(engine, settings)
         self.preparer = Preparer(row_plan(engine.dialect), settings.field_max_bytes, processes=options.prepare_processes)
@@ -132,8 +133,8 @@ class Daemon:
         self.daemon_id = f"{socket.gethostname()}:{os.getpid()}"
         self.started_at = datetime.now(timezone.utc)
         self.stop_event = threading.Event()
-        self.detector = self.scheduler = None  # issue 6: started in start()
-        self.alerter = None  # issue 7: evaluates the alert rules after each sweep
+        self.detector = self.scheduler = None  # started in start()
+        self.alerter = None  # evaluates the alert rules after each sweep
 
     def counters(self) -> dict[str, int]:
         parts = [self.writer.counters, self.preparer.counters, *(s.counters for s in self.sources)]

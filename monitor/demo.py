@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Callable
 
 from monitor.redis_server import RedisServer, free_port
-from monitor.settings import Settings
+from tasks.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ def send_traffic(app, plan: DemoPlan, stop: threading.Event, sent: dict[str, int
 
 
 def summarize(engine, tz, smtp: "SmtpSink", echo: Callable[[str], None]) -> None:
-    from monitor.history_render import history_table
+    from monitor.commands.history_render import history_table
     from storage.history import list_runs, state_counts
 
     with engine.connect() as conn:

@@ -1,7 +1,6 @@
 """Loss accounting and daemon liveness: receiver_gaps and daemon_status."""
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -12,22 +11,12 @@ from storage.db import dialect_insert
 from storage.schema import daemon_status, receiver_gaps
 
 
-@dataclass(frozen=True)
-class Gap:
-    """An interval in which events may have been lost."""
-
-    source: str
-    reason: str
-    started_at: datetime
-    ended_at: datetime | None
-    events_lost: int | None = None
-    detail: str = ""
-
-
-def record_gap(conn: Connection, gap: Gap, now: datetime) -> int:
+def record_gap(conn: Connection, *, source: str, reason: str, started_at: datetime, ended_at: datetime | None,
+               now: datetime, events_lost: int | None = None, detail: str = "") -> int:
+    """Record an interval in which events may have been lost; returns the gap's id."""
     result = conn.execute(insert(receiver_gaps).values(
-        source=gap.source, reason=gap.reason, started_at=gap.started_at, ended_at=gap.ended_at,
-        events_lost=gap.events_lost, detail=gap.detail[:2000], recorded_at=now,
+        source=source, reason=reason, started_at=started_at, ended_at=ended_at,
+        events_lost=events_lost, detail=detail[:2000], recorded_at=now,
     ))
     return result.inserted_primary_key[0]
 

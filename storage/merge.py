@@ -9,7 +9,7 @@ worker was slow to report it (a pool child descheduled between publishing the re
 returning to the parent, while another child already ran the retry).
 
 storage.runs holds the SQL twin of these rules (the upsert); tests hold the two to each other.
-This module imports no SQLAlchemy: the daemon's helper process merges with it (monitor.prepare).
+This module imports no SQLAlchemy: the daemon's helper process merges with it (monitor.ingest.prepare).
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from typing import Any, Mapping
 
 # Higher wins. celery.states.PRECEDENCE, strongest first, is
 # SUCCESS, FAILURE, <custom>, REVOKED, STARTED, RECEIVED, REJECTED, RETRY, PENDING.
-# taskmon adds two states (issue 6), placed so that real events override detector verdicts:
+# taskmon adds two states (detector verdicts), placed so that real events override detector verdicts:
 # - LOST (set by the detector: its worker died) sits just above PENDING: any later event of
 #   the task (a redelivery's RECEIVED, a late SUCCESS) replaces it; a stale task-sent does not
 #   (RETRY and REJECTED, ordered by time, replace it when they are later than the verdict).

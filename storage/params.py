@@ -1,6 +1,6 @@
 """Merged task rows -> the task_runs upsert's parameters, in plain Python (no SQLAlchemy).
 
-The daemon's helper process builds the parameters of every batch (monitor.prepare). Importing
+The daemon's helper process builds the parameters of every batch (monitor.ingest.prepare). Importing
 SQLAlchemy only to reach its bind processors doubled the helper's memory (~26 MB of its 44), so
 the conversion is written out here from a ``RowPlan``: what storage.runs.row_plan reads from
 SQLAlchemy's compiled upsert and bind processors for a dialect, and checks against them.

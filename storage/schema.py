@@ -63,7 +63,7 @@ task_runs = Table(
     Column("queue_wait", Float),
     Column("truncated", Boolean, nullable=False, server_default=false()),
     Column("updated_at", UTCDateTime, nullable=False),
-    # Detection (issue 6). The latest attempt's receipts: a second receive of the same attempt
+    # Detection. The latest attempt's receipts: a second receive of the same attempt
     # (same retries count, another timestamp) is an acks_late redelivery.
     Column("received_attempt", Integer),
     Column("received_first_at", UTCDateTime),
@@ -259,7 +259,7 @@ dead_letters = Table(
     Index(None, "name", "dead_at"),
 )
 
-# -- alerts (issue 7) -------------------------------------------------------------------------------
+# -- alerts -------------------------------------------------------------------------------
 
 # One row per alert group (rule + task name + exception type; worker, queue, task name or schedule
 # for condition rules): open or resolved, and what was counted but not mailed yet.

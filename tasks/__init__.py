@@ -11,7 +11,7 @@ import functools
 
 @functools.cache
 def _default_app():
-    from monitor.settings import load_settings
+    from tasks.settings import load_settings
     from tasks.application import make_app
 
     return make_app(load_settings().settings)

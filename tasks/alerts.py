@@ -14,8 +14,8 @@ from typing import Any
 from celery import shared_task
 from sqlalchemy import Engine
 
-from monitor.alerts.render import render
-from monitor.settings import Settings
+from tasks.alert_render import render
+from tasks.settings import Settings
 from storage import alerts as store
 from storage.runs import get_run
 from tasks.mail import MailError, send_mail

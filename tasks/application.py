@@ -9,7 +9,7 @@ from celery.signals import worker_init
 from kombu import Queue
 from sqlalchemy import Engine
 
-from monitor.settings import Settings
+from tasks.settings import Settings
 from storage.db import ensure_schema, make_engine
 
 log = logging.getLogger(__name__)
@@ -18,9 +18,9 @@ QUEUE_NAMES = ("default", "high_priority", "low_priority", "finance", "reports",
 
 # Routes by task module (names are "module.task"); exact names first, then patterns in this order.
 ROUTES = {
-    "maintenance.health_check": {"queue": "high_priority"},  # seed 001: health checks are critical
+    "maintenance.health_check": {"queue": "high_priority"},  # health checks are critical
     "cleanup.*": {"queue": "low_priority"},
-    "*.cleanup_*": {"queue": "low_priority"},  # seed 001: cleanup_* jobs, whichever module holds them
+    "*.cleanup_*": {"queue": "low_priority"},  # cleanup_* jobs, whichever module holds them
     "billing.*": {"queue": "finance"},
     "reports.*": {"queue": "reports"},
     "notifications.*": {"queue": "email"},
@@ -91,7 +91,7 @@ def make_app(settings: Settings, set_as_current: bool = True) -> TaskmonCelery:
     app.conf.update(celery_config(settings))
     if settings.broker_url.split("://", 1)[0] in ("redis", "rediss"):
         # taskmon's own jobs are watched without loss: every event also goes to the relay stream.
-        from monitor.relay import install
+        from tasks.relay import install
 
         install(app, stream=settings.relay_stream, maxlen=settings.relay_maxlen)
     return app

@@ -1,4 +1,4 @@
-"""Billing jobs (seed 002): overdue bills, payment reminders, monthly revenue.
+"""Billing jobs: overdue bills, payment reminders, monthly revenue.
 
 Amounts are ``Decimal`` end to end (storage.types.Money); "today" and "a month" are calendar
 days and months in the configured time zone. Each job can run again without changing anything.
@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo
 from celery import shared_task
 from sqlalchemy import Engine, func, or_, select
 
-from monitor.settings import Settings
+from tasks.settings import Settings
 from storage.db import dialect_insert
 from storage.schema import bills, monthly_revenue
 from tasks.mail import MailError

@@ -13,7 +13,7 @@ from typing import Any, Callable
 from celery import shared_task
 from sqlalchemy import Engine, Table, and_, create_engine, inspect, not_, or_
 
-from monitor.settings import Settings
+from tasks.settings import Settings
 from storage.audit import record
 from storage.retention import beyond_newest, count_where, delete_in_chunks
 from storage.schema import audit_logs, notifications, task_runs

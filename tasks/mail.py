@@ -8,7 +8,7 @@ from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from typing import Iterable
 
-from monitor.settings import Settings
+from tasks.settings import Settings
 
 log = logging.getLogger(__name__)
 

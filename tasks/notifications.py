@@ -13,7 +13,7 @@ from typing import Any
 from celery import shared_task
 from sqlalchemy import Engine, select
 
-from monitor.settings import Settings
+from tasks.settings import Settings
 from storage.db import dialect_insert
 from storage.schema import notifications
 from tasks.cleanup import cleanup_notifications
@@ -67,7 +67,7 @@ def deliver(engine: Engine, settings: Settings, recipient: str, subject: str, bo
 
 @shared_task(name="notifications.send_notification_email", base=DefaultTask, bind=True)
 def send_notification_email(self, email: str, subject: str, message: str):
-    """Seed 002's call: send_notification_email(email, subject, message). A redelivery sends nothing twice."""
+    """The requirement documents' call: send_notification_email(email, subject, message). A redelivery sends nothing twice."""
     key = f"task:{self.request.id}" if self.request.id else None
     return deliver(self.engine, self.settings, email, subject, message, key=key)
 

@@ -1,4 +1,4 @@
-"""Retry policies as base task classes: seed 001's "default" and "critical", with seed 004's cap.
+"""Retry policies as base task classes: "default" and "critical", as the requirement documents name them, with a cap on retries.
 
 Both retry on any exception with exponential backoff and full jitter, capped at 600 s; celery
 replaces the fixed countdown with the backoff, so ``retry_backoff`` is the first delay's ceiling.

@@ -9,7 +9,7 @@ from typing import Any
 from celery import shared_task
 from sqlalchemy import Connection, Engine, select
 
-from monitor.settings import Settings
+from tasks.settings import Settings
 from storage.db import dialect_insert
 from storage.schema import reports
 from tasks.mail import MailError, send_mail

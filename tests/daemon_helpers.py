@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from sqlalchemy import select
 
 from monitor.daemon import Daemon, RunOptions
-from monitor.settings import Settings
+from tasks.settings import Settings
 from storage.db import make_engine, upgrade
 from storage.schema import task_runs
 

@@ -5,8 +5,8 @@ import pytest
 
 from monitor.alerts import conditions as cond
 from monitor.alerts.grouping import plan
-from monitor.alerts.render import render
-from monitor.alerts.rules import Rule, RuleError, default_rules, parse_rules
+from tasks.alert_render import render
+from tasks.alert_rules import Rule, RuleError, default_rules, parse_rules
 from monitor.detectors import StuckTask
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=timezone.utc)

@@ -4,11 +4,11 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from sqlalchemy import select
 
-from monitor.alerts.rules import parse_rules
+from tasks.alert_rules import parse_rules
 from monitor.alerts.runner import AlertRunner
 from monitor.detectors.sweep import SweepResult
 from monitor.redis_server import free_port
-from monitor.settings import Settings
+from tasks.settings import Settings
 from storage import alerts as store
 from storage.runs import upsert_runs, upsert_workers
 from storage.schedules import add_schedule

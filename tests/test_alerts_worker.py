@@ -11,7 +11,7 @@ import pytest
 import redis
 from sqlalchemy import select
 
-from monitor.alerts.rules import parse_rules
+from tasks.alert_rules import parse_rules
 from storage import alerts as store
 from storage.db import make_engine, upgrade
 from storage.schedules import add_schedule

@@ -6,7 +6,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlalchemy import select
 
-from monitor.settings import Settings
+from tasks.settings import Settings
 from storage.schema import bills, monthly_revenue, notifications
 from tasks.billing import calculate_monthly_revenue, check_pending_bills, parse_month, send_bill_reminders
 from tasks.policies import BadInput

@@ -7,7 +7,7 @@ from click.testing import CliRunner
 from sqlalchemy import event, func, select, text
 
 from cli import cli
-from monitor.settings import Settings
+from tasks.settings import Settings
 from storage.audit import recent, record
 from storage.schema import audit_logs, notifications, task_runs
 from tasks.application import make_app

@@ -8,9 +8,9 @@ from click.testing import CliRunner
 
 from cli import cli
 from monitor.detectors.sweep import Sweeper
-from monitor.replay import NotReplayable, parse_exact, plan_replay
-from monitor.settings import Settings
-from monitor.timespec import resolve_time
+from tasks.replay import NotReplayable, parse_exact, plan_replay
+from tasks.settings import Settings
+from monitor.commands.timespec import resolve_time
 from storage.runs import upsert_runs
 
 NOW = datetime.now(timezone.utc).replace(microsecond=0)
@@ -88,7 +88,7 @@ def test_replay_refuses_truncated_and_redacted_args_with_one_line_each(history):
     cut = invoke("replay", "t-cut", "--db", history, "--yes")
     assert cut.exit_code == 1 and cut.output.count("\n") == 1, cut.output
     assert "cannot replay t-cut exactly" in cut.output and "truncated" in cut.output
-    assert "from monitor.relay import install; install(app)" in cut.output
+    assert "from tasks.relay import install; install(app)" in cut.output
     secret = invoke("replay", "f-secret", "--db", history, "--yes")
     assert secret.exit_code == 1 and "redacted" in secret.output and secret.output.count("\n") == 1
     unknown = invoke("replay", "nope", "--db", history, "--yes")
@@ -155,7 +155,7 @@ def test_complete_literals_replay_with_their_queue():
 
 
 def test_detection_settings_from_the_timeouts_table_the_environment_and_bad_values(tmp_path):
-    from monitor.settings import SettingsError, load_settings
+    from tasks.settings import SettingsError, load_settings
 
     path = tmp_path / "taskmon.toml"
     path.write_text('detect_interval = 2\nstuck_after = 90\n[timeouts]\n"tasks.reports.*" = 3600\n"tasks.charge" = 30\n')

@@ -5,7 +5,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from sqlalchemy import update
 
-from monitor.events import to_update
+from monitor.ingest.events import to_update
 from storage.runs import get_run, merge_run, upsert_runs
 from storage.schema import task_runs
 

@@ -4,11 +4,11 @@ from datetime import datetime, timedelta, timezone
 from sqlalchemy import select
 
 from monitor.detectors.sweep import Sweeper
-from monitor.events import to_update
-from monitor.settings import Settings
-from monitor.state import Pending
+from monitor.ingest.events import to_update
+from tasks.settings import Settings
+from monitor.ingest.state import Pending
 from storage.deadletters import get_dead_letter, list_dead_letters, resolve
-from storage.health import Gap, record_gap
+from storage.health import record_gap
 from storage.runs import get_run, upsert_runs, upsert_workers
 from storage.schema import workers
 
@@ -84,7 +84,7 @@ def test_no_lost_verdicts_while_the_feed_is_down_or_just_after_a_gap(engine):
     sw = sweeper(engine)
     assert sw.sweep(at(100), feed_since=None).counts() == {}
     with engine.begin() as conn:
-        record_gap(conn, Gap("pubsub", "redis_disconnect", at(10), at(90)), at(90))
+        record_gap(conn, source="pubsub", reason="redis_disconnect", started_at=at(10), ended_at=at(90), now=at(90))
     assert sw.sweep(at(93), feed_since=at(-60)).counts() == {}  # heartbeats may have been lost until 90
     assert sw.sweep(at(94), feed_since=at(-60)).counts()["lost"] == 1
 

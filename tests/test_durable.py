@@ -22,7 +22,7 @@ def count_rows(engine, state=None):
 
 
 def test_kill_9_mid_run_then_restart_loses_nothing(fresh_redis, sqlite_url, start_worker, tmp_path, celery_client):
-    from monitor.relay import install
+    from tasks.relay import install
 
     app = celery_client(fresh_redis.url)
     install(app)  # the sending side relays its task-sent events too

@@ -3,7 +3,7 @@ from datetime import timedelta
 
 import pytest
 
-from monitor.tail import follow
+from monitor.commands.tail import follow
 from storage.history import RunFilter, changed_since, glob_to_regex, known_queues, list_runs, run_detail, task_names
 from storage.runs import upsert_runs
 from storage.worker_status import list_workers, worker_state

@@ -42,7 +42,7 @@ def test_pubsub_ingests_success_failure_retry_revoke_and_time_limit(redis_url, s
     assert rows[flaky.id]["state"] == "SUCCESS" and rows[flaky.id]["retries"] == 2
     assert rows[flaky.id]["result"] == "'ok after 2 retries'" and rows[flaky.id]["exception"] is None
 
-    assert rows[limited.id]["state"] == "TIMEOUT"  # a failure with a time-limit error (issue 6)
+    assert rows[limited.id]["state"] == "TIMEOUT"  # a failure with a time-limit error
     assert rows[limited.id]["exception_type"] in {"SoftTimeLimitExceeded", "TimeLimitExceeded"}
 
     assert rows[revoked.id]["state"] == "REVOKED"
@@ -54,7 +54,7 @@ def test_pubsub_ingests_success_failure_retry_revoke_and_time_limit(redis_url, s
 
 def test_daemon_turns_on_events_of_a_worker_started_without_them(redis_url, sqlite_url, start_worker, celery_client):
     from monitor.daemon import Daemon, RunOptions
-    from monitor.settings import Settings
+    from tasks.settings import Settings
     from storage.db import make_engine, upgrade
 
     quiet = celery_client(redis_url, task_send_sent_event=False)

@@ -5,7 +5,7 @@ import subprocess
 import pytest
 
 from monitor.redis_server import free_port
-from monitor.settings import Settings
+from tasks.settings import Settings
 from tasks.mail import MailError, send_mail
 from tests.conftest import SmtpSink
 from tests.services import need_program

@@ -2,7 +2,7 @@
 import pytest
 from sqlalchemy import select
 
-from monitor.settings import Settings
+from tasks.settings import Settings
 from storage.schema import notifications
 from tasks.mail import MailError
 from tasks.notifications import deliver

@@ -1,4 +1,4 @@
-"""The writer's helper process (monitor.prepare): the same rows as the writer thread, and no batch lost when it dies."""
+"""The writer's helper process (monitor.ingest.prepare): the same rows as the writer thread, and no batch lost when it dies."""
 import os
 import pickle
 import signal
@@ -11,9 +11,9 @@ import orjson
 import pytest
 from sqlalchemy import select
 
-from monitor.buffer import Batch, EventBuffer, Taken
-from monitor.prepare import HELPER_CODE, ROOT, Preparer, prepare_batch
-from monitor.writer import Writer
+from monitor.ingest.buffer import Batch, EventBuffer, Taken
+from monitor.ingest.prepare import HELPER_CODE, ROOT, Preparer, prepare_batch
+from monitor.ingest.writer import Writer
 from storage.runs import row_plan, runs_from_chunks
 from storage.schema import task_runs
 from tests.eventgen import T0, lifecycle
@@ -46,7 +46,7 @@ def helper_pids(pid: int | None = None) -> list[int]:
     out = []
     for child in children_of(pid or os.getpid()):
         cmdline = Path(f"/proc/{child}/cmdline").read_bytes() if Path(f"/proc/{child}").exists() else b""
-        if b"monitor.prepare" in cmdline:
+        if b"monitor.ingest.prepare" in cmdline:
             out.append(child)
     return out
 
@@ -77,7 +77,7 @@ def test_the_helper_process_does_without_sqlalchemy(engine):
     # the helper runs (HELPER_CODE) on what it is sent, and then what it has imported.
     probe = HELPER_CODE.split(";")[0] + """
 import pickle, sys
-from monitor.prepare import prepare_batch
+from monitor.ingest.prepare import prepare_batch
 plan, batch = pickle.loads(sys.stdin.buffer.read())
 print(prepare_batch(plan, batch, 16384).rows, "sqlalchemy" in sys.modules)
 """

@@ -8,8 +8,8 @@ from kombu import Connection, Exchange, Queue
 
 from cli import cli
 from monitor.alerts.conditions import queue_conditions
-from monitor.alerts.rules import Rule
-from monitor.queues import queue_depths, redis_key
+from tasks.alert_rules import Rule
+from monitor.broker.queues import queue_depths, redis_key
 from tests.history_data import insert, now_utc, run
 
 QUEUE_KEYS = ["name", "messages", "consumers", "by_priority", "exists"]

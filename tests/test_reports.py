@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from sqlalchemy import select
 
 from cli import cli
-from monitor.settings import Settings
+from tasks.settings import Settings
 from storage.runs import upsert_runs
 from storage.schema import reports
 from tasks.mail import MailError

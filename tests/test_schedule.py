@@ -6,7 +6,7 @@ import pytest
 from click.testing import CliRunner
 
 from cli import cli
-from monitor.settings import Settings
+from tasks.settings import Settings
 from storage.audit import recent
 from storage.db import make_engine, upgrade
 from storage.schedules import add_schedule, get_schedule, list_schedules, update_schedule

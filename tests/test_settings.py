@@ -3,7 +3,8 @@ import pytest
 from click.testing import CliRunner
 
 from cli import cli
-from monitor.settings import Settings, SettingsError, load_settings, mask_url
+from tasks.redact import mask_url
+from tasks.settings import Settings, SettingsError, load_settings
 
 
 def write(tmp_path, text):

@@ -1,7 +1,7 @@
 """Every setting has a one-line description and a row in the README's settings table."""
 from dataclasses import fields
 
-from monitor.settings import DESCRIPTIONS, ENV_PREFIX, Settings
+from tasks.settings import DESCRIPTIONS, ENV_PREFIX, Settings
 from tests.services import REPO
 
 

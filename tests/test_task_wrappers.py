@@ -4,7 +4,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from celery.signals import task_retry
 
-from monitor.settings import Settings
+from tasks.settings import Settings
 from storage.schema import bills
 from tasks.application import make_app, task_names
 from tasks.policies import BadInput

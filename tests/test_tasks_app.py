@@ -3,7 +3,7 @@ import pytest
 from celery.app.utils import find_app
 from celery.utils.time import get_exponential_backoff_interval
 
-from monitor.settings import Settings
+from tasks.settings import Settings
 from tasks.application import QUEUE_NAMES, TaskmonCelery, make_app, task_names
 from tasks.policies import AlertTask, BadInput, CriticalTask, DefaultTask
 

@@ -4,8 +4,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from monitor.render import fmt_duration, fmt_time, one_line, table, to_csv
-from monitor.timespec import parse_timespec, resolve_time
+from monitor.commands.render import fmt_duration, fmt_time, one_line, table, to_csv
+from monitor.commands.timespec import parse_timespec, resolve_time
 
 NOW = datetime(2026, 11, 23, 6, 0, tzinfo=timezone.utc)
 SHANGHAI = ZoneInfo("Asia/Shanghai")

@@ -2,9 +2,9 @@
 import sqlite3
 import time
 
-from monitor.buffer import Batch, EventBuffer
+from monitor.ingest.buffer import Batch, EventBuffer
 from monitor.daemon import FEED_MAX_LAG
-from monitor.writer import Writer
+from monitor.ingest.writer import Writer
 from storage.db import make_engine, upgrade
 
 

@@ -27,10 +27,10 @@ sys.path.insert(0, str(HERE))
 
 import generator  # noqa: E402
 
-from monitor.buffer import Batch, EventBuffer, Taken  # noqa: E402
-from monitor.prepare import Preparer  # noqa: E402
+from monitor.ingest.buffer import Batch, EventBuffer, Taken  # noqa: E402
+from monitor.ingest.prepare import Preparer  # noqa: E402
 from monitor.sources import decode_kombu_message  # noqa: E402
-from monitor.writer import Writer  # noqa: E402
+from monitor.ingest.writer import Writer  # noqa: E402
 from storage.db import make_engine, upgrade  # noqa: E402
 from storage.runs import row_plan  # noqa: E402
 

@@ -2,6 +2,6 @@
 
 ``rules`` holds the rule configuration (the ``[alerts]`` table), ``conditions`` the pure
 functions that turn stored rows into occurrences and conditions, ``grouping`` the pure plan
-(fire, add to a digest, resolve), ``render`` the e-mail, and ``runner`` the daemon job that
+(fire, add to a digest, resolve) and ``runner`` the daemon job that
 reads storage, applies the plan and hands the e-mails to the ``alerts`` queue.
 """

@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 from fnmatch import fnmatchcase
 from typing import Any, Iterable, Mapping
 
-from monitor.alerts.rules import OWN_TASKS, Rule
+from tasks.alert_rules import OWN_TASKS, Rule
 
 # Deaths older than this when first seen are history being caught up with, not news.
 STALE_OCCURRENCE = timedelta(hours=1)

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from typing import Any, Iterable, Mapping
 
 from monitor.alerts.conditions import Condition, Occurrence
-from monitor.alerts.rules import OCCURRENCE_RULES
+from tasks.alert_rules import OCCURRENCE_RULES
 
 GROUP_STATES = ("watching", "open", "resolved")  # watching: condition seen, not held long enough yet
 

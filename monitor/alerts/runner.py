@@ -16,10 +16,10 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from monitor.alerts import conditions as cond
 from monitor.alerts.grouping import Action, Group, plan
-from monitor.alerts.render import subject
-from monitor.alerts.rules import OCCURRENCE_RULES, recipients, rules_of
-from monitor.counters import Counters
-from monitor.settings import Settings
+from tasks.alert_render import subject
+from tasks.alert_rules import OCCURRENCE_RULES, recipients, rules_of
+from monitor.ingest.counters import Counters
+from tasks.settings import Settings
 from storage import alerts as store
 
 log = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ class AlertRunner:
         evaluated: list[str] = []
         depth_rule = rules["queue_depth"]
         if depth_rule.enabled:
-            from monitor.queues import BrokerError, queue_depths
+            from monitor.broker.queues import BrokerError, queue_depths
 
             try:
                 conditions += cond.queue_conditions(queue_depths(self.settings.broker_url, depth_rule.queues), depth_rule)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 from monitor.commands.base import Context, json_option, open_store, settings_options, time_option, utcnow
-from monitor.render import fmt_time, one_line, table as render_table
+from monitor.commands.render import fmt_time, one_line, table as render_table
 
 
 ALERT_COLUMNS = ("created", "id", "kind", "rule", "status", "tries", "subject", "error")
@@ -21,7 +21,7 @@ def alerts_group(click_ctx, ctx: Context, since, limit, as_json) -> None:
     if click_ctx.invoked_subcommand is not None:
         click_ctx.obj = ctx  # `alerts --config F test`: the subcommand uses these settings
         return
-    from monitor.render import to_json
+    from monitor.commands.render import to_json
     from storage.alerts import list_alerts
 
     since_at = since.resolve(ctx.settings.tz, utcnow()) if since else None

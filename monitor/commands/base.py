@@ -5,7 +5,7 @@ import functools
 
 import click
 
-from monitor.settings import LoadedSettings, SettingsError, load_settings
+from tasks.settings import LoadedSettings, SettingsError, load_settings
 
 
 class SettingsUsageError(click.ClickException):
@@ -60,8 +60,8 @@ def parse_since_option(ctx: Context, text: str | None):
         return None
     from datetime import datetime, timezone
 
-    from monitor.cli_types import OneLineBadParameter
-    from monitor.timespec import resolve_time
+    from monitor.commands.types import OneLineBadParameter
+    from monitor.commands.timespec import resolve_time
 
     try:
         return resolve_time(text, ctx.settings.tz, datetime.now(timezone.utc))
@@ -82,7 +82,7 @@ def utcnow():
 
 
 def time_option(name: str, help: str):
-    from monitor.cli_types import TimeParam
+    from monitor.commands.types import TimeParam
 
     return click.option(name, type=TimeParam(), metavar="TIME", help=help)
 

@@ -7,7 +7,7 @@ import sys
 import click
 
 from monitor.commands.base import Context, open_store, parse_since_option, settings_options
-from monitor.render import fmt_time, one_line, table as render_table
+from monitor.commands.render import fmt_time, one_line, table as render_table
 
 
 LETTER_COLUMNS = ("dead_at", "reason", "state", "name", "task_id", "exception", "replayed_as")
@@ -92,7 +92,7 @@ def replay_cmd(ctx: Context, task_id, name_glob, since, reason, queue, dry_run, 
     match. Only exact arguments are replayed: complete Python literals, no redacted secrets.
     Exit code 1 when a task cannot be replayed (the reason is printed).
     """
-    from monitor.replay import BrokerError, NotReplayable, RecordError, celery_client, plan_many, plan_replay, replay
+    from tasks.replay import BrokerError, NotReplayable, RecordError, celery_client, plan_many, plan_replay, replay
     from storage.deadletters import get_dead_letter, list_dead_letters
     from storage.runs import get_run
 
@@ -166,7 +166,7 @@ def revoke_cmd(ctx: Context, task_id: str, terminate: bool, signal_name: str) ->
     Workers remember revoked ids in memory only (unless started with --statedb): a worker that
     starts later may still run it.
     """
-    from monitor.replay import BrokerError, celery_client, revoke
+    from tasks.replay import BrokerError, celery_client, revoke
     from storage.db import DatabaseError, ensure_schema, make_engine
     from storage.runs import get_run
 

@@ -30,9 +30,9 @@ def _run_filter(ctx: Context, now, *, since=None, until=None, **fields):
 @click.option("--csv", "as_csv", is_flag=True, help="CSV with a header line.")
 def history_cmd(ctx: Context, limit, name, states, worker, queue, since, until, failed, as_json, as_csv) -> None:
     """List task runs, newest first."""
-    from monitor.cli_types import OneLineBadParameter
-    from monitor.history_render import history_table
-    from monitor.render import to_csv, to_json
+    from monitor.commands.types import OneLineBadParameter
+    from monitor.commands.history_render import history_table
+    from monitor.commands.render import to_csv, to_json
     from storage.history import SUMMARY_FIELDS, list_runs
 
     if as_json and as_csv:
@@ -58,8 +58,8 @@ def history_cmd(ctx: Context, limit, name, states, worker, queue, since, until, 
 @json_option
 def show_cmd(ctx: Context, task_id, as_json) -> None:
     """Everything stored about one task run: fields, timeline, retries, parent/children/root."""
-    from monitor.history_render import show_text
-    from monitor.render import to_json
+    from monitor.commands.history_render import show_text
+    from monitor.commands.render import to_json
     from storage.db import safe_url
     from storage.history import run_detail
 
@@ -81,8 +81,8 @@ def show_cmd(ctx: Context, task_id, as_json) -> None:
 @json_option
 def stats_cmd(ctx: Context, since, name, as_json) -> None:
     """Per task name: counts by state, failure rate, throughput, runtime and queue-wait percentiles."""
-    from monitor.history_render import stats_table
-    from monitor.render import to_json
+    from monitor.commands.history_render import stats_table
+    from monitor.commands.render import to_json
     from storage.stats import task_stats
 
     now = utcnow()
@@ -102,8 +102,8 @@ def stats_cmd(ctx: Context, since, name, as_json) -> None:
 @json_option
 def workers_cmd(ctx: Context, as_json) -> None:
     """Workers seen: online/offline/lost, heartbeat age, active, processed, load."""
-    from monitor.history_render import workers_table
-    from monitor.render import to_json
+    from monitor.commands.history_render import workers_table
+    from monitor.commands.render import to_json
     from storage.worker_status import list_workers
 
     with open_store(ctx).connect() as conn:
@@ -122,9 +122,9 @@ def workers_cmd(ctx: Context, as_json) -> None:
 @json_option
 def queues_cmd(ctx: Context, queues, as_json) -> None:
     """Live depth per queue from the broker: celery, the queues in the history, and --queue."""
-    from monitor.history_render import queues_table
-    from monitor.queues import BrokerError, queue_depths
-    from monitor.render import to_json
+    from monitor.commands.history_render import queues_table
+    from monitor.broker.queues import BrokerError, queue_depths
+    from monitor.commands.render import to_json
     from storage.history import known_queues
 
     with open_store(ctx).connect() as conn:
@@ -145,8 +145,8 @@ def queues_cmd(ctx: Context, queues, as_json) -> None:
 @click.option("--max-polls", type=click.IntRange(min=0), hidden=True, help="Stop after N polls (for tests).")
 def tail_cmd(ctx: Context, name, failed, lines, interval, max_polls) -> None:
     """Follow new and changed task runs until Ctrl-C."""
-    from monitor.history_render import tail_line
-    from monitor.tail import follow
+    from monitor.commands.history_render import tail_line
+    from monitor.commands.tail import follow
     from storage.history import RunFilter
 
     engine = open_store(ctx)

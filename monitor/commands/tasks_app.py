@@ -7,7 +7,7 @@ import sys
 import click
 
 from monitor.commands.base import Context, InputError, open_store, settings_options, utcnow
-from monitor.render import fmt_time
+from monitor.commands.render import fmt_time
 
 
 def _json_arg(option: str, text: str | None):

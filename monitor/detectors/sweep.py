@@ -13,13 +13,13 @@ from typing import Callable
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from monitor.counters import Counters
+from monitor.ingest.counters import Counters
 from monitor.detectors import GoneWorker, StuckTask, TaskVerdict
 from monitor.detectors.deadletters import DEAD_STATES, KEEP_OPEN_STATES, dead_letter, recovery
 from monitor.detectors.lost import ACTIVE_STATES, gone_workers, lost_tasks
 from monitor.detectors.stuck import WAITING_STATES, stuck_tasks
 from monitor.detectors.timeout import Limits, running_over_limit
-from monitor.settings import Settings
+from tasks.settings import Settings
 from storage import deadletters as letters_store
 from storage import detection as store
 
@@ -39,7 +39,7 @@ def utcnow() -> datetime:
 
 @dataclass
 class SweepResult:
-    """What one sweep changed; the alert rules (issue 7) read it."""
+    """What one sweep changed; the alert rules read it."""
 
     at: datetime
     verdicts: list[TaskVerdict] = field(default_factory=list)

@@ -1,7 +1,7 @@
 """Timeouts: a task STARTED longer ago than its limit (per task name, else task_time_limit).
 
 Tasks that failed with celery's own soft or hard time-limit error are TIMEOUT already when their
-task-failed event is stored (monitor.events), so only the ones still "running" are found here:
+task-failed event is stored (monitor.ingest.events), so only the ones still "running" are found here:
 a worker without time limits, a hung process, a lost task-failed event.
 """
 from __future__ import annotations

@@ -10,10 +10,9 @@ from datetime import datetime, timezone
 
 import orjson
 
-from monitor.buffer import EventBuffer
-from monitor.counters import Counters
-from monitor.events import Malformed
-from storage.health import Gap
+from monitor.ingest.buffer import EventBuffer, Gap
+from monitor.ingest.counters import Counters
+from monitor.ingest.events import Malformed
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +96,7 @@ class Source(threading.Thread):
 
     def deliver(self, events: list, ack=None) -> bool:
         """Hand events to the writer; a non-durable source counts what a full buffer refuses."""
-        from monitor.buffer import Batch
+        from monitor.ingest.buffer import Batch
 
         if not events:
             return True

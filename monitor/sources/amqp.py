@@ -13,8 +13,8 @@ import socket
 
 from kombu import Connection, Consumer, Exchange, Queue
 
-from monitor.events import Malformed
-from monitor.settings import mask_url
+from monitor.ingest.events import Malformed
+from tasks.redact import mask_url
 from monitor.sources import Source, decode_body
 
 log = logging.getLogger(__name__)

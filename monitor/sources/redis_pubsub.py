@@ -19,8 +19,8 @@ from datetime import datetime, timezone
 import hiredis
 import redis
 
-from monitor.events import Malformed
-from monitor.settings import mask_url
+from monitor.ingest.events import Malformed
+from tasks.redact import mask_url
 from monitor.sources import Source, decode_kombu_message
 
 log = logging.getLogger(__name__)

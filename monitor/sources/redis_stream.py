@@ -13,9 +13,9 @@ from datetime import datetime, timezone
 
 import redis
 
-from monitor.events import Malformed
-from monitor.relay import FIELD
-from monitor.settings import mask_url
+from monitor.ingest.events import Malformed
+from tasks.relay import FIELD
+from tasks.redact import mask_url
 from monitor.sources import Source, decode_body
 
 log = logging.getLogger(__name__)

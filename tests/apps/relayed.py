@@ -3,7 +3,7 @@ import os
 
 from celery import Celery
 
-from monitor.relay import install
+from tasks.relay import install
 
 app = Celery("relayed", broker=os.environ.get("SAMPLE_BROKER_URL", "redis://127.0.0.1:6379/15"))
 app.conf.update(

@@ -14,17 +14,18 @@ from datetime import datetime, timezone
 from sqlalchemy import Engine, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from monitor.counters import Counters
-from monitor.events import exception_type, is_time_limit_error
-from monitor.redact import truncate
-from monitor.settings import Settings
-from storage.health import Gap, set_reconciled
+from monitor.ingest.buffer import Gap
+from monitor.ingest.counters import Counters
+from monitor.ingest.events import exception_type, is_time_limit_error
+from tasks.redact import truncate
+from tasks.settings import Settings
+from storage.health import set_reconciled
 from storage.runs import upsert_runs
 from storage.schema import task_runs
 
 log = logging.getLogger(__name__)
 
-# LOST and TIMEOUT may be detector verdicts (issue 6) that the backend can overrule with the real outcome.
+# LOST and TIMEOUT may be detector verdicts that the backend can overrule with the real outcome.
 OPEN_STATES = ("PENDING", "RECEIVED", "STARTED", "RETRY", "LOST", "TIMEOUT")
 BACKEND_FINAL = {"SUCCESS", "FAILURE", "REVOKED"}
 

@@ -31,10 +31,10 @@ from typing import BinaryIO, Iterable
 
 import orjson
 
-from monitor.counters import Counters
-from monitor.events import Malformed, to_update
-from monitor.memory import release_free_memory, tune_allocator
-from monitor.state import Pending
+from monitor.ingest.counters import Counters
+from monitor.ingest.events import Malformed, to_update
+from monitor.ingest.memory import release_free_memory, tune_allocator
+from monitor.ingest.state import Pending
 from storage.params import RowPlan, pack_rows
 
 log = logging.getLogger(__name__)
@@ -96,7 +96,7 @@ GIVE_UP_AFTER = 5
 # The answer: ("ok", Ready) or ("error", traceback), pickled. The first frame: (plan, field_max_bytes).
 
 _LENGTH = struct.Struct("!Q")
-HELPER_CODE = "from monitor.prepare import helper_main; helper_main()"
+HELPER_CODE = "from monitor.ingest.prepare import helper_main; helper_main()"
 ROOT = str(Path(__file__).resolve().parent.parent)  # where the monitor and storage packages are
 
 
@@ -159,7 +159,7 @@ def helper_main() -> None:
 
 
 def _housekeeping(daemon_pid: int) -> None:
-    """Every second: give a batch's garbage back (see monitor.memory), and exit if the daemon is gone
+    """Every second: give a batch's garbage back (see monitor.ingest.memory), and exit if the daemon is gone
     (a daemon killed with -9 closes our input too; this also covers a helper stuck writing)."""
     while True:
         time.sleep(1.0)

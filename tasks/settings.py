@@ -10,8 +10,10 @@ import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from tasks.redact import mask_url
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -54,14 +56,14 @@ class Settings:
     schedule_poll_interval: int = 5
     backup_dir: str = "backups"
     backup_keep: int = 7
-    # Detection (issue 6)
+    # Detection
     detect_interval: float = 10.0
     task_time_limit: float = 600.0
     timeouts: tuple[tuple[str, float], ...] = ()
     lost_after_heartbeats: float = 2.0
     stuck_after: float = 300.0
-    # Alerts (issue 7)
-    alerts: tuple = ()  # monitor.alerts.rules.Rule objects; empty: the default rules
+    # Alerts
+    alerts: tuple = ()  # tasks.alert_rules.Rule objects; empty: the default rules
     alert_digest_interval: float = 900.0
     alert_retry_delay: float = 30.0
     alert_retry_max_delay: float = 600.0
@@ -142,16 +144,6 @@ class LoadedSettings:
         return out
 
 
-def mask_url(url: str) -> str:
-    """Replace the password in a URL with ``***``; leave everything else as written."""
-    if not url or "@" not in url:
-        return url
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)
-    userinfo = netloc[0].split(":", 1)[0]
-    return urlunsplit(parts._replace(netloc=f"{userinfo}:***@{netloc[1]}"))
 
 
 def display_value(name: str, value: Any) -> str:
@@ -162,7 +154,7 @@ def display_value(name: str, value: Any) -> str:
     if name == "timeouts":
         return ",".join(f"{glob}={seconds:g}" for glob, seconds in value)
     if name == "alerts":
-        from monitor.alerts.rules import default_rules, describe
+        from tasks.alert_rules import default_rules, describe
 
         return describe(value or default_rules())
     if isinstance(value, tuple):
@@ -176,7 +168,7 @@ def _coerce(name: str, raw: Any) -> Any:
     if name == "timeouts":
         return _coerce_timeouts(raw)
     if name == "alerts":
-        from monitor.alerts.rules import RuleError, parse_rules
+        from tasks.alert_rules import RuleError, parse_rules
 
         try:
             return parse_rules(raw)

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Iterable, Mapping
 
-from monitor.redact import REDACTED
+from tasks.redact import REDACTED
 
 ARGSREPR_MAX = 1024  # celery.app.amqp.AMQP.argsrepr_maxsize / kwargsrepr_maxsize
-RELAY_HINT = "for exact replays install the durable relay in the app: from monitor.relay import install; install(app)"
+RELAY_HINT = "for exact replays install the durable relay in the app: from tasks.relay import install; install(app)"
 
 
 class NotReplayable(ValueError):
@@ -122,7 +122,7 @@ def celery_client(broker_url: str):
 
 
 def _broker_error(app, exc: Exception) -> BrokerError:
-    from monitor.settings import mask_url
+    from tasks.redact import mask_url
 
     reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return BrokerError(f"cannot reach the broker at {mask_url(app.conf.broker_url)}: {reason}; "

@@ -4,7 +4,7 @@ from __future__ import annotations
 from datetime import tzinfo
 from typing import Any, Iterable
 
-from monitor.render import NONE, fmt_age, fmt_duration, fmt_number, fmt_rate, fmt_time, one_line, table
+from monitor.commands.render import NONE, fmt_age, fmt_duration, fmt_number, fmt_rate, fmt_time, one_line, table
 
 EXCEPTION_WIDTH = 60
 # Fields `show` prints one per line, in this order; the long texts follow in sections of their own.

@@ -9,7 +9,7 @@ import html
 from datetime import datetime, tzinfo
 from typing import Any, Mapping
 
-from monitor.redact import redact_repr
+from tasks.redact import redact_repr
 
 PREFIX = "[taskmon]"
 TRACEBACK_LINES = 12

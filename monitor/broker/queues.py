@@ -5,7 +5,7 @@ import logging
 from typing import Any, Iterable
 from urllib.parse import urlsplit
 
-from monitor.settings import mask_url
+from tasks.redact import mask_url
 
 log = logging.getLogger(__name__)
 

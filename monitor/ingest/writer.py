@@ -1,7 +1,7 @@
 """The writer thread: batches of events -> one transaction of merged upserts -> acks.
 
 Each batch is prepared (events -> merged rows and their SQL parameters: Python work, done by a
-helper process when the daemon has one, see monitor.prepare) and then committed, in the order
+helper process when the daemon has one, see monitor.ingest.prepare) and then committed, in the order
 taken. It is the only thread that talks to the database on the hot path; the source threads
 never wait on SQL, so a slow commit can fill the bounded buffer but cannot stall a socket reader.
 """
@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 from collections import deque
+import dataclasses
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Callable
@@ -19,11 +20,11 @@ from typing import Callable
 from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
 
-from monitor.buffer import EventBuffer, Taken
-from monitor.counters import Counters
-from monitor.memory import release_free_memory
-from monitor.prepare import Job, Preparer
-from storage.health import Gap, record_gap
+from monitor.ingest.buffer import EventBuffer, Gap, Taken
+from monitor.ingest.counters import Counters
+from monitor.ingest.memory import release_free_memory
+from monitor.ingest.prepare import Job, Preparer
+from storage.health import record_gap
 from storage.runs import PreparedRuns, execute_runs, row_plan, runs_from_chunks, upsert_workers
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ class Prepared:
 
 @dataclass
 class InFlight:
-    """A batch taken from the buffer whose rows are being prepared (see monitor.prepare)."""
+    """A batch taken from the buffer whose rows are being prepared (see monitor.ingest.prepare)."""
 
     job: Job
     gaps: list
@@ -168,7 +169,7 @@ class Writer(threading.Thread):
             execute_runs(conn, runs, updated_at=now)
             upsert_workers(conn, [dict(w, updated_at=now) for w in workers])
             for gap in gaps:
-                gap_ids.append((record_gap(conn, gap, now), gap))
+                gap_ids.append((record_gap(conn, now=now, **dataclasses.asdict(gap)), gap))
         return gap_ids
 
     def _one_by_one(self, prepared: Prepared) -> list:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any, NamedTuple
 
-from monitor.redact import redact_repr, truncate
+from tasks.redact import redact_repr, truncate
 
 # task event type -> state, as celery.events.state.TASK_EVENT_TO_STATE
 TASK_EVENT_STATES = {

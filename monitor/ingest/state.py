@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from monitor.events import Update
+from monitor.ingest.events import Update
 from storage.merge import merge_fields
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from monitor.timespec import TimeSpec, parse_timespec
+from monitor.commands.timespec import TimeSpec, parse_timespec
 
 
 class OneLineBadParameter(click.BadParameter):

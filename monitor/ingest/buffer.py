@@ -11,9 +11,22 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Callable
 
 import orjson
+
+
+@dataclass(frozen=True)
+class Gap:
+    """An interval in which events may have been lost (a control item: the writer records it)."""
+
+    source: str
+    reason: str
+    started_at: datetime
+    ended_at: datetime | None
+    events_lost: int | None = None
+    detail: str = ""
 
 
 @dataclass

@@ -5,6 +5,7 @@ import ast
 import functools
 import re
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 REDACTED = "'***'"
 SECRET_WORDS = ("password", "passwd", "pwd", "secret", "token", "api_key", "apikey", "access_key",
@@ -104,3 +105,14 @@ def truncate(text: str | None, max_bytes: int) -> tuple[str | None, bool]:
     marker = f"... [truncated {len(data)} bytes]"
     cut = data[: max(max_bytes - len(marker), 0)].decode("utf-8", "ignore")
     return cut + marker, True
+
+def mask_url(url: str) -> str:
+    """Replace the password in a URL with ``***``; leave everything else as written."""
+    if not url or "@" not in url:
+        return url
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)
+    userinfo = netloc[0].split(":", 1)[0]
+    return urlunsplit(parts._replace(netloc=f"{userinfo}:***@{netloc[1]}"))
