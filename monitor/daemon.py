@@ -21,6 +21,7 @@ from tasks.redact import mask_url
 from tasks.settings import Settings
 from monitor.sources import Source
 from monitor.ingest.writer import Writer
+from storage.errors import first_line
 from storage.health import latest_status, write_status
 from storage.runs import row_plan
 
@@ -220,7 +221,7 @@ class Daemon:
                              counters=self.counters(), stopped_at=now if stopped else None)
             return True
         except SQLAlchemyError as exc:
-            log.warning("cannot write the daemon heartbeat: %s", str(getattr(exc, "orig", exc)).splitlines()[0])
+            log.warning("cannot write the daemon heartbeat: %s", first_line(exc))
             return False
 
     def serve(self) -> int:

@@ -13,6 +13,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
+from storage.errors import first_line
+
 log = logging.getLogger(__name__)
 
 MIGRATIONS = Path(__file__).with_name("migrations")
@@ -108,5 +110,5 @@ def safe_url(engine: Engine) -> str:
 
 
 def unreachable_message(engine: Engine, exc: Exception) -> str:
-    reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
+    reason = first_line(exc)
     return f"cannot reach the database at {safe_url(engine)}: {reason}; start it or set TASKMON_DATABASE_URL"

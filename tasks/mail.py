@@ -9,6 +9,7 @@ from email.utils import formatdate, make_msgid
 from typing import Iterable
 
 from tasks.settings import Settings
+from storage.errors import first_line
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ def send_mail(settings: Settings, to: str | Iterable[str], subject: str, text: s
                 smtp.login(settings.smtp_user, settings.smtp_password)
             smtp.send_message(msg, to_addrs=recipients)
     except (smtplib.SMTPException, OSError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+        reason = first_line(exc)
         raise MailError(f"cannot send mail via {where}: {reason}") from exc
     log.info("sent %r to %s via %s", subject, ", ".join(recipients), where)
     return msg["Message-ID"]

@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 from typing import Any, Iterable, Mapping
 
 from tasks.redact import REDACTED
+from storage.errors import first_line
 
 ARGSREPR_MAX = 1024  # celery.app.amqp.AMQP.argsrepr_maxsize / kwargsrepr_maxsize
 RELAY_HINT = "for exact replays install the durable relay in the app: from tasks.relay import install; install(app)"
@@ -124,7 +125,7 @@ def celery_client(broker_url: str):
 def _broker_error(app, exc: Exception) -> BrokerError:
     from tasks.redact import mask_url
 
-    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    reason = first_line(exc)
     return BrokerError(f"cannot reach the broker at {mask_url(app.conf.broker_url)}: {reason}; "
                        f"start it or set TASKMON_BROKER_URL")
 
@@ -161,7 +162,7 @@ def replay(engine, app, plan: ReplayPlan) -> str:
         with engine.begin() as conn:
             record_replay(conn, plan.task_id, replay_run(plan, new_id, now), now)
     except SQLAlchemyError as exc:  # the task is sent: say so, and with which id
-        reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
+        reason = first_line(exc)
         raise RecordError(f"replayed {plan.task_id} as {new_id}, but could not record it: {reason}") from None
     return new_id
 

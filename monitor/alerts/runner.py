@@ -21,6 +21,7 @@ from tasks.alert_rules import OCCURRENCE_RULES, recipients, rules_of
 from monitor.ingest.counters import Counters
 from tasks.settings import Settings
 from storage import alerts as store
+from storage.errors import first_line
 
 log = logging.getLogger(__name__)
 SEND_TASK = "alerts.send_alert"
@@ -70,7 +71,7 @@ class AlertRunner:
             ids = self.evaluate(now, sweep)
         except SQLAlchemyError as exc:
             self.counters.incr("alerts.errors")
-            log.warning("alert evaluation failed: %s", str(getattr(exc, "orig", exc)).strip().splitlines()[0])
+            log.warning("alert evaluation failed: %s", first_line(exc))
             return []
         except Exception:  # a bug in one evaluation must not stop the next ones, nor the sweeps
             self.counters.incr("alerts.errors")

@@ -6,6 +6,7 @@ from typing import Any, Iterable
 from urllib.parse import urlsplit
 
 from tasks.redact import mask_url
+from storage.errors import first_line
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ def queue_depths(broker_url: str, queues: Iterable[str]) -> list[dict[str, Any]]
 
 
 def _unreachable(url: str, exc: Exception) -> BrokerError:
-    reason = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0]
+    reason = first_line(exc)
     return BrokerError(f"cannot reach the broker at {mask_url(url)}: {reason}; start it or set TASKMON_BROKER_URL")
 
 

@@ -22,6 +22,7 @@ from monitor.detectors.timeout import Limits, running_over_limit
 from tasks.settings import Settings
 from storage import deadletters as letters_store
 from storage import detection as store
+from storage.errors import first_line
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,7 @@ class Sweeper:
             result = self.sweep(now, self.feed_since)
         except SQLAlchemyError as exc:
             self.counters.incr("detect.errors")
-            log.warning("detector sweep failed: %s", str(getattr(exc, "orig", exc)).strip().splitlines()[0])
+            log.warning("detector sweep failed: %s", first_line(exc))
             return None
         except Exception:  # a bug in one sweep must not stop the next ones
             self.counters.incr("detect.errors")
