@@ -24,6 +24,7 @@ from monitor.ingest.buffer import EventBuffer, Gap, Taken
 from monitor.ingest.counters import Counters
 from monitor.ingest.memory import release_free_memory
 from monitor.ingest.prepare import Job, Preparer
+from storage.errors import first_line
 from storage.health import record_gap
 from storage.runs import PreparedRuns, execute_runs, row_plan, runs_from_chunks, upsert_workers
 
@@ -172,42 +173,58 @@ class Writer(threading.Thread):
                 gap_ids.append((record_gap(conn, now=now, **dataclasses.asdict(gap)), gap))
         return gap_ids
 
-    def _one_by_one(self, prepared: Prepared) -> list:
-        """A batch the database refused as a whole: write row by row, skip and count the bad ones."""
+    def _singles(self, prepared: Prepared) -> deque:
+        """A batch the database refused as a whole, as (kind, key, runs, workers) to write row by row."""
         empty = runs_from_chunks(self.engine.dialect, [], 0)
-        gap_ids = self._transaction(empty, [], prepared.gaps)
-        singles = [("task", key, (one, [])) for key, one in prepared.runs.one_by_one()]
-        singles += [("worker", row.get("hostname"), (empty, [row])) for row in prepared.workers]
-        for kind, key, (runs, workers) in singles:
+        singles: deque = deque(("task", key, one, []) for key, one in prepared.runs.one_by_one())
+        singles.extend(("worker", row.get("hostname"), empty, [row]) for row in prepared.workers)
+        return singles
+
+    def _write_singly(self, singles: deque) -> None:
+        """Write each row on its own, skip and count the ones refused; each leaves ``singles`` once done."""
+        while singles:
+            kind, key, runs, workers = singles[0]
             try:
                 self._transaction(runs, workers, [])
             except (OperationalError, InterfaceError):
                 raise
             except SQLAlchemyError as exc:
                 self.counters.incr("malformed.db_rejected")
-                log.warning("database refused a %s row (%s): %s", kind, key,
-                            str(getattr(exc, "orig", exc)).splitlines()[0])
-        return gap_ids
+                log.warning("database refused a %s row (%s): %s", kind, key, first_line(exc))
+            singles.popleft()
+
+    def _whole(self, prepared: Prepared, gaps: list) -> list | None:
+        """The batch in one transaction: its gaps' ids, or None when the database refused it as a whole."""
+        try:
+            return self._transaction(prepared.runs, prepared.workers, gaps)
+        except (OperationalError, InterfaceError):
+            raise
+        except DBAPIError as exc:
+            if exc.connection_invalidated:
+                raise
+        except SQLAlchemyError:
+            log.exception("the batch could not be written; trying row by row")
+        return None
 
     def _commit(self, prepared: Prepared) -> bool:
+        # A retry goes on from where the failure stopped: gaps already recorded are not recorded
+        # (nor reconciled) twice, and a batch refused as a whole goes on row by row.
         delay = 0.5
+        recorded: list | None = None  # (gap id, gap) once the batch's gaps are committed
+        singles: deque | None = None  # the rows of a refused batch still to write
         while True:
             try:
-                try:
-                    gap_ids = self._transaction(prepared.runs, prepared.workers, prepared.gaps)
-                except (OperationalError, InterfaceError):
-                    raise
-                except DBAPIError as exc:
-                    if exc.connection_invalidated:
-                        raise
-                    gap_ids = self._one_by_one(prepared)
-                except SQLAlchemyError:
-                    log.exception("the batch could not be written; trying row by row")
-                    gap_ids = self._one_by_one(prepared)
+                if recorded is None:
+                    recorded = self._whole(prepared, prepared.gaps)
+                    if recorded is None:  # refused: the gaps on their own, then row by row
+                        recorded = self._transaction(runs_from_chunks(self.engine.dialect, [], 0), [], prepared.gaps)
+                        singles = self._singles(prepared)
+                if singles:
+                    self._write_singly(singles)
                 if not self.healthy:
                     log.warning("database is back; writing resumed")
                     self.healthy = True
-                for gap_id, gap in gap_ids:
+                for gap_id, gap in recorded:
                     self.counters.incr("gaps")
                     if self.on_gap is not None:
                         self.on_gap(gap_id, gap)
@@ -216,7 +233,7 @@ class Writer(threading.Thread):
                 self.counters.incr("db_errors")
                 if self.healthy:
                     log.error("cannot write to the database (%s); retrying with backoff, events stay buffered",
-                              str(getattr(exc, "orig", exc)).splitlines()[0] if str(exc) else type(exc).__name__)
+                              first_line(exc))
                     self.healthy = False
                 if self.give_up_at is not None and time.monotonic() + delay > self.give_up_at:
                     return False
