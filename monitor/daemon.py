@@ -93,11 +93,9 @@ def enable_events_loop(broker_url: str, interval: float, stop: threading.Event) 
 
     Workers started without -E (or after the daemon) begin sending events at the next broadcast.
     """
-    from celery import Celery
+    from tasks.client import client_app
 
-    app = Celery("taskmon-control", broker=broker_url, set_as_current=False)
-    app.conf.broker_connection_retry_on_startup = False
-    app.conf.broker_connection_max_retries = 1
+    app = client_app(broker_url, name="taskmon-control")
     warned = False
     try:
         while not stop.is_set():

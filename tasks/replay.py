@@ -114,12 +114,9 @@ class BrokerError(RuntimeError):
 
 def celery_client(broker_url: str):
     """A plain Celery app on the broker: sends replays (with task-sent events) and control commands."""
-    from celery import Celery
+    from tasks.client import client_app
 
-    app = Celery("taskmon-control", broker=broker_url, set_as_current=False)
-    app.conf.update(task_send_sent_event=True, broker_connection_retry_on_startup=False,
-                    broker_connection_timeout=5, broker_connection_max_retries=1)
-    return app
+    return client_app(broker_url, name="taskmon-control", task_send_sent_event=True)
 
 
 def _broker_error(app, exc: Exception) -> BrokerError:

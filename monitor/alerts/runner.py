@@ -45,7 +45,7 @@ def group_row(g: Group) -> dict[str, Any]:
 
 class AlertRunner:
     def __init__(self, engine: Engine, settings: Settings, *, clock: Callable[[], datetime] = utcnow):
-        from celery import Celery
+        from tasks.client import client_app
 
         self.engine = engine
         self.settings = settings
@@ -53,9 +53,7 @@ class AlertRunner:
         self.clock = clock
         self.counters = Counters()
         # Sends alerts.send_alert by name, and reads beat schedules in the configured zone.
-        self.app = Celery("taskmon-alerts", broker=settings.broker_url, set_as_current=False)
-        self.app.conf.update(timezone=settings.timezone, enable_utc=True, broker_connection_retry_on_startup=False,
-                             task_serializer="json", accept_content=["json"])
+        self.app = client_app(settings.broker_url, name="taskmon-alerts", timezone=settings.timezone, enable_utc=True)
 
     @property
     def enabled(self) -> bool:

@@ -67,12 +67,12 @@ def row_from_result(task_id: str, meta: dict, now: datetime, field_max_bytes: in
 class Reconciler(threading.Thread):
     def __init__(self, engine: Engine, settings: Settings, limit: int = 5000):
         super().__init__(name="taskmon-reconcile", daemon=True)
-        from celery import Celery
+        from tasks.client import client_app
 
         self.engine = engine
         self.settings = settings
         self.limit = limit
-        self.app = Celery("taskmon-reconcile", broker=settings.broker_url, backend=settings.result_backend)
+        self.app = client_app(settings.broker_url, settings.result_backend, name="taskmon-reconcile")
         self.counters = Counters()
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._stopping = threading.Event()
