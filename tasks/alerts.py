@@ -28,6 +28,7 @@ def deliver_alert(engine: Engine, settings: Settings, alert_id: int, *, retry_in
                   now: datetime | None = None) -> dict[str, Any]:
     """Send alert ``alert_id`` unless it is sent or being sent; {"id", "sent"}.
 
+    ``now`` is the attempt's time: the claim, the outcome and the next look are stamped with it.
     Raises MailError when SMTP refuses it, after recording the error and, when ``retry_in`` is
     given, when the daemon should look again if that retry never comes.
     """
@@ -46,13 +47,12 @@ def deliver_alert(engine: Engine, settings: Settings, alert_id: int, *, retry_in
     try:
         send_mail(settings, alert["recipients"].split(","), subject, text, html)
     except MailError as exc:
-        done = datetime.now(timezone.utc)
-        again = done + timedelta(seconds=retry_in + settings.alert_resend_after) if retry_in is not None else None
+        again = now + timedelta(seconds=retry_in + settings.alert_resend_after) if retry_in is not None else None
         with engine.begin() as conn:
-            store.mark_failed(conn, alert_id, str(exc), done, again)
+            store.mark_failed(conn, alert_id, str(exc), now, again)
         raise
     with engine.begin() as conn:
-        store.mark_sent(conn, alert_id, datetime.now(timezone.utc))
+        store.mark_sent(conn, alert_id, now)
     return {"id": alert_id, "sent": True}
 
 

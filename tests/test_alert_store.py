@@ -90,6 +90,28 @@ def test_worker_offline_and_missed_run_are_read_from_storage_and_resolve(engine,
                      ("worker_offline", "resolved", "w1@host")]
 
 
+def test_delivery_stamps_the_attempt_its_claim_failure_retry_and_sending_with_the_given_now(
+        engine, redis_url, smtp_server):
+    with engine.begin() as conn:
+        upsert_runs(conn, [failed_run("t0", 0)])
+    r = runner(engine, redis_url, ONLY("failed"))
+    try:
+        (alert_id,) = r.evaluate(at(1), letters("t0"))
+    finally:
+        r.close()
+    tried, sent_at = at(86_400), at(2 * 86_400)  # a day apart, and far from the wall clock
+    down = Settings(smtp_host="127.0.0.1", smtp_port=free_port(), alert_resend_after=100)
+    with pytest.raises(MailError):
+        deliver_alert(engine, down, alert_id, retry_in=5, now=tried)
+    with engine.connect() as conn:
+        failed = store.get_alert(conn, alert_id)
+    assert (failed["updated_at"], failed["next_attempt_at"]) == (tried, tried + timedelta(seconds=105))
+    up = Settings(smtp_host="127.0.0.1", smtp_port=smtp_server.port)
+    assert deliver_alert(engine, up, alert_id, now=sent_at)["sent"]
+    with engine.connect() as conn:
+        sent = store.get_alert(conn, alert_id)
+    assert (sent["sent_at"], sent["updated_at"]) == (sent_at, sent_at)
+
 def test_no_recipients_is_recorded_as_failed_and_nothing_is_sent(engine, redis_url):
     r = AlertRunner(engine, Settings(broker_url=redis_url, alerts=ONLY("failed")))
     try:
