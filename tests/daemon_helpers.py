@@ -30,15 +30,23 @@ def running_daemon(broker_url: str, db_url: str, *, sources=("pubsub",), wait_co
 
 
 def wait_for_runs(engine, task_ids, states=None, timeout=30.0) -> dict:
-    """Poll task_runs until every id is present (in one of ``states`` if given)."""
+    """Poll task_runs until every id is present (in one of ``states`` if given); fail saying what is missing."""
     ids = set(task_ids)
     deadline = time.monotonic() + timeout
-    rows = {}
-    while time.monotonic() < deadline:
+    while True:
         with engine.connect() as conn:
             found = conn.execute(select(task_runs).where(task_runs.c.task_id.in_(ids))).mappings().all()
         rows = {r["task_id"]: dict(r) for r in found}
-        if len(rows) == len(ids) and (states is None or all(r["state"] in states for r in rows.values())):
+        elsewhere = {i: r["state"] for i, r in rows.items() if states is not None and r["state"] not in states}
+        if len(rows) == len(ids) and not elsewhere:
             return rows
+        if time.monotonic() >= deadline:
+            break
         time.sleep(0.1)
-    return rows
+    wanted = f" in {'/'.join(sorted(states))}" if states else ""
+    problems = []
+    if ids - rows.keys():
+        problems.append(f"not stored: {', '.join(sorted(ids - rows.keys()))}")
+    if elsewhere:
+        problems.append(f"in another state: {', '.join(f'{i} ({s})' for i, s in sorted(elsewhere.items()))}")
+    raise AssertionError(f"after {timeout}s waiting for {len(ids)} task runs{wanted}: {'; '.join(problems)}")

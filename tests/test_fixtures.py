@@ -1,10 +1,16 @@
 """The service fixtures themselves: real Redis that can go away, real workers, real SMTP, RabbitMQ."""
 import smtplib
 import time
+from datetime import datetime, timezone
 from email.message import EmailMessage
 
+import pytest
 import redis
 from kombu import Connection
+
+from storage.db import make_engine, upgrade
+from storage.runs import upsert_runs
+from tests.daemon_helpers import wait_for_runs
 
 
 def test_fresh_redis_can_be_killed_and_restarted(fresh_redis):
@@ -40,3 +46,18 @@ def test_rabbitmq_round_trip(amqp_url):
         assert queue.get(timeout=5).payload == {"n": 1}
         queue.clear()
         queue.close()
+
+
+def test_wait_for_runs_fails_on_timeout_naming_the_missing_runs_and_those_in_another_state(sqlite_url):
+    engine = make_engine(sqlite_url)
+    upgrade(engine)
+    now = datetime.now(timezone.utc)
+    with engine.begin() as conn:
+        upsert_runs(conn, [{"task_id": "done", "state": "SUCCESS", "seen_at": now, "updated_at": now},
+                           {"task_id": "running", "state": "STARTED", "seen_at": now, "updated_at": now}])
+    assert set(wait_for_runs(engine, ["done", "running"], timeout=0.2)) == {"done", "running"}
+    with pytest.raises(AssertionError) as failed:
+        wait_for_runs(engine, ["done", "running", "never-sent"], {"SUCCESS"}, timeout=0.2)
+    assert str(failed.value) == ("after 0.2s waiting for 3 task runs in SUCCESS: not stored: never-sent; "
+                                 "in another state: running (STARTED)")
+    engine.dispose()

@@ -1,7 +1,8 @@
 """RabbitMQ: the same ingestion through a durable queue, which keeps events while the daemon is down."""
+import threading
 import time
 
-from celery import Celery
+from celery import uuid
 
 from tests.daemon_helpers import running_daemon, wait_for_runs
 
@@ -33,13 +34,31 @@ def test_amqp_queue_keeps_events_published_while_daemon_is_down(amqp_url, sqlite
     assert sorted(int(r["result"]) for r in rows.values()) == [2 * i for i in range(20)]
 
 
-def test_other_celery_apps_on_the_vhost_still_work(amqp_url):
-    # The durable queue is declared with celery's own exchange definition (no PRECONDITION_FAILED).
-    app = Celery("probe", broker=amqp_url)
-    with app.connection_for_write() as conn:
-        from monitor.sources.amqp import EVENT_EXCHANGE
+def test_other_celery_apps_on_the_vhost_still_work(amqp_url, sqlite_url, start_worker, celery_client):
+    # taskmon binds its durable queue with celery's own exchange definition: a monitor of another
+    # app (celery events, Flower) declares the same exchange without PRECONDITION_FAILED, and the
+    # events reach both it and taskmon.
+    app = celery_client(amqp_url)
+    task_id = uuid()
+    seen, ready = [], threading.Event()
 
-        EVENT_EXCHANGE(conn.default_channel).declare()
-        from celery.events.event import event_exchange
+    def collect(event):
+        seen.append(event)
+        if event["type"] == "task-succeeded" and event.get("uuid") == task_id:
+            receiver.should_stop = True
 
-        event_exchange(conn.default_channel).declare()
+    with running_daemon(amqp_url, sqlite_url, sources=("amqp",)) as daemon:
+        start_worker(amqp_url)
+        with app.connection_for_read() as conn:
+            receiver = app.events.Receiver(conn, handlers={"*": collect})
+            receiver.on_consume_ready = lambda *args, **kwargs: ready.set()
+            capture = threading.Thread(target=receiver.capture, kwargs={"wakeup": False}, daemon=True)
+            capture.start()
+            assert ready.wait(10), "the other app's event receiver did not start consuming"
+            app.send_task("sample.add", (1, 2), task_id=task_id)
+            rows = wait_for_runs(daemon.engine, [task_id], {"SUCCESS"}, timeout=30)
+            capture.join(30)
+            receiver.should_stop = True
+    assert rows[task_id]["result"] == "3"
+    assert [e["type"] for e in seen if e.get("uuid") == task_id] == [
+        "task-sent", "task-received", "task-started", "task-succeeded"]
