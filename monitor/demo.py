@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 import os
 import random
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -31,6 +33,21 @@ class DemoPlan:
     duration: float = 30.0
     rate: float = 8.0  # tasks per second
     workdir: Path = Path(".")
+    program: str = "taskmon"  # how the user types taskmon (see typed_program)
+
+
+def typed_program(argv0: str | None = None, which: Callable[[str], str | None] = shutil.which) -> str:
+    """How the user can run this taskmon again: `taskmon` when PATH finds this very program, else its path.
+
+    After the README's install the program is .venv/bin/taskmon, and PATH may find none, or another one.
+    """
+    argv0 = sys.argv[0] if argv0 is None else argv0
+    if Path(argv0).stem != "taskmon":  # python -m cli
+        return f"{shlex.quote(sys.executable)} -m cli"
+    found = which("taskmon")
+    if found is not None and os.path.realpath(found) == os.path.realpath(argv0):
+        return "taskmon"
+    return shlex.quote(argv0)
 
 
 class SmtpSink:
@@ -168,8 +185,9 @@ def run_demo(plan: DemoPlan, echo: Callable[[str], None], timezone: str = "UTC")
             app.close()
             summarize(engine, settings.tz, smtp, echo)
             echo("")
-            echo(f"The history stays in {db_path}: try `taskmon history --limit 10`, `taskmon stats`, "
-                 "`taskmon show TASK_ID` in this directory.")
+            taskmon = plan.program
+            echo(f"The history stays in {db_path}: try `{taskmon} history --limit 10`, `{taskmon} stats`, "
+                 f"`{taskmon} show TASK_ID` in this directory.")
             return 130 if stop.is_set() else 0
     finally:
         signal.signal(signal.SIGINT, previous)

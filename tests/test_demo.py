@@ -4,20 +4,27 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from click.testing import CliRunner
 from sqlalchemy import func, select
 
 from cli import cli
+from monitor.demo import typed_program
 from storage.db import make_engine
 from storage.schema import task_runs
 from tests.services import REPO
 
 
-def demo(tmp_path, *args):
+# The program the README's install command leaves: .venv/bin/taskmon, not on PATH.
+SCRIPT = Path(sys.executable).with_name("taskmon")
+
+
+def demo(tmp_path, *args, program=(sys.executable, "-m", "cli")):
     env = {k: v for k, v in os.environ.items() if not k.startswith("TASKMON_")}
     env["PYTHONPATH"] = str(REPO)
-    return subprocess.Popen([sys.executable, "-m", "cli", "demo", *args], cwd=tmp_path, env=env,
+    env["PATH"] = os.pathsep.join(d for d in env.get("PATH", "").split(os.pathsep) if not (Path(d) / "taskmon").exists())
+    return subprocess.Popen([*program, "demo", *args], cwd=tmp_path, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
 
 
@@ -31,9 +38,10 @@ def children_alive(tmp_path, output: str) -> list[str]:
 
 
 def test_demo_runs_traffic_and_leaves_the_history(tmp_path):
-    proc = demo(tmp_path, "--duration", "6", "--rate", "10")
+    proc = demo(tmp_path, "--duration", "6", "--rate", "10", program=(str(SCRIPT),))
     output = proc.communicate(timeout=120)[0].decode()
     assert proc.returncode == 0, output
+    assert f"try `{SCRIPT} history --limit 10`, `{SCRIPT} stats`" in output
     assert "task runs by state:" in output and "SUCCESS" in output and "FAILURE" in output
     engine = make_engine(f"sqlite:///{tmp_path / 'taskmon.db'}")
     with engine.connect() as conn:
@@ -59,3 +67,15 @@ def test_ctrl_c_stops_the_demo_and_every_process_it_started(tmp_path):
     assert "task runs by state:" in output
     time.sleep(0.5)
     assert children_alive(tmp_path, output) == []
+
+
+def test_the_hint_names_taskmon_as_the_user_can_type_it(tmp_path):
+    script = tmp_path / "venv" / "bin" / "taskmon"
+    script.parent.mkdir(parents=True)
+    script.write_text("#!/bin/sh\n")
+    other = tmp_path / "elsewhere" / "taskmon"
+    assert typed_program(str(script), which=lambda name: str(script)) == "taskmon"
+    assert typed_program(str(script), which=lambda name: None) == str(script)
+    assert typed_program(str(script), which=lambda name: str(other)) == str(script)
+    assert typed_program(".venv/bin/taskmon", which=lambda name: None) == ".venv/bin/taskmon"
+    assert typed_program(str(REPO / "cli.py"), which=lambda name: str(script)) == f"{sys.executable} -m cli"

@@ -70,12 +70,12 @@ def demo_cmd(ctx: Context, duration: float, rate: float) -> None:
     """Run everything locally (Redis, worker + beat, daemon, SMTP sink) with sample traffic."""
     from pathlib import Path
 
-    from monitor.demo import DemoPlan, run_demo
+    from monitor.demo import DemoPlan, run_demo, typed_program
     from monitor.redis_server import RedisUnavailable
 
     try:
-        code = run_demo(DemoPlan(duration=duration, rate=rate, workdir=Path.cwd()), click.echo,
-                        timezone=ctx.settings.timezone)
+        plan = DemoPlan(duration=duration, rate=rate, workdir=Path.cwd(), program=typed_program())
+        code = run_demo(plan, click.echo, timezone=ctx.settings.timezone)
     except RedisUnavailable as exc:
         raise click.ClickException(str(exc)) from None
     sys.exit(code)
