@@ -11,6 +11,7 @@ from typing import Any
 
 from sqlalchemy import Connection, and_, func, select, true, union_all
 
+from storage.merge import CELERY_STATES, TASKMON_STATES
 from storage.schema import task_runs
 
 # Keys of a run in listings (history, tail, show's parent/children), in display order.
@@ -42,6 +43,26 @@ class RunFilter:
         if self.failed and "FAILURE" not in states:
             states += ("FAILURE",)
         return states
+
+
+class UnknownState(ValueError):
+    """A state filter names a state that is neither celery's, taskmon's, nor stored in the history."""
+
+
+def check_states(conn: Connection, states) -> None:
+    """Raise UnknownState, listing the known states, when one of ``states`` cannot match any run.
+
+    Custom states (``update_state(state="PROGRESS")``) are known once the history holds one.
+    """
+    builtin = CELERY_STATES + TASKMON_STATES
+    wanted = {s.upper() for s in states} - set(builtin)
+    if not wanted:
+        return
+    stored = conn.execute(select(task_runs.c.state).distinct().where(task_runs.c.state.in_(wanted))).scalars()
+    unknown = sorted(wanted - set(stored))
+    if unknown:
+        custom = conn.execute(select(task_runs.c.state).distinct().where(task_runs.c.state.not_in(builtin))).scalars()
+        raise UnknownState(f"unknown state {', '.join(unknown)}; known: {', '.join(builtin + tuple(sorted(custom)))}")
 
 
 def is_glob(pattern: str) -> bool:

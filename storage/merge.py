@@ -37,6 +37,9 @@ STATE_RANK: dict[str, int] = {
     "SUCCESS": 11,
 }
 CUSTOM_RANK = 9  # states celery does not know, as in celery.states.precedence
+# The same states as users see them listed: celery's (celery.states.ALL_STATES), then taskmon's verdicts.
+CELERY_STATES = ("PENDING", "RECEIVED", "STARTED", "RETRY", "SUCCESS", "FAILURE", "REVOKED", "REJECTED")
+TASKMON_STATES = ("LOST", "TIMEOUT")
 # States that end one attempt of a task that may have another under the same id: ordered by time.
 TIME_ORDERED = ("RETRY", "REJECTED")
 # Outcomes no attempt follows: a RETRY, whatever its time, belongs to an earlier attempt.

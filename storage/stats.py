@@ -20,9 +20,10 @@ from sqlalchemy.sql.expression import UnaryExpression
 from sqlalchemy.sql.operators import custom_op
 
 from storage.history import RunFilter, where
+from storage.merge import CELERY_STATES
 from storage.schema import task_runs
 
-STATES = ("PENDING", "RECEIVED", "STARTED", "RETRY", "SUCCESS", "FAILURE", "REVOKED", "REJECTED")
+STATES = CELERY_STATES
 PERCENTILES = {"p50": 0.5, "p95": 0.95, "p99": 0.99}
 ALL = object()  # the group key of the totals
 

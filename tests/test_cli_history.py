@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from cli import cli
-from tests.history_data import load_sample, now_utc
+from tests.history_data import insert, load_sample, now_utc, run
 
 RUN_KEYS = ["task_id", "name", "state", "worker", "queue", "seen_at", "started_at", "finished_at", "runtime",
             "queue_wait", "retries", "exception_type", "exception", "updated_at"]
@@ -112,6 +112,15 @@ def test_history_bad_time_is_one_line_naming_the_option(sqlite_url, option, valu
     line = one_line_error(taskmon(sqlite_url, "history", option, value), 2)
     assert line.startswith(f"Error: Invalid value for '{option}'") and "15m" in line
 
+
+def test_history_with_an_unknown_state_is_one_line_listing_the_known_ones(sample, engine):
+    db_url, now = sample
+    insert(engine, [run("c01", "reports.build", "PROGRESS", now)])
+    line = one_line_error(taskmon(db_url, "history", "--state", "SUCCESS", "--state", "bogus"), 2)
+    assert line == ("Error: Invalid value for '--state': unknown state BOGUS; known: PENDING, RECEIVED, STARTED, "
+                    "RETRY, SUCCESS, FAILURE, REVOKED, REJECTED, LOST, TIMEOUT, PROGRESS")
+    assert table_ids(ok(taskmon(db_url, "history", "--state", "progress"))) == ["c01"]  # a custom state in the history
+    assert ok(taskmon(db_url, "history", "--state", "LOST")).strip() == "no task runs match"  # known, none stored
 
 def test_history_on_an_empty_database(engine, db_url):
     assert ok(taskmon(db_url, "history")).strip() == "no task runs match"

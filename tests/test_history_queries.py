@@ -5,6 +5,7 @@ import pytest
 
 from monitor.commands.tail import follow
 from storage.history import RunFilter, changed_since, glob_to_regex, known_queues, list_runs, run_detail, task_names
+from storage.merge import CELERY_STATES, STATE_RANK, TASKMON_STATES
 from storage.runs import upsert_runs
 from storage.worker_status import list_workers, worker_state
 from tests.history_data import insert, load_sample, now_utc, run
@@ -152,3 +153,7 @@ def test_worker_state_uses_celerys_heartbeat_window():
     assert worker_state("online", 9.0, 5.0) == "online"
     assert worker_state("online", None, None) == "lost"
     assert worker_state("offline", 0.0, 2.0) == "offline"
+
+
+def test_the_states_listed_to_users_are_the_states_the_merge_ranks():
+    assert sorted(CELERY_STATES + TASKMON_STATES) == sorted(STATE_RANK)

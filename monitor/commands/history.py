@@ -33,13 +33,17 @@ def history_cmd(ctx: Context, limit, name, states, worker, queue, since, until, 
     from monitor.commands.types import OneLineBadParameter
     from monitor.commands.history_render import history_table
     from monitor.commands.render import to_csv, to_json
-    from storage.history import SUMMARY_FIELDS, list_runs
+    from storage.history import SUMMARY_FIELDS, UnknownState, check_states, list_runs
 
     if as_json and as_csv:
         raise OneLineBadParameter("use --json or --csv, not both", param_hint="'--csv'")
     f = _run_filter(ctx, utcnow(), name=name, states=states, worker=worker, queue=queue, since=since, until=until,
                     failed=failed)
     with open_store(ctx).connect() as conn:
+        try:
+            check_states(conn, f.all_states())
+        except UnknownState as exc:
+            raise OneLineBadParameter(str(exc), param_hint="'--state'") from None
         runs = list_runs(conn, f, limit=limit)
     tz = ctx.settings.tz
     if as_json:
