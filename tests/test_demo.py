@@ -23,7 +23,8 @@ SCRIPT = Path(sys.executable).with_name("taskmon")
 def demo(tmp_path, *args, program=(sys.executable, "-m", "cli")):
     env = {k: v for k, v in os.environ.items() if not k.startswith("TASKMON_")}
     env["PYTHONPATH"] = str(REPO)
-    env["PATH"] = os.pathsep.join(d for d in env.get("PATH", "").split(os.pathsep) if not (Path(d) / "taskmon").exists())
+    path = env.get("PATH", "").split(os.pathsep)
+    env["PATH"] = os.pathsep.join(d for d in path if not (Path(d) / "taskmon").exists())
     return subprocess.Popen([*program, "demo", *args], cwd=tmp_path, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
 

@@ -57,7 +57,8 @@ def received(uuid: str, t: float, retries: int = 0, hostname: str = "w1@host") -
 
 
 # Scenarios, as in celery's test_state.py (ev_task_states, ...): what the broker delivers, in order.
-LIFECYCLE = [sent("ok"), received("ok", 1), ev("started", "ok", 2), ev("succeeded", "ok", 4, result="'paid'", runtime=1.5)]
+LIFECYCLE = [sent("ok"), received("ok", 1), ev("started", "ok", 2),
+             ev("succeeded", "ok", 4, result="'paid'", runtime=1.5)]
 FAILED = [sent("bad"), received("bad", 1), ev("started", "bad", 2),
           ev("failed", "bad", 3, exception="ValueError('card declined')", traceback="Traceback ...\nValueError")]
 REVOKED = [sent("rv"), received("rv", 1), ev("started", "rv", 2), ev("revoked", "rv", 3, terminated=True, signum=15)]
@@ -192,7 +193,8 @@ def test_a_retried_task_is_one_row_describing_its_latest_attempt():
     row = one_batch(RETRIED)
     assert (row["state"], row["retries"], row["result"], row["runtime"]) == ("SUCCESS", 1, "'paid'", 0.5)
     assert (row["exception"], row["exception_type"], row["traceback"]) == (None, None, None)  # the retry's, gone
-    assert (row["sent_at"], row["received_at"], row["started_at"], row["finished_at"]) == (at(0), at(13), at(14), at(15))
+    times = (row["sent_at"], row["received_at"], row["started_at"], row["finished_at"])
+    assert times == (at(0), at(13), at(14), at(15))
     assert (row["received_attempt"], row["received_first_at"], row["redelivered"]) == (1, at(13), False)
     assert row["queue_wait"] == 14.0 and row["seen_at"] == at(0)
 
