@@ -24,6 +24,7 @@ from monitor.ingest.buffer import EventBuffer, Gap, Taken
 from monitor.ingest.counters import Counters
 from monitor.ingest.memory import release_free_memory
 from monitor.ingest.prepare import Job, Preparer
+from tasks.backoff import compute_backoff
 from storage.health import record_gap
 from storage.runs import PreparedRuns, execute_runs, row_plan, runs_from_chunks, upsert_workers
 
@@ -190,7 +191,7 @@ class Writer(threading.Thread):
         return gap_ids
 
     def _commit(self, prepared: Prepared) -> bool:
-        delay = 0.5
+        attempt = 0
         while True:
             try:
                 try:
@@ -218,7 +219,8 @@ class Writer(threading.Thread):
                     log.error("cannot write to the database (%s); retrying with backoff, events stay buffered",
                               str(getattr(exc, "orig", exc)).splitlines()[0] if str(exc) else type(exc).__name__)
                     self.healthy = False
+                delay = compute_backoff(attempt, first=0.5, cap=10.0)
+                attempt += 1
                 if self.give_up_at is not None and time.monotonic() + delay > self.give_up_at:
                     return False
                 time.sleep(delay)
-                delay = min(delay * 2, 10.0)
