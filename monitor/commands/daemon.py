@@ -38,9 +38,9 @@ def run_cmd(ctx: Context, sources: tuple, enable_events: bool, batch_size: int, 
 
 @click.command("check")
 @settings_options
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output, with each source's state.")
 def check_cmd(ctx: Context, as_json: bool) -> None:
-    """Exit 0 when the daemon is alive and the database reachable, 1 (with the reason) otherwise."""
+    """Exit 0 when the daemon is alive, every source connected and the writer keeping up; 1 (with the reason) otherwise."""
     from datetime import datetime, timezone
 
     from monitor.health import check
@@ -50,9 +50,13 @@ def check_cmd(ctx: Context, as_json: bool) -> None:
                    ctx.settings.heartbeat_stale_seconds)
     if as_json:
         status = health.status or {}
-        click.echo(json.dumps({"ok": health.ok, "reason": health.reason,
-                               "daemon_id": status.get("daemon_id"),
-                               "heartbeat_at": status["heartbeat_at"].isoformat() if status.get("heartbeat_at") else None,
+
+        def iso(key):
+            return status[key].isoformat() if status.get(key) else None
+
+        click.echo(json.dumps({"ok": health.ok, "reason": health.reason, "daemon_id": status.get("daemon_id"),
+                               "heartbeat_at": iso("heartbeat_at"), "sources": status.get("source_states") or {},
+                               "writer_lag": status.get("writer_lag"), "feed_since": iso("feed_since"),
                                "counters": status.get("counters", {})}, indent=2))
     else:
         click.echo(("OK: " if health.ok else "FAIL: ") + health.reason)
