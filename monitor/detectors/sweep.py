@@ -16,7 +16,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from monitor.ingest.counters import Counters
 from monitor.detectors import GoneWorker, StuckTask, TaskVerdict
 from monitor.detectors.deadletters import DEAD_STATES, KEEP_OPEN_STATES, dead_letter, recovery
-from monitor.detectors.lost import ACTIVE_STATES, gone_workers, lost_tasks
+from monitor.detectors.lost import ACTIVE_STATES, gone_workers, lost_tasks, watching_since
 from monitor.detectors.stuck import WAITING_STATES, stuck_tasks
 from monitor.detectors.timeout import Limits, running_over_limit
 from tasks.settings import Settings
@@ -42,6 +42,7 @@ class SweepResult:
     """What one sweep changed; the alert rules read it."""
 
     at: datetime
+    watch_since: datetime | None = None  # since when taskmon has heard every event (None: not listening)
     verdicts: list[TaskVerdict] = field(default_factory=list)
     stuck: list[StuckTask] = field(default_factory=list)
     workers_lost: list[GoneWorker] = field(default_factory=list)
@@ -97,11 +98,12 @@ class Sweeper:
         """Find and apply; ``feed_since``: since when the event feed is live and caught up (None: it is not)."""
         result = SweepResult(now)
         with self.engine.begin() as conn:
-            watch_since = None
-            if feed_since is not None:
-                gap_end = store.latest_gap_end(conn)
-                watch_since = max(feed_since, gap_end) if gap_end is not None else feed_since
+            watch_since = result.watch_since = watching_since(feed_since, store.latest_gap_end(conn))
             gone = gone_workers(store.list_workers(conn), now, multiple=self.multiple, watch_since=watch_since)
+            if watch_since is None:
+                # Not listening: a heartbeat or task event may be on its way, so only a goodbye makes
+                # tasks LOST; a lost worker's tasks wait until the feed is live again.
+                gone = {host: g for host, g in gone.items() if g.how == "offline"}
             verdicts = lost_tasks(store.runs_on_workers(conn, gone, ACTIVE_STATES), gone, now)
             lost_ids = {v.task_id for v in verdicts}
             over = store.started_before(conn, now - timedelta(seconds=self.limits.shortest()))
