@@ -1,6 +1,6 @@
 """One detector sweep: read, decide (pure functions), apply findings and dead letters in one transaction.
 
-The daemon's scheduler thread runs ``Sweeper.run`` every ``detect_interval`` seconds with its own
+The daemon's detector thread runs ``Sweeper.run`` every ``detect_interval`` seconds with its own
 database connections, so a slow sweep never holds up the event reader or the writer.
 """
 from __future__ import annotations
@@ -58,27 +58,25 @@ class SweepResult:
 
 
 class Sweeper:
-    def __init__(self, engine: Engine, settings: Settings, *, feed_ok: Callable[[], bool] = lambda: True,
-                 clock: Callable[[], datetime] = utcnow):
+    def __init__(self, engine: Engine, settings: Settings, *,
+                 feed_since: Callable[[], datetime | None] | None = None, clock: Callable[[], datetime] = utcnow):
+        """``feed_since``: since when the event feed is live and caught up, None while it is not (the
+        daemon knows); without it the feed counts as live since the sweeper was made."""
         self.engine = engine
         self.limits = Limits(settings.task_time_limit, settings.timeouts)
         self.multiple = settings.lost_after_heartbeats
         self.stuck_after = settings.stuck_after
-        self.feed_ok = feed_ok
+        created = clock()
+        self.feed_since = feed_since or (lambda: created)
         self.clock = clock
         self.counters = Counters()
-        self.feed_since: datetime | None = clock()
         self._window_start: datetime | None = None  # None: look at the whole history
 
     def run(self) -> SweepResult | None:
-        """The scheduler's job: one sweep, failures logged and counted, never raised."""
+        """The detector loop's job: one sweep, failures logged and counted, never raised."""
         now = self.clock()
-        if not self.feed_ok():
-            self.feed_since = None
-        elif self.feed_since is None:
-            self.feed_since = now
         try:
-            result = self.sweep(now, self.feed_since)
+            result = self.sweep(now, self.feed_since())
         except SQLAlchemyError as exc:
             self.counters.incr("detect.errors")
             log.warning("detector sweep failed: %s", str(getattr(exc, "orig", exc)).strip().splitlines()[0])
