@@ -23,7 +23,6 @@ def cli(verbose: int) -> None:
     """taskmon: persistent history, statistics and alerts for Celery."""
     level = logging.WARNING - 10 * verbose
     logging.basicConfig(level=max(level, logging.DEBUG), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("apscheduler").setLevel(logging.WARNING)  # not a line per detector sweep
 
 
 @cli.command("config")

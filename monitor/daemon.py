@@ -1,4 +1,4 @@
-"""`taskmon run`: wire sources -> buffer -> writer, keep a heartbeat, stop cleanly."""
+"""`taskmon run`: wire sources -> buffer -> writer, supervise every thread, keep a heartbeat, stop cleanly."""
 from __future__ import annotations
 
 import logging
@@ -7,8 +7,8 @@ import signal
 import socket
 import threading
 import time
-from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from typing import Callable
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
@@ -17,10 +17,11 @@ from monitor.ingest.buffer import EventBuffer, Gap
 from monitor.ingest.counters import merged
 from monitor.ingest.memory import tune_allocator
 from monitor.ingest.prepare import Preparer
+from monitor.ingest.writer import Writer
+from monitor.sources import Source
+from monitor.supervisor import Periodic, Service, Supervisor
 from tasks.redact import mask_url
 from tasks.settings import Settings
-from monitor.sources import Source
-from monitor.ingest.writer import Writer
 from storage.errors import first_line
 from storage.health import latest_status, write_status
 from storage.runs import row_plan
@@ -30,24 +31,8 @@ log = logging.getLogger(__name__)
 # A worker is lost after lost_after_heartbeats x its interval (>= 1 s) of silence in the store;
 # while the writer is further behind than this, the silence may be the writer's, not the worker's.
 FEED_MAX_LAG = 1.0
-
-
-@dataclass(frozen=True)
-class RunOptions:
-    sources: tuple[str, ...] = ("auto",)
-    enable_events: bool = True
-    # Events per transaction at most. The writer takes what has arrived (flush_interval at low
-    # rates); under load, bigger batches merge more events per row before any SQL runs.
-    batch_size: int = 50_000
-    flush_interval: float = 0.2
-    buffer_events: int = 200_000
-    # Helper processes that turn events into rows while the writer commits (monitor.ingest.prepare);
-    # 0: the writer thread does it itself.
-    prepare_processes: int = 1
-    status_interval: float = 5.0
-    log_interval: float = 60.0
-    stop_timeout: float = 8.0
-    enable_events_interval: float = 10.0  # re-broadcast, for workers started after the daemon
+# How often the watchdog looks at every thread (and samples whether the feed is live).
+SUPERVISE_INTERVAL = 0.5
 
 
 def resolve_sources(names: tuple[str, ...], broker_url: str) -> tuple[str, ...]:
@@ -68,77 +53,98 @@ def resolve_sources(names: tuple[str, ...], broker_url: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(out))
 
 
+def _pubsub(settings: Settings, buffer: EventBuffer) -> Source:
+    from monitor.sources.redis_pubsub import RedisPubSubSource
+
+    return RedisPubSubSource(buffer, settings.broker_url)
+
+
+def _stream(settings: Settings, buffer: EventBuffer) -> Source:
+    from monitor.sources.redis_stream import RedisStreamSource
+
+    return RedisStreamSource(buffer, settings.broker_url, stream=settings.relay_stream)
+
+
+def _amqp(settings: Settings, buffer: EventBuffer) -> Source:
+    from monitor.sources.amqp import AmqpSource
+
+    return AmqpSource(buffer, settings.broker_url, queue=settings.amqp_queue)
+
+
+# Imported when chosen: kombu, hiredis and the like load only for the sources a daemon reads.
+SOURCES: dict[str, Callable[[Settings, EventBuffer], Source]] = {"pubsub": _pubsub, "stream": _stream, "amqp": _amqp}
+
+
 def build_sources(names: tuple[str, ...], settings: Settings, buffer: EventBuffer) -> list[Source]:
-    sources: list[Source] = []
     for name in names:
-        if name == "pubsub":
-            from monitor.sources.redis_pubsub import RedisPubSubSource
-
-            sources.append(RedisPubSubSource(buffer, settings.broker_url))
-        elif name == "stream":
-            from monitor.sources.redis_stream import RedisStreamSource
-
-            sources.append(RedisStreamSource(buffer, settings.broker_url, stream=settings.relay_stream))
-        elif name == "amqp":
-            from monitor.sources.amqp import AmqpSource
-
-            sources.append(AmqpSource(buffer, settings.broker_url, queue=settings.amqp_queue))
-        else:
+        if name not in SOURCES:
             raise ValueError(f"unknown source {name!r} (use pubsub, stream, amqp or auto)")
-    return sources
+    return [SOURCES[name](settings, buffer) for name in names]
 
 
-def enable_events_loop(broker_url: str, interval: float, stop: threading.Event) -> None:
-    """Ask every worker to send task events, now and every ``interval`` s, as Flower does.
+class EnableEvents:
+    """Asks every worker to send task events, as Flower does: workers started without -E (or after
+    the daemon) begin at the next broadcast."""
 
-    Workers started without -E (or after the daemon) begin sending events at the next broadcast.
-    """
-    from tasks.client import client_app
+    def __init__(self, broker_url: str):
+        from tasks.client import client_app
 
-    app = client_app(broker_url, name="taskmon-control")
-    warned = False
-    try:
-        while not stop.is_set():
-            try:
-                app.control.enable_events()
-                warned = False
-            except Exception as exc:  # noqa: BLE001 - any broker error only means "not now"
-                if not warned:
-                    log.warning("could not broadcast enable_events (%s); workers need -E", exc)
-                    warned = True
-            stop.wait(interval)
-    finally:
-        app.close()
+        self.app = client_app(broker_url, name="taskmon-control")
+        self.warned = False
+
+    def __call__(self) -> None:
+        try:
+            self.app.control.enable_events()
+            self.warned = False
+        except Exception as exc:  # noqa: BLE001 - any broker error only means "not now"
+            if not self.warned:
+                log.warning("could not broadcast enable_events (%s); workers need -E", exc)
+                self.warned = True
+
+    def close(self) -> None:
+        self.app.close()
 
 
 class Daemon:
-    def __init__(self, settings: Settings, engine: Engine, options: RunOptions = RunOptions()):
+    """Sources -> buffer -> writer, the detector and alert loop, heartbeats; every thread supervised."""
+
+    def __init__(self, settings: Settings, engine: Engine):
+        if settings.status_interval >= settings.heartbeat_stale_seconds:
+            raise ValueError(f"status_interval: must be less than heartbeat_stale_seconds "
+                             f"({settings.heartbeat_stale_seconds}), or every heartbeat is stale; got {settings.status_interval:g}")
         self.settings = settings
         self.engine = engine
-        self.options = options
         tune_allocator()  # before the threads start: see monitor.ingest.memory
-        self.buffer = EventBuffer(options.buffer_events)
-        self.source_names = resolve_sources(options.sources, settings.broker_url)
+        self.buffer = EventBuffer(settings.buffer_events)
+        self.source_names = resolve_sources(settings.event_sources, settings.broker_url)
         self.sources = build_sources(self.source_names, settings, self.buffer)
         self.reconciler = None
         if settings.result_backend:
             from monitor.ingest.reconcile import Reconciler
 
             self.reconciler = Reconciler(engine, settings)
-        self.preparer = Preparer(row_plan(engine.dialect), settings.field_max_bytes, processes=options.prepare_processes)
+        self.preparer = Preparer(row_plan(engine.dialect), settings.field_max_bytes, processes=settings.prepare_processes)
         self.writer = Writer(engine, self.buffer, field_max_bytes=settings.field_max_bytes,
-                             batch_size=options.batch_size, flush_interval=options.flush_interval,
-                             on_gap=self.reconciler.submit if self.reconciler else None, preparer=self.preparer)
+                             batch_size=settings.batch_size, flush_interval=settings.flush_interval,
+                             on_gap=self._reconcile if self.reconciler else None, preparer=self.preparer)
         self.daemon_id = f"{socket.gethostname()}:{os.getpid()}"
         self.started_at = datetime.now(timezone.utc)
         self.stop_event = threading.Event()
-        self.detector = self.scheduler = None  # started in start()
+        self.exit_reason: str | None = None  # why the daemon stops itself; None: asked to stop
+        self.supervisor = Supervisor()
+        self.watchdog = Periodic("supervisor", SUPERVISE_INTERVAL, self._supervise)
+        self.heartbeats = Periodic("heartbeat", settings.status_interval, self._beat, at_start=True)
+        self.broadcaster: EnableEvents | None = None
+        self.broadcasts: Periodic | None = None
+        self.detector = self.detect_loop = None  # started in start() when detect_interval is set
         self.alerter = None  # evaluates the alert rules after each sweep
+        self._feed_lock = threading.Lock()
+        self._caught_up_since: datetime | None = None
+        self._last_log: tuple[float, dict] = (time.monotonic(), {})  # when the rates were last logged, and the counts
 
     def counters(self) -> dict[str, int]:
-        parts = [self.writer.counters, self.preparer.counters, *(s.counters for s in self.sources)]
-        if self.reconciler is not None:
-            parts.append(self.reconciler.counters)
+        parts = [self.writer.counters, self.preparer.counters, self.supervisor.counters,
+                 *(s.counters for s in self.sources), *(s.counters for s in self._services())]
         if self.detector is not None:
             parts.append(self.detector.counters)
         if self.alerter is not None:
@@ -147,40 +153,51 @@ class Daemon:
         out["buffered"] = len(self.buffer)
         return out
 
+    def _services(self) -> list[Service]:
+        return [s for s in (self.reconciler, self.broadcasts, self.detect_loop, self.heartbeats, self.watchdog)
+                if s is not None]
+
     def start(self) -> None:
         self._record_downtime()
         self.writer.start()
-        if self.reconciler is not None:
-            self.reconciler.start()
+        self.supervisor.watch("writer", self.writer, restart=False)  # it holds uncommitted batches
         for source in self.sources:
             source.start()
-        if self.options.enable_events:
-            threading.Thread(target=enable_events_loop, name="taskmon-enable-events", daemon=True,
-                             args=(self.settings.broker_url, self.options.enable_events_interval, self.stop_event)).start()
+            self.supervisor.watch(source.name, source)
+        if self.reconciler is not None:
+            self.reconciler.start()
+            self.supervisor.watch("reconcile", self.reconciler)
+        if self.settings.enable_events:
+            self.broadcaster = EnableEvents(self.settings.broker_url)
+            self.broadcasts = Periodic("enable-events", self.settings.enable_events_interval, self.broadcaster,
+                                       at_start=True)
+            self.broadcasts.start()
+            self.supervisor.watch("enable-events", self.broadcasts)
         self._start_detectors()
+        self._last_log = (time.monotonic(), self.counters())
+        self.heartbeats.start()
+        self.supervisor.watch("heartbeat", self.heartbeats)
+        self.watchdog.start()
         log.info("taskmon daemon %s: sources %s, database %s", self.daemon_id, ",".join(self.source_names),
                  self.engine.url.render_as_string(hide_password=True))
 
     def _start_detectors(self) -> None:
         """Detector sweeps every detect_interval seconds, each followed by the alert rules' evaluation,
-        in APScheduler's thread with their own connections."""
+        in a thread of their own with their own connections."""
         if not self.settings.detect_interval:
             return
-        from apscheduler.schedulers.background import BackgroundScheduler
-
         from monitor.alerts.runner import AlertRunner
         from monitor.detectors.sweep import Sweeper
 
-        self.detector = Sweeper(self.engine, self.settings, feed_ok=self._feed_ok)
+        self.detector = Sweeper(self.engine, self.settings, feed_since=self.feed_since)
         alerter = AlertRunner(self.engine, self.settings)
         if alerter.enabled:
             self.alerter = alerter
         else:
             alerter.close()
-        self.scheduler = BackgroundScheduler(timezone=timezone.utc)
-        self.scheduler.add_job(self._detect_and_alert, "interval", seconds=self.settings.detect_interval,
-                               id="detect", max_instances=1, coalesce=True)
-        self.scheduler.start()
+        self.detect_loop = Periodic("detect", self.settings.detect_interval, self._detect_and_alert)
+        self.detect_loop.start()
+        self.supervisor.watch("detect", self.detect_loop)
 
     def _detect_and_alert(self) -> None:
         """One sweep, then the alert rules on what it found; each logs and counts its own failures."""
@@ -188,11 +205,38 @@ class Daemon:
         if self.alerter is not None:
             self.alerter.run(result)
 
-    def _feed_ok(self) -> bool:
-        """Whether stored heartbeats are current: every source connected and the writer keeping up
-        (nothing received more than FEED_MAX_LAG seconds ago is still uncommitted)."""
-        return (all(source.connected.is_set() for source in self.sources) and self.writer.healthy
-                and len(self.buffer) < self.options.batch_size and self.writer.lag() < FEED_MAX_LAG)
+    def _reconcile(self, gap_id: int, gap: Gap) -> None:
+        """Ask the result backend about tasks a gap may have left unfinished; a durable source's gap
+        (events_lost 0: the broker kept them) needs no answer."""
+        if gap.events_lost != 0:
+            self.reconciler.submit(gap_id, gap)
+
+    def feed_since(self) -> datetime | None:
+        """Since when every source has been connected and the writer caught up; None while not.
+
+        Only then are the stored heartbeats current, and a worker's silence means anything.
+        While the writer is further behind than FEED_MAX_LAG, the silence may be the writer's.
+        """
+        now = datetime.now(timezone.utc)
+        with self._feed_lock:
+            live = (all(s.connected.is_set() and s.is_alive() for s in self.sources)
+                    and self.writer.is_alive() and self.writer.healthy
+                    and len(self.buffer) < self.settings.batch_size and self.writer.lag() < FEED_MAX_LAG)
+            if not live:
+                self._caught_up_since = None
+                return None
+            if self._caught_up_since is None:
+                self._caught_up_since = now
+            return max(self._caught_up_since, *(s.since for s in self.sources))
+
+    def _supervise(self) -> None:
+        """The watchdog's job: restart what died, stop the daemon when something cannot be kept running."""
+        self.feed_since()  # sampled often, so that a short stall is not missed between sweeps
+        reason = self.supervisor.check()
+        if reason is not None and self.exit_reason is None:
+            self.exit_reason = reason
+            log.error("%s; stopping (exit 1) so that the service manager starts taskmon again", reason)
+            self.stop_event.set()
 
     def _record_downtime(self) -> None:
         """A daemon that starts after another one stopped (or died) missed what came between."""
@@ -216,30 +260,40 @@ class Daemon:
             with self.engine.begin() as conn:
                 write_status(conn, daemon_id=self.daemon_id, hostname=socket.gethostname(), pid=os.getpid(),
                              sources=",".join(self.source_names), started_at=self.started_at, heartbeat_at=now,
-                             counters=self.counters(), stopped_at=now if stopped else None)
+                             counters=self.counters(), stopped_at=now if stopped else None,
+                             source_states={s.name: s.state() for s in self.sources},
+                             writer_lag=round(self.writer.lag(), 3), feed_since=None if stopped else self.feed_since(),
+                             stop_reason=self.exit_reason if stopped else None)
             return True
         except SQLAlchemyError as exc:
             log.warning("cannot write the daemon heartbeat: %s", first_line(exc))
             return False
 
+    def _beat(self) -> None:
+        """The heartbeat thread's job: the status row, and the rates in the log every log_interval."""
+        self.heartbeat()
+        since, before = self._last_log
+        elapsed = time.monotonic() - since
+        if elapsed >= self.settings.log_interval:
+            after = self.counters()
+            self._log_rates(before, after, elapsed)
+            self._last_log = (time.monotonic(), after)
+
     def serve(self) -> int:
-        """Run until SIGTERM/SIGINT (or stop()); flush and return the exit code."""
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: self.stop_event.set())
-        self.start()
-        last_log = time.monotonic()
-        last_counts = self.counters()
-        while not self.stop_event.wait(self.options.status_interval):
-            self.heartbeat()
-            if time.monotonic() - last_log >= self.options.log_interval:
-                counts = self.counters()
-                elapsed = time.monotonic() - last_log
-                self._log_rates(last_counts, counts, elapsed)
-                last_counts, last_log = counts, time.monotonic()
-            if not self.writer.is_alive():
-                log.error("the writer thread died; stopping")
-                break
-        return self.shutdown()
+        """Run until SIGTERM/SIGINT (or stop()), or until a thread cannot be kept running; flush and
+        return the exit code: 0 when asked to stop, 1 when the daemon stopped itself."""
+        previous = {sig: signal.signal(sig, lambda *_: self.stop_event.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            self.start()
+            while not self.stop_event.wait(1.0):
+                if not self.watchdog.is_alive():
+                    self.exit_reason = f"the supervisor thread died ({self.watchdog.last_error})"
+                    log.error("%s; stopping", self.exit_reason)
+                    break
+            return self.shutdown()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
     def _log_rates(self, before: dict, after: dict, elapsed: float) -> None:
         def rate(key: str) -> float:
@@ -255,25 +309,38 @@ class Daemon:
 
     def shutdown(self) -> int:
         self.stop_event.set()
-        deadline = time.monotonic() + self.options.stop_timeout
-        if self.scheduler is not None:
-            self.scheduler.shutdown(wait=True)
+        deadline = time.monotonic() + self.settings.stop_timeout
+
+        def remaining() -> float:
+            return max(deadline - time.monotonic(), 0.1)
+
+        for loop in (self.watchdog, self.heartbeats):  # nothing is restarted from here on
+            loop.stop()
+            loop.join(remaining())
+        if self.detect_loop is not None:
+            self.detect_loop.stop()
+            self.detect_loop.join(remaining())  # a sweep under way finishes
         if self.alerter is not None:
             self.alerter.close()
+        if self.broadcasts is not None:
+            self.broadcasts.stop()
         for source in self.sources:
             source.stop()
         for source in self.sources:
-            source.join(max(deadline - time.monotonic(), 0.1) / 2)
+            source.join(remaining() / 2)
         self.writer.stop(deadline)
-        self.writer.join(max(deadline - time.monotonic(), 0.1))
+        self.writer.join(remaining())
         self.preparer.close()
         if self.reconciler is not None:
             self.reconciler.stop()
         for source in self.sources:
             source.after_flush()
+        if self.broadcasts is not None:
+            self.broadcasts.join(remaining())
+            self.broadcaster.close()
         self.heartbeat(stopped=True)
         counts = self.counters()
         log.warning("stopped: %d events received, %d rows written, %d lost on shutdown",
                     counts.get("events_received", 0), counts.get("rows_written", 0),
                     counts.get("events_lost_on_shutdown", 0))
-        return 0
+        return 0 if self.exit_reason is None else 1

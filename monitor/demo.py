@@ -141,7 +141,7 @@ def summarize(engine, tz, smtp: "SmtpSink", echo: Callable[[str], None]) -> None
 
 
 def run_demo(plan: DemoPlan, echo: Callable[[str], None], timezone: str = "UTC") -> int:
-    from monitor.daemon import Daemon, RunOptions
+    from monitor.daemon import Daemon
     from storage.db import ensure_schema, make_engine
 
     workdir = plan.workdir.resolve()
@@ -156,7 +156,8 @@ def run_demo(plan: DemoPlan, echo: Callable[[str], None], timezone: str = "UTC")
         with RedisServer() as redis_server, SmtpSink() as smtp:
             settings = Settings(broker_url=redis_server.url, database_url=f"sqlite:///{db_path}",
                                 smtp_host="127.0.0.1", smtp_port=smtp.port,
-                                alert_recipients=("ops@example.com",), timezone=timezone)
+                                alert_recipients=("ops@example.com",), timezone=timezone,
+                                event_sources=("pubsub", "stream"), enable_events=False)
             echo(f"redis-server on {redis_server.url}, history in {db_path}, SMTP sink on 127.0.0.1:{smtp.port}")
             engine = make_engine(settings.database_url)
             ensure_schema(engine)
@@ -164,7 +165,7 @@ def run_demo(plan: DemoPlan, echo: Callable[[str], None], timezone: str = "UTC")
                        TASKMON_SMTP_HOST="127.0.0.1", TASKMON_SMTP_PORT=str(smtp.port),
                        TASKMON_ALERT_RECIPIENTS="ops@example.com", TASKMON_TIMEZONE=settings.timezone)
             env.pop("TASKMON_CONFIG", None)
-            daemon = Daemon(settings, engine, RunOptions(sources=("pubsub", "stream"), enable_events=False))
+            daemon = Daemon(settings, engine)
             daemon.start()
             processes.start([sys.executable, "-m", "celery", "-A", "tasks", "worker", "-B", "-E", "-Q", QUEUES,
                              "-c", "2", "-l", "info", "-n", "demo@%h",

@@ -1,4 +1,9 @@
-"""Is the daemon alive and the database reachable? (what `taskmon check` answers)"""
+"""Is the daemon alive, listening and keeping up, and the database reachable? (what `taskmon check` answers)
+
+Judged from the newest heartbeat in daemon_status: fresh, every source connected (its thread
+alive), and the writer not behind; a source down or the writer behind for longer than the stale
+threshold fails, a shorter blip (a reconnect) does not.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -29,9 +34,38 @@ def check(engine: Engine, now: datetime, stale_seconds: float) -> Health:
         return Health(False, unreachable_message(engine, exc))
     if status is None:
         return Health(False, "no taskmon daemon has run against this database: start `taskmon run`")
+    return judge(status, now, stale_seconds)
+
+
+def judge(status: dict[str, Any], now: datetime, stale_seconds: float) -> Health:
+    """The verdict on one daemon_status row at ``now``."""
+    daemon = f"daemon {status['daemon_id']}"
     if status["stopped_at"] is not None:
-        return Health(False, f"daemon {status['daemon_id']} stopped at {status['stopped_at'].isoformat()}", status)
+        why = f": {status['stop_reason']}" if status.get("stop_reason") else ""
+        return Health(False, f"{daemon} stopped at {status['stopped_at'].isoformat()}{why}", status)
     age = (now - status["heartbeat_at"]).total_seconds()
     if age > stale_seconds:
-        return Health(False, f"daemon {status['daemon_id']} heartbeat is {age:.0f}s old (limit {stale_seconds:.0f}s)", status)
-    return Health(True, f"daemon {status['daemon_id']} alive, heartbeat {age:.0f}s ago", status)
+        return Health(False, f"{daemon} heartbeat is {age:.0f}s old (limit {stale_seconds:.0f}s)", status)
+    for name, state in sorted((status.get("source_states") or {}).items()):
+        if state["connected"]:
+            continue
+        down = (now - datetime.fromisoformat(state["since"])).total_seconds()
+        if down > stale_seconds:
+            how = "thread is dead" if not state["alive"] else "disconnected"
+            error = f": {state['error']}" if state.get("error") else ""
+            return Health(False, f"{daemon}: source {name} {how} for {down:.0f}s (limit {stale_seconds:.0f}s){error}",
+                          status)
+    lag = status.get("writer_lag") or 0.0
+    if lag > stale_seconds:
+        return Health(False, f"{daemon}: the writer is {lag:.0f}s behind (limit {stale_seconds:.0f}s): events "
+                             f"received are not committed; is the database slow or locked?", status)
+    return Health(True, f"{daemon} alive, heartbeat {age:.0f}s ago", status)
+
+
+def listening_since(status: dict[str, Any] | None, now: datetime, stale_seconds: float) -> datetime | None:
+    """Since when a running daemon has heard every event (its feed_since), or None: no fresh heartbeat."""
+    if status is None or status["stopped_at"] is not None:
+        return None
+    if (now - status["heartbeat_at"]).total_seconds() > stale_seconds:
+        return None
+    return status.get("feed_since")

@@ -128,6 +128,11 @@ daemon_status = Table(
     Column("heartbeat_at", UTCDateTime, nullable=False),
     Column("stopped_at", UTCDateTime),
     Column("counters", Text, nullable=False),
+    # Per source (JSON): connected or not, since when, thread alive, restarts, last error.
+    Column("source_states", Text),
+    Column("writer_lag", Float),  # seconds the oldest event received but not committed has waited
+    Column("feed_since", UTCDateTime),  # since when every source is connected and the writer caught up
+    Column("stop_reason", Text),  # why a daemon stopped itself (a thread that kept dying)
     Index(None, "heartbeat_at"),
 )
 

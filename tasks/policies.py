@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from celery import Task
 
+from tasks.backoff import compute_backoff
+
 
 class BadInput(ValueError):
     """A job was given arguments it cannot use (unknown bill, negative days); the message says which."""
@@ -50,8 +52,5 @@ class AlertTask(AppTask):
     max_retries = None  # the task passes alert_max_retries on each retry
 
     def retry_delay(self, retries: int) -> float:
-        import random
-
         s = self.settings
-        ceiling = min(s.alert_retry_delay * 2 ** min(retries, 30), s.alert_retry_max_delay)
-        return ceiling * (0.5 + random.random() / 2)
+        return compute_backoff(retries, first=s.alert_retry_delay, cap=s.alert_retry_max_delay)

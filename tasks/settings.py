@@ -5,6 +5,7 @@ Precedence: CLI flag > environment (``TASKMON_*``) > config file (TOML) > defaul
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import sys
 from dataclasses import dataclass, field, fields
@@ -45,6 +46,19 @@ class Settings:
     retention_max_records: int = 0
     field_max_bytes: int = 16384
     event_sources: tuple[str, ...] = ("auto",)
+    # The daemon (`taskmon run`)
+    enable_events: bool = True
+    # Events per transaction at most. The writer takes what has arrived (flush_interval at low
+    # rates); under load, bigger batches merge more events per row before any SQL runs.
+    batch_size: int = 50_000
+    flush_interval: float = 0.2
+    buffer_events: int = 200_000
+    # Helper processes that turn events into rows while the writer commits (monitor.ingest.prepare).
+    prepare_processes: int = 1
+    status_interval: float = 5.0
+    log_interval: float = 60.0
+    stop_timeout: float = 8.0
+    enable_events_interval: float = 10.0
     relay_stream: str = "taskmon:events"
     relay_maxlen: int = 1_000_000
     amqp_queue: str = "taskmon.events"
@@ -92,10 +106,23 @@ DESCRIPTIONS: dict[str, str] = {
     "retention_max_records": "Cleanup keeps at most this many newest task runs; 0: no cap",
     "field_max_bytes": "args/kwargs/result/traceback longer than this are truncated and marked",
     "event_sources": "Comma-separated: pubsub, stream (durable relay), amqp, or auto (pubsub+stream on Redis, amqp on RabbitMQ)",
+    "enable_events": "The daemon broadcasts enable_events to every worker, as Flower does (`--no-enable-events`: off)",
+    "batch_size": "Most events the daemon writes in one transaction (1-100000)",
+    "flush_interval": "Seconds the writer waits for more events before it writes a partial batch",
+    "buffer_events": "Events held in memory while the database is slow or away (1000-10000000); pub/sub drops "
+                     "and counts beyond it, durable sources wait",
+    "prepare_processes": "Helper processes that turn events into rows while the writer commits (0-8); 0: the "
+                         "writer does it",
+    "status_interval": "Seconds between the daemon's heartbeats in daemon_status; must be less than "
+                       "heartbeat_stale_seconds",
+    "log_interval": "Seconds between the daemon's log lines with its rates",
+    "stop_timeout": "Seconds the daemon spends on SIGTERM writing what it holds before it gives up",
+    "enable_events_interval": "Seconds between enable_events broadcasts, for workers started after the daemon",
     "relay_stream": "Redis stream the durable relay writes events to",
     "relay_maxlen": "Approximate cap on the relay stream's length (oldest entries trimmed)",
     "amqp_queue": "Durable RabbitMQ queue the daemon binds to the celeryev exchange",
-    "heartbeat_stale_seconds": "`taskmon check` fails when the daemon's heartbeat is older than this",
+    "heartbeat_stale_seconds": "`taskmon check` fails when the daemon's heartbeat is older than this, a source "
+                               "has been disconnected or the writer behind for longer",
     "report_recipients": "Comma-separated addresses that receive the scheduled reports; empty: alert_recipients",
     "cleanup_chunk_size": "Rows cleanup deletes per transaction, so a large delete never holds a long lock",
     "audit_retention_days": "Audit log entries older than this many days are removed by cleanup; 0 keeps all",
@@ -123,7 +150,8 @@ DESCRIPTIONS: dict[str, str] = {
 SECRET_FIELDS = {"smtp_password"}
 TABLE_FIELDS = {"timeouts", "alerts"}  # settings written as a TOML table
 URL_FIELDS = {"broker_url", "result_backend", "database_url"}
-SOURCES = ("default", "file", "env", "flag")
+# What event_sources may name (the daemon's source registry builds each; `taskmon run --source` offers them).
+EVENT_SOURCES = ("auto", "pubsub", "stream", "amqp")
 
 
 @dataclass(frozen=True)
@@ -133,7 +161,7 @@ class LoadedSettings:
     settings: Settings
     origins: Mapping[str, str] = field(default_factory=dict)
     config_path: Path | None = None
-    file_data: Mapping[str, Any] = field(default_factory=dict)
+    flags: Mapping[str, Any] = field(default_factory=dict)
 
     def rows(self) -> list[tuple[str, str, str]]:
         """(name, displayable value, origin) for every setting, secrets masked."""
@@ -143,7 +171,9 @@ class LoadedSettings:
             out.append((f.name, display_value(f.name, value), self.origins.get(f.name, "default")))
         return out
 
-
+    def with_flags(self, flags: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> "LoadedSettings":
+        """The same settings with more command-line flags (a command's own options, e.g. `taskmon run`'s)."""
+        return load_settings({**self.flags, **flags}, environ=environ, config_path=self.config_path)
 
 
 def display_value(name: str, value: Any) -> str:
@@ -240,12 +270,18 @@ def validate(s: Settings) -> Settings:
         _check_url("result_backend", s.result_backend, None)
     _check_database_url(s.database_url)
     for source in s.event_sources:
-        if source not in {"auto", "pubsub", "stream", "amqp"}:
+        if source not in EVENT_SOURCES:
             raise SettingsError(f"event_sources: unknown source {source!r} (use pubsub, stream, amqp or auto)")
     if not s.event_sources:
         raise SettingsError("event_sources: name at least one source")
     if s.heartbeat_stale_seconds < 1:
         raise SettingsError(f"heartbeat_stale_seconds: must be 1 or more, got {s.heartbeat_stale_seconds}")
+    for name, low, high in RANGES:
+        if not low <= getattr(s, name) <= high:
+            raise SettingsError(f"{name}: must be {low:,} to {high:,}, got {getattr(s, name):,}")
+    for name in ("flush_interval", "status_interval", "log_interval", "stop_timeout", "enable_events_interval"):
+        if getattr(s, name) <= 0:
+            raise SettingsError(f"{name}: must be more than 0, got {getattr(s, name):g}")
     for name in ("retention_days", "retention_max_records", "field_max_bytes", "relay_maxlen",
                  "audit_retention_days", "notification_retention_days", "backup_keep"):
         if getattr(s, name) < 0:
@@ -276,6 +312,10 @@ def validate(s: Settings) -> Settings:
             if "@" not in addr:
                 raise SettingsError(f"{name}: {addr!r} is not an e-mail address")
     return s
+
+
+# Integer settings with bounds: (name, lowest, highest).
+RANGES = (("batch_size", 1, 100_000), ("buffer_events", 1000, 10_000_000), ("prepare_processes", 0, 8))
 
 
 def _check_url(name: str, url: str, schemes: set[str] | None) -> None:
@@ -329,10 +369,8 @@ def load_settings(
     resolved = Path(path) if path else None
     file_data: dict[str, Any] = read_config_file(resolved) if resolved is not None else {}
     for key, raw in file_data.items():
-        if isinstance(raw, dict) and key not in TABLE_FIELDS:
-            continue  # a table ([alerts], ...) read by the part of taskmon it configures
         if key not in names:
-            raise SettingsError(f"config: unknown setting {key!r} in {resolved}")
+            raise SettingsError(_unknown_in_file(key, raw, resolved, names))
         values[key], origins[key] = _coerce(key, raw), "file"
 
     for name in names:
@@ -346,4 +384,18 @@ def load_settings(
         values[name], origins[name] = _coerce(name, raw), "flag"
 
     settings = validate(dataclasses.replace(Settings(), **values))
-    return LoadedSettings(settings, origins, resolved, file_data)
+    return LoadedSettings(settings, origins, resolved, flags)
+
+
+def _unknown_in_file(key: str, raw: Any, path: Path | None, names: set[str]) -> str:
+    """A misspelt top-level key or table is refused, never ignored: say which, and what was meant."""
+    if isinstance(raw, dict):
+        sub = next((k for k, v in raw.items() if isinstance(v, dict)), None)
+        shown = f"[{key}.{sub}]" if sub else f"[{key}]"
+        close = difflib.get_close_matches(key, sorted(TABLE_FIELDS), n=1)
+        hint = f" (did you mean [{close[0]}{'.' + sub if sub else ''}]?)" if close else \
+            f" (tables: {', '.join(f'[{t}]' for t in sorted(TABLE_FIELDS))})"
+        return f"config: unknown table {shown} in {path}{hint}"
+    close = difflib.get_close_matches(key, sorted(names), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else " (`taskmon config` lists every setting)"
+    return f"config: unknown setting {key!r} in {path}{hint}"

@@ -6,7 +6,7 @@ from contextlib import contextmanager
 
 from sqlalchemy import select
 
-from monitor.daemon import Daemon, RunOptions
+from monitor.daemon import Daemon
 from tasks.settings import Settings
 from storage.db import make_engine, upgrade
 from storage.schema import task_runs
@@ -16,8 +16,9 @@ from storage.schema import task_runs
 def running_daemon(broker_url: str, db_url: str, *, sources=("pubsub",), wait_connected=True, **settings):
     engine = make_engine(db_url)
     upgrade(engine)
-    daemon = Daemon(Settings(broker_url=broker_url, database_url=db_url, **settings), engine,
-                    RunOptions(sources=sources, enable_events=False, status_interval=0.5, flush_interval=0.05))
+    settings = {"event_sources": sources, "enable_events": False, "status_interval": 0.5, "flush_interval": 0.05,
+                **settings}
+    daemon = Daemon(Settings(broker_url=broker_url, database_url=db_url, **settings), engine)
     daemon.start()
     try:
         if wait_connected:

@@ -74,29 +74,43 @@ def test_stuck_tasks_are_occurrences_of_the_stuck_rule():
     assert [(o.rule, o.key) for o in cond.stuck_occurrences(stuck, RULES, at(1))] == [("stuck", "stuck:reports.daily:-")]
 
 
-def worker(status, last=0, host="w1@host"):
-    return {"hostname": host, "status": status, "last_heartbeat": at(last)}
+def worker(status, last=0, host="w1@host", freq=2.0):
+    return {"hostname": host, "status": status, "last_heartbeat": at(last), "freq": freq}
+
+
+def workers_at(rows, now, watch_since=None):
+    return cond.worker_conditions(rows, now, multiple=2, watch_since=watch_since)
 
 
 def test_worker_offline_fires_once_and_resolves_once_when_it_is_back():
     ev = ("worker_offline",)
-    actions, groups = step({}, conditions=cond.worker_conditions([worker("lost")], at(5)), now=at(5), evaluated=ev)
+    actions, groups = step({}, conditions=workers_at([worker("lost")], at(5)), now=at(5), evaluated=ev)
     assert actions == [("fire", "worker_offline:w1@host", 1)]
-    actions, groups = step(groups, conditions=cond.worker_conditions([worker("lost")], at(15)), now=at(15), evaluated=ev)
+    actions, groups = step(groups, conditions=workers_at([worker("lost")], at(15)), now=at(15), evaluated=ev)
     assert actions == []
-    actions, groups = step(groups, conditions=cond.worker_conditions([worker("online", 20)], at(25)), now=at(25),
-                           evaluated=ev)
+    actions, groups = step(groups, conditions=workers_at([worker("online", 23)], at(25)), now=at(25), evaluated=ev)
     assert actions == [("resolved", "worker_offline:w1@host", 0)] and groups == {}
 
 
+def test_worker_offline_uses_the_detectors_rule_for_silence():
+    silent = [worker("online", last=0)]
+    assert workers_at(silent, at(3.9), watch_since=at(-60)) == []
+    (found,) = workers_at(silent, at(4), watch_since=at(-60))  # 2 x its 2 s interval, while listening
+    assert found.key == "worker_offline:w1@host" and "lost" in found.message and found.detail["status"] == "lost"
+    assert workers_at(silent, at(100)) == []  # not listening: silence proves nothing, nothing fires
+    assert workers_at(silent, at(100), watch_since=at(98)) == []  # listening again, within its grace
+    (gone,) = workers_at([worker("offline", last=0)], at(1))
+    assert "offline: it shut down" in gone.message
+
+
 def test_a_condition_whose_input_could_not_be_read_neither_fires_nor_resolves():
-    _, groups = step({}, conditions=cond.worker_conditions([worker("offline")], at(5)), now=at(5),
+    _, groups = step({}, conditions=workers_at([worker("offline")], at(5)), now=at(5),
                      evaluated=("worker_offline",))
     assert step(groups, now=at(10), evaluated=())[0] == []
 
 
 def test_workers_gone_long_before_are_history():
-    assert cond.worker_conditions([worker("offline", last=-2 * 86400)], NOW) == []
+    assert workers_at([worker("offline", last=-2 * 86400)], NOW) == []
 
 
 def test_queue_depth_fires_only_after_holding_for_the_configured_time_and_resolves_when_drained():

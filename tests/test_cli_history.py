@@ -207,15 +207,50 @@ def test_stats_on_an_empty_database_and_a_bad_since(engine, db_url):
 
 # -- workers -------------------------------------------------------------------------------------
 
-def test_workers_table_and_json(sample):
-    db_url, _ = sample
+def listening_daemon(engine, now, feed_since):
+    """A daemon_status row as a running daemon whose feed has been live since ``feed_since`` writes it."""
+    from storage.health import write_status
+
+    with engine.begin() as conn:
+        write_status(conn, daemon_id="h:1", hostname="h", pid=1, sources="pubsub", started_at=feed_since,
+                     heartbeat_at=now, counters={}, source_states={}, writer_lag=0.0, feed_since=feed_since)
+
+
+def worker_states(db_url):
     out = ok(taskmon(db_url, "workers"))
-    states = {line.split()[0]: line.split()[1] for line in out.strip().splitlines()[2:]}
-    assert states == {"celery@a": "online", "celery@b": "lost", "celery@c": "offline"}
+    return {line.split()[0]: line.split()[1] for line in out.strip().splitlines()[2:]}
+
+
+def test_workers_table_and_json(sample, engine):
+    db_url, now = sample
+    listening_daemon(engine, now, now - timedelta(hours=1))
+    assert worker_states(db_url) == {"celery@a": "online", "celery@b": "lost", "celery@c": "offline"}
     rows = json.loads(ok(taskmon(db_url, "workers", "--json")))
     assert list(rows[0]) == ["hostname", "state", "status", "last_heartbeat", "heartbeat_age", "active", "processed",
                              "loadavg", "freq", "software", "first_seen"]
     assert rows[0]["processed"] == 120 and rows[1]["heartbeat_age"] >= 600
+
+
+def test_a_silent_worker_is_unknown_while_no_daemon_listens_and_lost_once_the_sweep_said_so(sample, engine):
+    from storage.detection import mark_worker_lost
+
+    db_url, now = sample
+    assert worker_states(db_url)["celery@b"] == "unknown"  # nothing was listening: its silence proves nothing
+    listening_daemon(engine, now, now - timedelta(seconds=2))
+    assert worker_states(db_url)["celery@b"] == "unknown"  # listening for less than its grace (2 x 2 s)
+    with engine.begin() as conn:
+        assert mark_worker_lost(conn, "celery@b", now - timedelta(minutes=10), now)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("DELETE FROM daemon_status")
+    assert worker_states(db_url) == {"celery@a": "online", "celery@b": "lost", "celery@c": "offline"}
+
+
+def test_workers_judges_silence_by_lost_after_heartbeats(sample, engine):
+    db_url, now = sample
+    listening_daemon(engine, now, now - timedelta(hours=1))
+    result = CliRunner().invoke(cli, ["workers", "--db", db_url], env={"TASKMON_LOST_AFTER_HEARTBEATS": "400"})
+    assert result.exit_code == 0, result.output
+    assert {line.split()[0]: line.split()[1] for line in result.stdout.strip().splitlines()[2:]}["celery@b"] == "online"
 
 
 def test_workers_on_an_empty_database(engine, db_url):

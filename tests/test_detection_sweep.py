@@ -89,6 +89,20 @@ def test_no_lost_verdicts_while_the_feed_is_down_or_just_after_a_gap(engine):
     assert sw.sweep(at(94), feed_since=at(-60)).counts()["lost"] == 1
 
 
+def test_a_worker_found_lost_keeps_its_later_tasks_while_the_feed_is_down(engine):
+    ingest(engine, [heartbeat(0)], 1)
+    sw = sweeper(engine)
+    assert sw.sweep(at(5), feed_since=at(-60)).counts() == {"workers_lost": 1}
+    # It is back, but its heartbeat has not been stored when the feed drops: only a task event was.
+    ingest(engine, [received("t1", 6), ev("task-started", 6.5, "t1")], 7)
+    assert sw.sweep(at(30), feed_since=None).counts() == {}
+    with engine.connect() as conn:
+        assert get_run(conn, "t1")["state"] == "STARTED"
+    # Listening again: it gets its grace from then, and is lost only if it stays silent.
+    assert sw.sweep(at(33), feed_since=at(30)).counts() == {}
+    assert sw.sweep(at(34), feed_since=at(30)).counts() == {"lost": 1, "dead_letters": 1}
+
+
 def test_timeouts_stuck_tasks_failures_and_rejections(engine):
     ingest(engine, [
         heartbeat(0), heartbeat(98),

@@ -2,7 +2,7 @@
 from datetime import datetime, timedelta, timezone
 
 from monitor.detectors.deadletters import dead_letter, recovery
-from monitor.detectors.lost import gone_workers, lost_tasks
+from monitor.detectors.lost import gone_workers, lost_tasks, watching_since, worker_presence
 from monitor.detectors.stuck import stuck_tasks
 from monitor.detectors.timeout import Limits, running_over_limit
 
@@ -67,6 +67,27 @@ def test_a_worker_that_went_offline_is_gone_after_a_grace_for_in_flight_events()
     assert gone_workers(workers, s(3), multiple=2, watch_since=None) == {}
     gone = gone_workers(workers, s(4), multiple=2, watch_since=None)
     assert gone["w1"].how == "offline" and "went offline" in gone["w1"].message
+
+
+def test_one_rule_says_whether_a_worker_is_online_offline_lost_or_unknown():
+    def state(w, now, watch_since=s(-60), multiple=2):
+        return worker_presence(w, s(now), multiple=multiple, watch_since=watch_since).state
+
+    assert state(worker(last=0), 3.9) == "online"
+    assert state(worker(last=0), 4) == "lost"
+    assert state(worker(last=0), 4, multiple=3) == "online"  # lost_after_heartbeats, for every caller
+    assert state(worker(last=0), 100, watch_since=None) == "unknown"  # not listening: silence proves nothing
+    assert state(worker(last=0), 53, watch_since=s(50)) == "unknown"  # listening again, within its grace
+    assert state(worker(status="lost", last=0), 100, watch_since=None) == "lost"  # the sweep's verdict stands
+    assert state(worker(status="offline", last=0), 0, watch_since=None) == "offline"  # at once: it said so
+    assert state(worker(freq=None, last=0), 1000) == "unknown"
+    assert state({"hostname": "w1", "status": "online", "last_heartbeat": None, "freq": 2.0}, 0) == "unknown"
+
+
+def test_taskmon_listens_from_the_later_of_the_live_feed_and_the_latest_gap():
+    assert watching_since(None, s(5)) is None
+    assert watching_since(s(0), None) == s(0)
+    assert watching_since(s(0), s(5)) == s(5) and watching_since(s(9), s(5)) == s(9)
 
 
 def test_tasks_received_or_started_on_a_gone_worker_are_lost():

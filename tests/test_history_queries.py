@@ -7,7 +7,7 @@ from monitor.commands.tail import follow
 from storage.history import RunFilter, changed_since, glob_to_regex, known_queues, list_runs, run_detail, task_names
 from storage.merge import CELERY_STATES, STATE_RANK, TASKMON_STATES
 from storage.runs import upsert_runs
-from storage.worker_status import list_workers, worker_state
+from storage.worker_status import list_workers
 from tests.history_data import insert, load_sample, now_utc, run
 
 
@@ -139,20 +139,14 @@ def test_follow_stops_after_max_polls_and_on_an_empty_database(engine):
     assert list(follow(engine, max_polls=2, sleep=lambda s: None)) == [[], [], []]
 
 
-def test_workers_online_lost_offline(sample):
+def test_workers_come_with_their_stored_status_and_heartbeat_age(sample):
     engine, now = sample
     with engine.connect() as conn:
         rows = list_workers(conn, now)
-    assert [(w["hostname"], w["state"]) for w in rows] == [("celery@a", "online"), ("celery@b", "lost"), ("celery@c", "offline")]
+    assert [(w["hostname"], w["status"]) for w in rows] == [("celery@a", "online"), ("celery@b", "online"),
+                                                           ("celery@c", "offline")]
     assert rows[0]["heartbeat_age"] == pytest.approx(1.0) and rows[0]["active"] == 1 and rows[0]["processed"] == 120
-
-
-def test_worker_state_uses_celerys_heartbeat_window():
-    assert worker_state("online", 3.9, 2.0) == "online"
-    assert worker_state("online", 4.1, 2.0) == "lost"
-    assert worker_state("online", 9.0, 5.0) == "online"
-    assert worker_state("online", None, None) == "lost"
-    assert worker_state("offline", 0.0, 2.0) == "offline"
+    assert rows[1]["heartbeat_age"] == pytest.approx(600.0) and rows[1]["freq"] == 2.0
 
 
 def test_the_states_listed_to_users_are_the_states_the_merge_ranks():

@@ -53,7 +53,7 @@ def test_pubsub_ingests_success_failure_retry_revoke_and_time_limit(redis_url, s
 
 
 def test_daemon_turns_on_events_of_a_worker_started_without_them(redis_url, sqlite_url, start_worker, celery_client):
-    from monitor.daemon import Daemon, RunOptions
+    from monitor.daemon import Daemon
     from tasks.settings import Settings
     from storage.db import make_engine, upgrade
 
@@ -61,8 +61,8 @@ def test_daemon_turns_on_events_of_a_worker_started_without_them(redis_url, sqli
     start_worker(redis_url, app="tests.apps.quiet", events=False)
     engine = make_engine(sqlite_url)
     upgrade(engine)
-    daemon = Daemon(Settings(broker_url=redis_url, database_url=sqlite_url), engine,
-                    RunOptions(sources=("pubsub",), enable_events=True, flush_interval=0.05))
+    daemon = Daemon(Settings(broker_url=redis_url, database_url=sqlite_url, event_sources=("pubsub",),
+                             enable_events=True, flush_interval=0.05), engine)
     daemon.start()
     try:
         # Events on: the worker's heartbeats start to arrive.

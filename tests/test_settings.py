@@ -90,3 +90,52 @@ def test_bad_setting_on_cli_is_one_line_exit_2(args):
     assert result.exit_code == 2
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
+
+
+@pytest.mark.parametrize("text, message", [
+    ('[alert.failed]\nnames = ["billing.*"]\n',
+     "config: unknown table [alert.failed] in {path} (did you mean [alerts.failed]?)"),
+    ('[timeout]\n"reports.*" = 60\n', "config: unknown table [timeout] in {path} (did you mean [timeouts]?)"),
+    ('brokr_url = "redis://x"\n', "config: unknown setting 'brokr_url' in {path} (did you mean 'broker_url'?)"),
+    ('batch_sise = 10\n', "config: unknown setting 'batch_sise' in {path} (did you mean 'batch_size'?)"),
+])
+def test_an_unknown_key_or_table_in_the_config_file_is_a_one_line_error_exit_2(tmp_path, text, message):
+    path = write(tmp_path, text)
+    result = CliRunner().invoke(cli, ["config", "--config", str(path)])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == ["Error: " + message.format(path=path)], result.output
+
+
+def test_daemon_options_are_settings_flag_over_env_over_file(tmp_path):
+    path = write(tmp_path, "batch_size = 1000\nflush_interval = 0.5\nprepare_processes = 0\nenable_events = false\n")
+    env = {"TASKMON_BATCH_SIZE": "2000", "TASKMON_STATUS_INTERVAL": "2"}
+    loaded = load_settings({}, environ=env, config_path=path).with_flags({"batch_size": 3000, "enable_events": None},
+                                                                       environ=env)
+    s = loaded.settings
+    assert (s.batch_size, s.flush_interval, s.prepare_processes, s.status_interval, s.enable_events) == \
+        (3000, 0.5, 0, 2.0, False)
+    assert loaded.origins["batch_size"] == "flag" and loaded.origins["status_interval"] == "env"
+    assert loaded.origins["enable_events"] == "file"
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"TASKMON_BATCH_SIZE": "0"}, "batch_size: must be 1 to 100,000, got 0"),
+    ({"TASKMON_BUFFER_EVENTS": "10"}, "buffer_events: must be 1,000 to 10,000,000, got 10"),
+    ({"TASKMON_PREPARE_PROCESSES": "9"}, "prepare_processes: must be 0 to 8, got 9"),
+    ({"TASKMON_FLUSH_INTERVAL": "0"}, "flush_interval: must be more than 0"),
+    ({"TASKMON_ENABLE_EVENTS": "maybe"}, "enable_events: expected bool"),
+])
+def test_bad_daemon_settings_name_the_setting(env, message):
+    with pytest.raises(SettingsError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_settings({}, environ=env)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--batch-size", "0"], "batch_size: must be 1 to 100,000, got 0"),
+    (["--status-interval", "30"], "status_interval: must be less than heartbeat_stale_seconds (30), or every "
+                                  "heartbeat is stale; got 30"),
+])
+def test_a_bad_run_flag_is_one_line_exit_2_before_anything_starts(sqlite_url, args, message):
+    result = CliRunner().invoke(cli, ["run", "--db", sqlite_url, *args])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [f"Error: {message}"], result.output

@@ -11,6 +11,7 @@ from datetime import datetime, timedelta
 from fnmatch import fnmatchcase
 from typing import Any, Iterable, Mapping
 
+from monitor.detectors.lost import OFFLINE, worker_presence
 from tasks.alert_rules import OWN_TASKS, Rule
 
 # Deaths older than this when first seen are history being caught up with, not news.
@@ -84,18 +85,22 @@ def stuck_occurrences(stuck: Iterable[Any], rules: Mapping[str, Rule], now: date
             if name_selected(rule, s.name) and s.at >= now - STALE_OCCURRENCE]
 
 
-def worker_conditions(workers: Iterable[Mapping[str, Any]], now: datetime) -> list[Condition]:
-    """Workers offline (they said goodbye) or lost (heartbeats stopped, e.g. killed with -9)."""
+def worker_conditions(workers: Iterable[Mapping[str, Any]], now: datetime, *, multiple: float,
+                      watch_since: datetime | None) -> list[Condition]:
+    """Workers offline (they said goodbye) or lost (heartbeats stopped, e.g. killed with -9), by the
+    detectors' own rule (monitor.detectors.lost.worker_presence)."""
     out = []
     for w in workers:
-        if w["status"] == "online":
+        presence = worker_presence(w, now, multiple=multiple, watch_since=watch_since)
+        if presence.gone is None:
             continue
-        last = w.get("last_heartbeat")
-        if last is None or last < now - STALE_WORKER:
+        last = presence.gone.last_heartbeat
+        if last < now - STALE_WORKER:
             continue
-        how = "lost: its heartbeats stopped" if w["status"] == "lost" else "offline: it shut down"
+        how = "offline: it shut down" if presence.state == OFFLINE else "lost: its heartbeats stopped"
         out.append(Condition("worker_offline", w["hostname"], f"worker {w['hostname']} is {how}", since=last,
-                             detail={"worker": w["hostname"], "status": w["status"], "last_heartbeat": last.isoformat()}))
+                             detail={"worker": w["hostname"], "status": presence.state,
+                                     "last_heartbeat": last.isoformat()}))
     return out
 
 

@@ -82,6 +82,7 @@ class AlertRunner:
         """Plan and record the notifications due at ``now``; send their tasks; return the new alert ids."""
         rules = self.rules
         occurrences = []
+        watch_since = sweep.watch_since if sweep is not None else None
         if sweep is not None:
             occurrences += cond.dead_letter_occurrences(sweep.dead_letters, rules, now)
             occurrences += cond.stuck_occurrences(sweep.stuck, rules, now)
@@ -99,7 +100,7 @@ class AlertRunner:
                 log.warning("queue_depth rule skipped: %s", exc)
         with self.engine.begin() as conn:
             groups = {row["group_key"]: group_from_row(row) for row in store.open_groups(conn)}
-            conditions += self._stored_conditions(conn, now, evaluated)
+            conditions += self._stored_conditions(conn, now, evaluated, watch_since)
             covered = {o.task_name for o in occurrences} | {
                 g.task_name for g in groups.values() if g.rule in OCCURRENCE_RULES and g.status == "open"}
             conditions = cond.drop_covered_rates(conditions, covered, set(groups))
@@ -117,14 +118,16 @@ class AlertRunner:
         self.resend(now)
         return [alert_id for alert_id, _ in new]
 
-    def _stored_conditions(self, conn, now: datetime, evaluated: list[str]) -> list[cond.Condition]:
+    def _stored_conditions(self, conn, now: datetime, evaluated: list[str],
+                           watch_since: datetime | None) -> list[cond.Condition]:
         from storage.detection import list_workers
         from storage.schedules import list_schedules
         from tasks.cron import ScheduleError, due_after_last
 
         rules, out = self.rules, []
         if rules["worker_offline"].enabled:
-            out += cond.worker_conditions(list_workers(conn), now)
+            out += cond.worker_conditions(list_workers(conn), now, multiple=self.settings.lost_after_heartbeats,
+                                          watch_since=watch_since)
             evaluated.append("worker_offline")
         rate = rules["failure_rate"]
         if rate.enabled:

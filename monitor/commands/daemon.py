@@ -7,30 +7,44 @@ import sys
 import click
 
 from monitor.commands.base import Context, open_store, settings_options, SettingsUsageError
+from tasks.settings import EVENT_SOURCES, SettingsError
 
 
 @click.command("run")
 @settings_options
-@click.option("--source", "sources", multiple=True, type=click.Choice(["auto", "pubsub", "stream", "amqp"]),
-              help="Event source (repeatable); default from settings: auto.")
-@click.option("--enable-events/--no-enable-events", default=True, show_default=True,
-              help="Broadcast enable_events to workers on start, as Flower does.")
-@click.option("--batch-size", default=50_000, show_default=True, type=click.IntRange(1, 100_000),
-              help="Most events written in one transaction.")
-@click.option("--buffer-events", default=200_000, show_default=True, type=click.IntRange(1000, 10_000_000),
-              help="Events held in memory while the database is slow or away.")
-@click.option("--prepare-processes", default=1, show_default=True, type=click.IntRange(0, 8),
+@click.option("--source", "event_sources", multiple=True, type=click.Choice(EVENT_SOURCES),
+              help="Event source (repeatable); default from settings (event_sources): auto.")
+@click.option("--enable-events/--no-enable-events", "enable_events", default=None,
+              help="Broadcast enable_events to workers, as Flower does (enable_events; default on).")
+@click.option("--batch-size", type=int, metavar="N", help="Most events written in one transaction (batch_size).")
+@click.option("--flush-interval", type=float, metavar="SECONDS",
+              help="Seconds to wait for more events before writing a partial batch (flush_interval).")
+@click.option("--buffer-events", type=int, metavar="N",
+              help="Events held in memory while the database is slow or away (buffer_events).")
+@click.option("--prepare-processes", type=int, metavar="N",
               help="Helper processes that turn events into rows while the writer commits; 0: the writer does it.")
-def run_cmd(ctx: Context, sources: tuple, enable_events: bool, batch_size: int, buffer_events: int,
-            prepare_processes: int) -> None:
-    """Consume Celery events and write every task execution to the history database."""
-    from monitor.daemon import Daemon, RunOptions
+@click.option("--status-interval", type=float, metavar="SECONDS", help="Seconds between heartbeats (status_interval).")
+@click.option("--log-interval", type=float, metavar="SECONDS", help="Seconds between rate log lines (log_interval).")
+@click.option("--stop-timeout", type=float, metavar="SECONDS",
+              help="Seconds to write what is held on SIGTERM before giving up (stop_timeout).")
+@click.option("--enable-events-interval", type=float, metavar="SECONDS",
+              help="Seconds between enable_events broadcasts (enable_events_interval).")
+def run_cmd(ctx: Context, **flags) -> None:
+    """Consume Celery events and write every task execution to the history database.
 
-    engine = open_store(ctx)
-    options = RunOptions(sources=sources or ctx.settings.event_sources, enable_events=enable_events,
-                         batch_size=batch_size, buffer_events=buffer_events, prepare_processes=prepare_processes)
+    Exits 0 after SIGTERM/SIGINT, 1 when a thread it cannot keep running died (so that systemd or
+    supervisor start it again), 2 on a bad setting.
+    """
+    from monitor.daemon import Daemon
+
+    flags["event_sources"] = flags["event_sources"] or None
     try:
-        daemon = Daemon(ctx.settings, engine, options)
+        ctx = Context(ctx.loaded.with_flags(flags))
+    except SettingsError as exc:
+        raise SettingsUsageError(str(exc)) from None
+    engine = open_store(ctx)
+    try:
+        daemon = Daemon(ctx.settings, engine)
     except ValueError as exc:
         raise SettingsUsageError(str(exc)) from None
     sys.exit(daemon.serve())
@@ -38,9 +52,9 @@ def run_cmd(ctx: Context, sources: tuple, enable_events: bool, batch_size: int, 
 
 @click.command("check")
 @settings_options
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output, with each source's state.")
 def check_cmd(ctx: Context, as_json: bool) -> None:
-    """Exit 0 when the daemon is alive and the database reachable, 1 (with the reason) otherwise."""
+    """Exit 0 when the daemon is alive, every source connected and the writer keeping up; 1 (with the reason) otherwise."""
     from datetime import datetime, timezone
 
     from monitor.health import check
@@ -50,9 +64,13 @@ def check_cmd(ctx: Context, as_json: bool) -> None:
                    ctx.settings.heartbeat_stale_seconds)
     if as_json:
         status = health.status or {}
-        click.echo(json.dumps({"ok": health.ok, "reason": health.reason,
-                               "daemon_id": status.get("daemon_id"),
-                               "heartbeat_at": status["heartbeat_at"].isoformat() if status.get("heartbeat_at") else None,
+
+        def iso(key):
+            return status[key].isoformat() if status.get(key) else None
+
+        click.echo(json.dumps({"ok": health.ok, "reason": health.reason, "daemon_id": status.get("daemon_id"),
+                               "heartbeat_at": iso("heartbeat_at"), "sources": status.get("source_states") or {},
+                               "writer_lag": status.get("writer_lag"), "feed_since": iso("feed_since"),
                                "counters": status.get("counters", {})}, indent=2))
     else:
         click.echo(("OK: " if health.ok else "FAIL: ") + health.reason)

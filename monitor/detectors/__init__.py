@@ -40,7 +40,7 @@ class GoneWorker:
     at: datetime  # when it counts as gone
     last_heartbeat: datetime
     grace: timedelta  # how long silence must last before the worker or one of its tasks counts as gone
-    how: str  # "offline" (it said so) or "silent" (heartbeats stopped)
+    how: str  # "offline" (it said so), "silent" (heartbeats stopped) or "lost" (the sweep said so before)
     message: str
 
 

@@ -1,6 +1,6 @@
 """One detector sweep: read, decide (pure functions), apply findings and dead letters in one transaction.
 
-The daemon's scheduler thread runs ``Sweeper.run`` every ``detect_interval`` seconds with its own
+The daemon's detector thread runs ``Sweeper.run`` every ``detect_interval`` seconds with its own
 database connections, so a slow sweep never holds up the event reader or the writer.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from monitor.ingest.counters import Counters
 from monitor.detectors import GoneWorker, StuckTask, TaskVerdict
 from monitor.detectors.deadletters import DEAD_STATES, KEEP_OPEN_STATES, dead_letter, recovery
-from monitor.detectors.lost import ACTIVE_STATES, gone_workers, lost_tasks
+from monitor.detectors.lost import ACTIVE_STATES, gone_workers, lost_tasks, watching_since
 from monitor.detectors.stuck import WAITING_STATES, stuck_tasks
 from monitor.detectors.timeout import Limits, running_over_limit
 from tasks.settings import Settings
@@ -43,6 +43,7 @@ class SweepResult:
     """What one sweep changed; the alert rules read it."""
 
     at: datetime
+    watch_since: datetime | None = None  # since when taskmon has heard every event (None: not listening)
     verdicts: list[TaskVerdict] = field(default_factory=list)
     stuck: list[StuckTask] = field(default_factory=list)
     workers_lost: list[GoneWorker] = field(default_factory=list)
@@ -58,27 +59,25 @@ class SweepResult:
 
 
 class Sweeper:
-    def __init__(self, engine: Engine, settings: Settings, *, feed_ok: Callable[[], bool] = lambda: True,
-                 clock: Callable[[], datetime] = utcnow):
+    def __init__(self, engine: Engine, settings: Settings, *,
+                 feed_since: Callable[[], datetime | None] | None = None, clock: Callable[[], datetime] = utcnow):
+        """``feed_since``: since when the event feed is live and caught up, None while it is not (the
+        daemon knows); without it the feed counts as live since the sweeper was made."""
         self.engine = engine
         self.limits = Limits(settings.task_time_limit, settings.timeouts)
         self.multiple = settings.lost_after_heartbeats
         self.stuck_after = settings.stuck_after
-        self.feed_ok = feed_ok
+        created = clock()
+        self.feed_since = feed_since or (lambda: created)
         self.clock = clock
         self.counters = Counters()
-        self.feed_since: datetime | None = clock()
         self._window_start: datetime | None = None  # None: look at the whole history
 
     def run(self) -> SweepResult | None:
-        """The scheduler's job: one sweep, failures logged and counted, never raised."""
+        """The detector loop's job: one sweep, failures logged and counted, never raised."""
         now = self.clock()
-        if not self.feed_ok():
-            self.feed_since = None
-        elif self.feed_since is None:
-            self.feed_since = now
         try:
-            result = self.sweep(now, self.feed_since)
+            result = self.sweep(now, self.feed_since())
         except SQLAlchemyError as exc:
             self.counters.incr("detect.errors")
             log.warning("detector sweep failed: %s", first_line(exc))
@@ -98,11 +97,12 @@ class Sweeper:
         """Find and apply; ``feed_since``: since when the event feed is live and caught up (None: it is not)."""
         result = SweepResult(now)
         with self.engine.begin() as conn:
-            watch_since = None
-            if feed_since is not None:
-                gap_end = store.latest_gap_end(conn)
-                watch_since = max(feed_since, gap_end) if gap_end is not None else feed_since
+            watch_since = result.watch_since = watching_since(feed_since, store.latest_gap_end(conn))
             gone = gone_workers(store.list_workers(conn), now, multiple=self.multiple, watch_since=watch_since)
+            if watch_since is None:
+                # Not listening: a heartbeat or task event may be on its way, so only a goodbye makes
+                # tasks LOST; a lost worker's tasks wait until the feed is live again.
+                gone = {host: g for host, g in gone.items() if g.how == "offline"}
             verdicts = lost_tasks(store.runs_on_workers(conn, gone, ACTIVE_STATES), gone, now)
             lost_ids = {v.task_id for v in verdicts}
             over = store.started_before(conn, now - timedelta(seconds=self.limits.shortest()))

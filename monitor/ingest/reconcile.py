@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import logging
 import queue
-import threading
 from datetime import datetime, timezone
 
 from sqlalchemy import Engine, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from monitor.ingest.buffer import Gap
-from monitor.ingest.counters import Counters
 from monitor.ingest.events import exception_type, is_time_limit_error
+from monitor.supervisor import Service
 from tasks.redact import truncate
 from tasks.settings import Settings
 from storage.health import set_reconciled
@@ -64,28 +63,26 @@ def row_from_result(task_id: str, meta: dict, now: datetime, field_max_bytes: in
     return row
 
 
-class Reconciler(threading.Thread):
+class Reconciler(Service):
     def __init__(self, engine: Engine, settings: Settings, limit: int = 5000):
-        super().__init__(name="taskmon-reconcile", daemon=True)
+        super().__init__("reconcile")
         from tasks.client import client_app
 
         self.engine = engine
         self.settings = settings
         self.limit = limit
         self.app = client_app(settings.broker_url, settings.result_backend, name="taskmon-reconcile")
-        self.counters = Counters()
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self._stopping = threading.Event()
 
     def submit(self, gap_id: int, gap: Gap) -> None:
         self._queue.put((gap_id, gap))
 
     def stop(self) -> None:
-        self._stopping.set()
+        self.stopping.set()
         self._queue.put(None)
 
     def run(self) -> None:
-        while not self._stopping.is_set():
+        while not self.stopping.is_set():
             item = self._queue.get()
             if item is None:
                 return
@@ -106,7 +103,7 @@ class Reconciler(threading.Thread):
         now = datetime.now(timezone.utc)
         rows = []
         for task_id in ids:
-            if self._stopping.is_set():
+            if self.stopping.is_set():
                 break
             meta = self.app.backend.get_task_meta(task_id)
             row = row_from_result(task_id, meta, now, self.settings.field_max_bytes)

@@ -25,6 +25,7 @@ from monitor.ingest.counters import Counters
 from monitor.ingest.memory import release_free_memory
 from monitor.ingest.prepare import Job, Preparer
 from storage.errors import first_line
+from tasks.backoff import compute_backoff
 from storage.health import record_gap
 from storage.runs import PreparedRuns, execute_runs, row_plan, runs_from_chunks, upsert_workers
 
@@ -209,7 +210,7 @@ class Writer(threading.Thread):
     def _commit(self, prepared: Prepared) -> bool:
         # A retry goes on from where the failure stopped: gaps already recorded are not recorded
         # (nor reconciled) twice, and a batch refused as a whole goes on row by row.
-        delay = 0.5
+        attempt = 0
         recorded: list | None = None  # (gap id, gap) once the batch's gaps are committed
         singles: deque | None = None  # the rows of a refused batch still to write
         while True:
@@ -235,7 +236,8 @@ class Writer(threading.Thread):
                     log.error("cannot write to the database (%s); retrying with backoff, events stay buffered",
                               first_line(exc))
                     self.healthy = False
+                delay = compute_backoff(attempt, first=0.5, cap=10.0)
+                attempt += 1
                 if self.give_up_at is not None and time.monotonic() + delay > self.give_up_at:
                     return False
                 time.sleep(delay)
-                delay = min(delay * 2, 10.0)

@@ -11,8 +11,9 @@ from datetime import datetime, timezone
 import orjson
 
 from monitor.ingest.buffer import EventBuffer, Gap
-from monitor.ingest.counters import Counters
 from monitor.ingest.events import Malformed
+from monitor.supervisor import Service
+from tasks.backoff import compute_backoff
 
 log = logging.getLogger(__name__)
 
@@ -58,35 +59,98 @@ def decode_body(raw: bytes) -> list:
     raise Malformed("not_dict", type(payload).__name__)
 
 
-class Source(threading.Thread):
-    """A reader thread. Subclasses implement ``read_forever`` and may override ``ack_batch``."""
+class Source(Service):
+    """A reader thread: connect, consume; on a connection error count it, note the gap, back off and
+    try again (the loop of kombu's ConsumerMixin.run). Subclasses only connect, consume and close."""
 
     name_prefix = "source"
     durable = False  # durable sources wait for buffer space; others drop and count
+    connection_errors: tuple[type[BaseException], ...] = (OSError,)
+    gap_reason = "disconnect"  # receiver_gaps.reason of an interval the connection was lost
 
     def __init__(self, buffer: EventBuffer, *, max_message_bytes: int = 16 * 1024 * 1024):
-        super().__init__(name=f"taskmon-{self.name_prefix}", daemon=True)
+        super().__init__(self.name_prefix)
         self.buffer = buffer
         self.max_message_bytes = max_message_bytes
-        self.counters = Counters()
-        self.stopping = threading.Event()
         self.connected = threading.Event()
+        self.since = datetime.now(timezone.utc)  # when it last connected, or lost its connection
+        self._down: tuple[datetime, str, str] | None = None  # a lost connection: since, reason, error
+        self._told_unreachable = False  # the "cannot connect" line is logged once per outage
         self._overflow_since: datetime | None = None
         self._overflow_dropped = 0
 
-    def stop(self) -> None:
-        self.stopping.set()
+    def connect(self) -> None:  # pragma: no cover - abstract
+        """Open the connection and subscribe; raise one of ``connection_errors`` when the broker is away."""
+        raise NotImplementedError
+
+    def consume(self) -> None:  # pragma: no cover - abstract
+        """Read and deliver until ``stopping`` is set; raise one of ``connection_errors`` when the connection drops."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release the connection after consume ended or failed; never raises."""
+
+    def unreachable(self, exc: BaseException) -> str:
+        """The log line for a broker that cannot be reached: what failed and what to do."""
+        return f"{self.name}: cannot connect ({exc}); retrying"
 
     def run(self) -> None:
+        failures = 0
         try:
-            self.read_forever()
-        except Exception:  # the thread must report, not vanish silently
-            log.exception("%s source crashed", self.name_prefix)
-            self.counters.incr(f"{self.name_prefix}.crashed")
+            while not self.stopping.is_set():
+                try:
+                    self.connect()
+                    self._connected()
+                    failures = 0
+                    self.consume()
+                except self.connection_errors as exc:
+                    self._lost(exc, self.gap_reason)
+                    self.stopping.wait(compute_backoff(failures, first=0.1, cap=5.0))
+                    failures += 1
+                finally:
+                    self.close()
+        except Exception as exc:
+            self._lost(exc, "source_crashed")
             raise
+        finally:
+            self.connected.clear()
 
-    def read_forever(self) -> None:  # pragma: no cover - abstract
-        raise NotImplementedError
+    def state(self) -> dict:
+        """What the heartbeat records of this source (``taskmon check`` judges it)."""
+        return {"connected": self.connected.is_set() and self.is_alive(), "since": self.since.isoformat(),
+                "alive": self.is_alive(), "restarts": max(self.starts - 1, 0), "error": self.last_error}
+
+    def _connected(self) -> None:
+        if self._down is not None:
+            started, reason, error = self._down
+            self._down = None
+            self.report_gap(reason, started, events_lost=0 if self.durable else None, detail=error)
+        self.counters.incr(f"{self.name}.connects")
+        self.last_error = ""
+        self._told_unreachable = False
+        self.since = datetime.now(timezone.utc)
+        self.connected.set()
+
+    def _lost(self, exc: BaseException, reason: str) -> None:
+        """Not connected (any more): from now on the feed is not live, and the heartbeat says so."""
+        error = f"{type(exc).__name__}: {exc}"[:500]
+        self.last_error = error
+        if self.connected.is_set():
+            self.connected.clear()
+            self.since = datetime.now(timezone.utc)
+            self._down = (self.since, reason, error)
+            self.counters.incr(f"{self.name}.disconnects")
+            if reason != "source_crashed":  # a crash is logged with its traceback by the thread
+                log.warning("%s: lost the connection (%s); reconnecting", self.name, error)
+            return
+        if reason == "source_crashed":
+            if self._down is not None:
+                self._down = (self._down[0], reason, error)
+            return
+        self.counters.incr(f"{self.name}.connect_errors")
+        if not self._told_unreachable:
+            self._told_unreachable = True
+            log.error("%s", self.unreachable(exc))
 
     def after_flush(self) -> None:
         """Called once the writer has flushed its last batch and the reader thread has ended."""

@@ -26,6 +26,7 @@ EVENT_EXCHANGE = Exchange("celeryev", type="topic")
 class AmqpSource(Source):
     name_prefix = "amqp"
     durable = True
+    gap_reason = "amqp_disconnect"
 
     def __init__(self, buffer, broker_url: str, *, queue: str = "taskmon.events", prefetch: int = 5000,
                  max_length: int | None = None, **kwargs):
@@ -34,41 +35,52 @@ class AmqpSource(Source):
         self.queue = Queue(queue, EVENT_EXCHANGE, routing_key="#", durable=True, auto_delete=False,
                            queue_arguments={"x-max-length": max_length} if max_length else None)
         self.prefetch = prefetch
-        self._acks: queue_mod.SimpleQueue[int] = queue_mod.SimpleQueue()
+        # (channel number, delivery tag): tags count per channel, so one of an earlier channel must never
+        # be sent on the next (it would acknowledge that channel's messages before they are committed).
+        self._acks: queue_mod.SimpleQueue[tuple[int, int]] = queue_mod.SimpleQueue()
+        self._channel_number = 0
+        probe = Connection(broker_url)  # no I/O: only to learn which errors the transport raises
+        self.connection_errors = (OSError, *probe.connection_errors, *probe.channel_errors)
         self._conn: Connection | None = None  # owned by the reader thread, then by after_flush
         self._channel = None
+        self._consumer: Consumer | None = None
+        self._draining = False
         self._events: list = []
         self._last_tag = 0
 
-    def read_forever(self) -> None:
-        probe = Connection(self.broker_url)
-        errors = (OSError, *probe.connection_errors, *probe.channel_errors)
-        delay = 0.1
-        while not self.stopping.is_set():
-            conn = Connection(self.broker_url, connect_timeout=5, heartbeat=30)
+    def connect(self) -> None:
+        self._draining = False
+        self._channel_number += 1
+        self._conn = Connection(self.broker_url, connect_timeout=5, heartbeat=30)
+        self._conn.ensure_connection(max_retries=1)
+        self._channel = self._conn.channel()
+        self._channel.basic_qos(0, self.prefetch, False)
+        self._consumer = Consumer(self._channel, queues=[self.queue], on_message=self._on_message, no_ack=False)
+        self._consumer.consume()
+        log.info("consuming events from queue %s on %s", self.queue.name, mask_url(self.broker_url))
+
+    def consume(self) -> None:
+        self._loop(self._conn)
+        self._consumer.cancel()
+        self._draining = True  # stopping: the channel stays open for the last acknowledgements
+
+    def close(self) -> None:
+        if self._draining:
+            return  # after_flush acknowledges what the writer committed, then closes
+        # Tags of a closed channel are void: RabbitMQ redelivers those messages, read ones included.
+        self._channel = self._consumer = None
+        self._events, self._last_tag = [], 0
+        self._drop_acks()
+        if self._conn is not None:
             try:
-                conn.ensure_connection(max_retries=1)
-                self._conn, self._channel = conn, conn.channel()
-                self._channel.basic_qos(0, self.prefetch, False)
-                consumer = Consumer(self._channel, queues=[self.queue], on_message=self._on_message, no_ack=False)
-                consumer.consume()
-                self.connected.set()
-                delay = 0.1
-                log.info("consuming events from queue %s on %s", self.queue.name, mask_url(self.broker_url))
-                self._loop(conn)
-                consumer.cancel()  # stopping: keep the channel open for the last acknowledgements
-                return
-            except errors as exc:
-                self.connected.clear()
-                self.counters.incr("amqp.disconnects")
-                self._channel = None
-                conn.release()
-                if delay == 0.1:
-                    log.error("cannot consume from RabbitMQ at %s (%s); retrying (unacknowledged events are redelivered)",
-                              mask_url(self.broker_url), exc)
-                self._drop_acks()  # tags of a closed channel are void; RabbitMQ redelivers those messages
-                self.stopping.wait(delay)
-                delay = min(delay * 2, 5.0)
+                self._conn.release()
+            except self.connection_errors as exc:
+                log.debug("closing the RabbitMQ connection: %s", exc)
+            self._conn = None
+
+    def unreachable(self, exc: BaseException) -> str:
+        return (f"cannot consume from RabbitMQ at {mask_url(self.broker_url)} ({exc}); retrying "
+                "(unacknowledged events are redelivered)")
 
     def _loop(self, conn: Connection) -> None:
         while not self.stopping.is_set():
@@ -101,7 +113,7 @@ class AmqpSource(Source):
     def _flush_events(self) -> None:
         if not self._last_tag:
             return
-        tag, events = self._last_tag, self._events
+        tag, events = (self._channel_number, self._last_tag), self._events
         self._events, self._last_tag = [], 0
         ack = lambda: self._acks.put(tag)  # noqa: E731 - sent by this thread, see _send_acks
         if events:
@@ -113,9 +125,11 @@ class AmqpSource(Source):
         last = 0
         while True:
             try:
-                last = max(last, self._acks.get_nowait())
+                channel, tag = self._acks.get_nowait()
             except queue_mod.Empty:
                 break
+            if channel == self._channel_number:
+                last = max(last, tag)
         if last and self._channel is not None:
             self._channel.basic_ack(last, multiple=True)
             self.counters.incr("amqp.acks")

@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import socket
 import time
-from datetime import datetime, timezone
 
 import hiredis
 import redis
@@ -36,6 +35,8 @@ def event_pattern(broker_url: str) -> str:
 
 class RedisPubSubSource(Source):
     name_prefix = "pubsub"
+    connection_errors = (OSError, redis.RedisError, hiredis.ProtocolError)
+    gap_reason = "redis_disconnect"
 
     def __init__(self, buffer, broker_url: str, *, ping_interval: float = 5.0, **kwargs):
         super().__init__(buffer, **kwargs)
@@ -43,61 +44,34 @@ class RedisPubSubSource(Source):
         self.pattern = event_pattern(broker_url)
         self.ping_interval = ping_interval
         self._conn: redis.Connection | None = None
+        self._sock: socket.socket | None = None
 
-    def read_forever(self) -> None:
-        delay = 0.1
-        down_since: datetime | None = None
-        down_reason = ""
-        while not self.stopping.is_set():
-            try:
-                sock = self._connect()
-            except (redis.RedisError, OSError) as exc:
-                if down_since is None:
-                    down_since, down_reason = datetime.now(timezone.utc), str(exc)
-                self._log_unreachable(exc, first=delay == 0.1)
-                self.stopping.wait(delay)
-                delay = min(delay * 2, 5.0)
-                continue
-            if down_since is not None and self.counters.get("pubsub.connects") > 0:
-                self.report_gap("redis_disconnect", down_since, detail=down_reason[:500])
-            self.counters.incr("pubsub.connects")
-            self.connected.set()
-            down_since, delay = None, 0.1
-            log.info("subscribed to %s on %s", self.pattern, mask_url(self.broker_url))
-            try:
-                self._read(sock)
-            except (OSError, ConnectionError, redis.RedisError, hiredis.ProtocolError) as exc:
-                down_since, down_reason = datetime.now(timezone.utc), f"{type(exc).__name__}: {exc}"
-                self.counters.incr("pubsub.disconnects")
-                self.connected.clear()
-                log.warning("lost the Redis subscription (%s); reconnecting", down_reason)
-            finally:
-                self._close()
-        self.connected.clear()
-
-    def _log_unreachable(self, exc: Exception, first: bool) -> None:
-        if first:
-            log.error("cannot reach Redis at %s (%s): start it or set TASKMON_BROKER_URL; retrying",
-                      mask_url(self.broker_url), exc)
-
-    def _connect(self) -> socket.socket:
+    def connect(self) -> None:
         # redis-py does the handshake (TLS, AUTH, HELLO); then we own the raw socket.
         conn = redis.Redis.from_url(self.broker_url, socket_connect_timeout=5).connection_pool.make_connection()
-        conn.connect()
         self._conn = conn
+        conn.connect()
         sock = conn._sock
         pattern = self.pattern.encode()
         sock.sendall(b"*2\r\n$10\r\nPSUBSCRIBE\r\n$%d\r\n%s\r\n" % (len(pattern), pattern))
         sock.settimeout(0.5)
-        return sock
+        self._sock = sock
+        log.info("subscribed to %s on %s", self.pattern, mask_url(self.broker_url))
 
-    def _close(self) -> None:
+    def consume(self) -> None:
+        self._read(self._sock)
+
+    def close(self) -> None:
+        self._sock = None
         if self._conn is not None:
             try:
                 self._conn.disconnect()
-            except OSError:
-                pass
+            except OSError as exc:
+                log.debug("closing the Redis subscription: %s", exc)
             self._conn = None
+
+    def unreachable(self, exc: BaseException) -> str:
+        return f"cannot reach Redis at {mask_url(self.broker_url)} ({exc}): start it or set TASKMON_BROKER_URL; retrying"
 
     def _read(self, sock: socket.socket) -> None:
         reader = hiredis.Reader()

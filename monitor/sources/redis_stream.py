@@ -32,6 +32,8 @@ def _id_tuple(entry_id: bytes | str) -> tuple[int, int]:
 class RedisStreamSource(Source):
     name_prefix = "stream"
     durable = True
+    connection_errors = (OSError, redis.RedisError)
+    gap_reason = "redis_disconnect"
 
     def __init__(self, buffer, broker_url: str, *, stream: str = "taskmon:events", consumer: str | None = None,
                  count: int = 2000, claim_idle_ms: int = 60_000, **kwargs):
@@ -43,24 +45,11 @@ class RedisStreamSource(Source):
         self.claim_idle_ms = claim_idle_ms
         self.client = redis.Redis.from_url(broker_url, socket_timeout=10, socket_connect_timeout=5)
 
-    def read_forever(self) -> None:
-        delay = 0.1
-        while not self.stopping.is_set():
-            try:
-                self._prepare()
-                self.connected.set()
-                delay = 0.1
-                self._consume()
-            except (redis.RedisError, OSError) as exc:
-                self.connected.clear()
-                self.counters.incr("stream.disconnects")
-                if delay == 0.1:
-                    log.error("cannot read the relay stream at %s (%s); retrying (nothing is lost: entries wait in Redis)",
-                              mask_url(self.broker_url), exc)
-                self.stopping.wait(delay)
-                delay = min(delay * 2, 5.0)
+    def unreachable(self, exc: BaseException) -> str:
+        return (f"cannot read the relay stream at {mask_url(self.broker_url)} ({exc}); retrying "
+                "(nothing is lost: entries wait in Redis)")
 
-    def _prepare(self) -> None:
+    def connect(self) -> None:
         try:
             # From "0": events relayed before the first daemon ever ran are read too.
             self.client.xgroup_create(self.stream, GROUP, id="0", mkstream=True)
@@ -87,7 +76,7 @@ class RedisStreamSource(Source):
             self.report_gap("stream_trimmed", started, ended_at=ended,
                             detail=f"{self.stream} was trimmed past entries the daemon had not read; raise relay_maxlen")
 
-    def _consume(self) -> None:
+    def consume(self) -> None:
         # Our own pending entries first (delivered before a crash, never acknowledged).
         while not self.stopping.is_set():
             entries = self._read("0", block=None)
