@@ -4,14 +4,13 @@ A daemon or command embedded in a process with its own Celery app (a worker runn
 code, a test, a user's script) must not change what ``celery.current_app`` and shared tasks resolve to.
 """
 import ast
-import threading
 from pathlib import Path
 
 import pytest
 from celery import Celery, current_app
 
 from monitor.alerts.runner import AlertRunner
-from monitor.daemon import enable_events_loop
+from monitor.daemon import EnableEvents
 from monitor.ingest.reconcile import Reconciler
 from storage.db import make_engine, upgrade
 from tasks.client import client_app
@@ -45,9 +44,9 @@ def test_the_alert_runner_and_replay_and_enable_events_leave_the_process_current
     runner = AlertRunner(make_engine(sqlite_url), Settings(broker_url="memory://"))
     runner.close()
     celery_client("memory://").close()
-    stop = threading.Event()
-    stop.set()
-    enable_events_loop("memory://", 1.0, stop)
+    broadcaster = EnableEvents("memory://")
+    broadcaster()
+    broadcaster.close()
     assert current_app._get_current_object() is own_app
 
 
