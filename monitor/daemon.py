@@ -49,19 +49,22 @@ class RunOptions:
     enable_events_interval: float = 10.0  # re-broadcast, for workers started after the daemon
 
 
-def resolve_sources(names: tuple[str, ...], broker_url: str) -> tuple[str, ...]:
-    """'auto': pub/sub plus the durable stream on Redis, the durable queue on RabbitMQ."""
+def resolve_sources(names: tuple[str, ...], broker_url: str, relay_url: str = "") -> tuple[str, ...]:
+    """'auto': pub/sub plus the durable stream on Redis, the durable queue on RabbitMQ (plus the
+    stream when the relay writes to a Redis of its own, ``relay_url``)."""
     scheme = broker_url.split("://", 1)[0].split("+", 1)[0]
     redis_broker = scheme in {"redis", "rediss"}
     out: list[str] = []
     for name in names:
         if name == "auto":
-            out.extend(["pubsub", "stream"] if redis_broker else ["amqp"])
+            out.extend(["pubsub", "stream"] if redis_broker else ["amqp", "stream"] if relay_url else ["amqp"])
         else:
             out.append(name)
     for name in out:
-        if name in {"pubsub", "stream"} and not redis_broker:
-            raise ValueError(f"source {name!r} needs a Redis broker, not {mask_url(broker_url)}")
+        if name == "pubsub" and not redis_broker:
+            raise ValueError(f"source 'pubsub' needs a Redis broker, not {mask_url(broker_url)}")
+        if name == "stream" and not (redis_broker or relay_url):
+            raise ValueError(f"source 'stream' needs a Redis broker or relay_url, not {mask_url(broker_url)}")
         if name == "amqp" and scheme not in {"amqp", "amqps", "pyamqp"}:
             raise ValueError(f"source 'amqp' needs a RabbitMQ broker, not {mask_url(broker_url)}")
     return tuple(dict.fromkeys(out))
@@ -77,7 +80,8 @@ def build_sources(names: tuple[str, ...], settings: Settings, buffer: EventBuffe
         elif name == "stream":
             from monitor.sources.redis_stream import RedisStreamSource
 
-            sources.append(RedisStreamSource(buffer, settings.broker_url, stream=settings.relay_stream))
+            sources.append(RedisStreamSource(buffer, settings.relay_url or settings.broker_url,
+                                             stream=settings.relay_stream))
         elif name == "amqp":
             from monitor.sources.amqp import AmqpSource
 
@@ -119,7 +123,7 @@ class Daemon:
         self.options = options
         tune_allocator()  # before the threads start: see monitor.ingest.memory
         self.buffer = EventBuffer(options.buffer_events)
-        self.source_names = resolve_sources(options.sources, settings.broker_url)
+        self.source_names = resolve_sources(options.sources, settings.broker_url, settings.relay_url)
         self.sources = build_sources(self.source_names, settings, self.buffer)
         self.reconciler = None
         if settings.result_backend:
