@@ -35,19 +35,22 @@ FEED_MAX_LAG = 1.0
 SUPERVISE_INTERVAL = 0.5
 
 
-def resolve_sources(names: tuple[str, ...], broker_url: str) -> tuple[str, ...]:
-    """'auto': pub/sub plus the durable stream on Redis, the durable queue on RabbitMQ."""
+def resolve_sources(names: tuple[str, ...], broker_url: str, relay_url: str = "") -> tuple[str, ...]:
+    """'auto': pub/sub plus the durable stream on Redis, the durable queue on RabbitMQ (plus the
+    stream when the relay writes to a Redis of its own, ``relay_url``)."""
     scheme = broker_url.split("://", 1)[0].split("+", 1)[0]
     redis_broker = scheme in {"redis", "rediss"}
     out: list[str] = []
     for name in names:
         if name == "auto":
-            out.extend(["pubsub", "stream"] if redis_broker else ["amqp"])
+            out.extend(["pubsub", "stream"] if redis_broker else ["amqp", "stream"] if relay_url else ["amqp"])
         else:
             out.append(name)
     for name in out:
-        if name in {"pubsub", "stream"} and not redis_broker:
-            raise ValueError(f"source {name!r} needs a Redis broker, not {mask_url(broker_url)}")
+        if name == "pubsub" and not redis_broker:
+            raise ValueError(f"source 'pubsub' needs a Redis broker, not {mask_url(broker_url)}")
+        if name == "stream" and not (redis_broker or relay_url):
+            raise ValueError(f"source 'stream' needs a Redis broker or relay_url, not {mask_url(broker_url)}")
         if name == "amqp" and scheme not in {"amqp", "amqps", "pyamqp"}:
             raise ValueError(f"source 'amqp' needs a RabbitMQ broker, not {mask_url(broker_url)}")
     return tuple(dict.fromkeys(out))
@@ -62,7 +65,7 @@ def _pubsub(settings: Settings, buffer: EventBuffer) -> Source:
 def _stream(settings: Settings, buffer: EventBuffer) -> Source:
     from monitor.sources.redis_stream import RedisStreamSource
 
-    return RedisStreamSource(buffer, settings.broker_url, stream=settings.relay_stream)
+    return RedisStreamSource(buffer, settings.relay_url or settings.broker_url, stream=settings.relay_stream)
 
 
 def _amqp(settings: Settings, buffer: EventBuffer) -> Source:
@@ -116,7 +119,7 @@ class Daemon:
         self.engine = engine
         tune_allocator()  # before the threads start: see monitor.ingest.memory
         self.buffer = EventBuffer(settings.buffer_events)
-        self.source_names = resolve_sources(settings.event_sources, settings.broker_url)
+        self.source_names = resolve_sources(settings.event_sources, settings.broker_url, settings.relay_url)
         self.sources = build_sources(self.source_names, settings, self.buffer)
         self.reconciler = None
         if settings.result_backend:

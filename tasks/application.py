@@ -89,11 +89,11 @@ def celery_config(settings: Settings) -> dict:
 def make_app(settings: Settings, set_as_current: bool = True) -> TaskmonCelery:
     app = TaskmonCelery(settings, include=list(TASK_MODULES), set_as_current=set_as_current)
     app.conf.update(celery_config(settings))
-    if settings.broker_url.split("://", 1)[0] in ("redis", "rediss"):
+    if settings.relay_url or settings.broker_url.split("://", 1)[0] in ("redis", "rediss"):
         # taskmon's own jobs are watched without loss: every event also goes to the relay stream.
         from tasks.relay import install
 
-        install(app, stream=settings.relay_stream, maxlen=settings.relay_maxlen)
+        install(app, url=settings.relay_url or None, stream=settings.relay_stream, maxlen=settings.relay_maxlen)
     return app
 
 

@@ -46,6 +46,7 @@ class Settings:
     retention_max_records: int = 0
     field_max_bytes: int = 16384
     event_sources: tuple[str, ...] = ("auto",)
+    relay_url: str = ""
     # The daemon (`taskmon run`)
     enable_events: bool = True
     # Events per transaction at most. The writer takes what has arrived (flush_interval at low
@@ -105,7 +106,10 @@ DESCRIPTIONS: dict[str, str] = {
     "retention_days": "Task history older than this many days is removed by cleanup; 0 keeps all",
     "retention_max_records": "Cleanup keeps at most this many newest task runs; 0: no cap",
     "field_max_bytes": "args/kwargs/result/traceback longer than this are truncated and marked",
-    "event_sources": "Comma-separated: pubsub, stream (durable relay), amqp, or auto (pubsub+stream on Redis, amqp on RabbitMQ)",
+    "event_sources": "Comma-separated: pubsub, stream (durable relay), amqp, or auto (pubsub+stream on Redis, amqp on "
+                     "RabbitMQ, plus stream when relay_url is set)",
+    "relay_url": "Redis the durable relay writes to and the daemon reads the relay stream from; empty: the broker "
+                 "(when it is Redis). Set it for a RabbitMQ broker, and in the apps' environment too",
     "enable_events": "The daemon broadcasts enable_events to every worker, as Flower does (`--no-enable-events`: off)",
     "batch_size": "Most events the daemon writes in one transaction (1-100000)",
     "flush_interval": "Seconds the writer waits for more events before it writes a partial batch",
@@ -149,7 +153,7 @@ DESCRIPTIONS: dict[str, str] = {
 
 SECRET_FIELDS = {"smtp_password"}
 TABLE_FIELDS = {"timeouts", "alerts"}  # settings written as a TOML table
-URL_FIELDS = {"broker_url", "result_backend", "database_url"}
+URL_FIELDS = {"broker_url", "result_backend", "database_url", "relay_url"}
 # What event_sources may name (the daemon's source registry builds each; `taskmon run --source` offers them).
 EVENT_SOURCES = ("auto", "pubsub", "stream", "amqp")
 
@@ -268,6 +272,8 @@ def validate(s: Settings) -> Settings:
     _check_url("broker_url", s.broker_url, {"redis", "rediss", "amqp", "amqps", "pyamqp", "memory"})
     if s.result_backend:
         _check_url("result_backend", s.result_backend, None)
+    if s.relay_url:
+        _check_url("relay_url", s.relay_url, {"redis", "rediss", "unix"})
     _check_database_url(s.database_url)
     for source in s.event_sources:
         if source not in EVENT_SOURCES:

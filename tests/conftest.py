@@ -163,6 +163,9 @@ def celery_client():
 
     yield make
     for app in apps:
+        relay = getattr(app, "_taskmon_relay", None)
+        if relay is not None:  # its writer must not outlive the test and write into a later test's Redis
+            relay.close(timeout=2)
         app.close()
 
 

@@ -14,9 +14,10 @@ from datetime import datetime, timezone
 import redis
 
 from monitor.ingest.events import Malformed
-from tasks.relay import FIELD
+from tasks.relay_format import FIELD, GAP_FIELD
 from tasks.redact import mask_url
 from monitor.sources import Source, decode_body
+from monitor.sources.relay_gaps import ProducerSweep, gap_from_marker
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,7 @@ class RedisStreamSource(Source):
         self.count = count
         self.claim_idle_ms = claim_idle_ms
         self.client = redis.Redis.from_url(broker_url, socket_timeout=10, socket_connect_timeout=5)
+        self.producers = ProducerSweep(self.client, stream)
 
     def unreachable(self, exc: BaseException) -> str:
         return (f"cannot read the relay stream at {mask_url(self.broker_url)} ({exc}); retrying "
@@ -77,6 +79,7 @@ class RedisStreamSource(Source):
                             detail=f"{self.stream} was trimmed past entries the daemon had not read; raise relay_maxlen")
 
     def consume(self) -> None:
+        self.producers.connected()
         # Our own pending entries first (delivered before a crash, never acknowledged).
         while not self.stopping.is_set():
             entries = self._read("0", block=None)
@@ -88,6 +91,8 @@ class RedisStreamSource(Source):
             entries = self._read(">", block=1000)
             if entries:
                 self._handle(entries)
+            if vanished := self.producers.sweep_if_due():
+                self.counters.incr("stream.relay_vanished", vanished)
 
     def _read(self, start: str, block: int | None) -> list:
         reply = self.client.xreadgroup(GROUP, self.consumer, {self.stream: start}, count=self.count, block=block)
@@ -115,6 +120,9 @@ class RedisStreamSource(Source):
             if fields is None:  # deleted while pending
                 continue
             payload = fields.get(FIELD)
+            if payload is None and GAP_FIELD in fields:
+                self._relay_gap(fields[GAP_FIELD])
+                continue
             if payload is None:
                 self.malformed("bad_envelope")
                 continue
@@ -131,6 +139,18 @@ class RedisStreamSource(Source):
             self.deliver(events, ack=ack)
         else:
             ack()
+
+    def _relay_gap(self, raw: bytes) -> None:
+        """A relay's report of events it could not deliver: recorded as a gap, before the events read with it."""
+        try:
+            gap = gap_from_marker(raw)
+        except Malformed as exc:
+            self.malformed(exc.reason)
+            return
+        self.counters.incr("stream.relay_gaps")
+        self.counters.incr("stream.relay_dropped", gap.events_lost or 0)
+        self.report_gap(gap.reason, gap.started_at, ended_at=gap.ended_at, events_lost=gap.events_lost,
+                        detail=gap.detail)
 
     def _acker(self, ids: list):
         def ack() -> None:

@@ -1,5 +1,7 @@
 """A Celery app with taskmon's durable relay installed: the one line a user adds."""
 import os
+import signal
+import time
 
 from celery import Celery
 
@@ -13,7 +15,9 @@ app.conf.update(
     broker_connection_retry_on_startup=True,
     worker_hijack_root_logger=False,
 )
-install(app)
+# The relay's Redis comes from TASKMON_RELAY_URL when set (else the broker); tests shorten the
+# heartbeat so that a vanished process is noticed in seconds.
+install(app, heartbeat=float(os.environ.get("RELAY_HEARTBEAT", "5")))
 
 
 @app.task(name="relayed.add")
@@ -24,3 +28,18 @@ def add(x, y):
 @app.task(name="relayed.echo")
 def echo(*args, **kwargs):
     return len(repr(args)) + len(repr(kwargs))
+
+
+@app.task(name="relayed.fanout_then_die")
+def fanout_then_die(first: int, then: int):
+    """Send ``first`` add tasks and wait until this process's relay wrote their events, send
+    ``then`` more and kill this process at once (kill -9 of a worker child, its buffer not yet written)."""
+    relay = app._taskmon_relay
+    for i in range(first):
+        add.delay(i, 0)
+    deadline = time.monotonic() + 10
+    while relay.stats()["written"] < first and time.monotonic() < deadline:
+        time.sleep(0.01)
+    for i in range(then):
+        add.delay(first + i, 0)
+    os.kill(os.getpid(), signal.SIGKILL)
