@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from monitor.commands.base import Context, open_store, settings_options, SettingsUsageError
+from monitor.commands.base import Context, create_store, settings_options, SettingsUsageError
 
 
 @click.command("run")
@@ -26,7 +26,7 @@ def run_cmd(ctx: Context, sources: tuple, enable_events: bool, batch_size: int, 
     """Consume Celery events and write every task execution to the history database."""
     from monitor.daemon import Daemon, RunOptions
 
-    engine = open_store(ctx)
+    engine = create_store(ctx)
     options = RunOptions(sources=sources or ctx.settings.event_sources, enable_events=enable_events,
                          batch_size=batch_size, buffer_events=buffer_events, prepare_processes=prepare_processes)
     try:
@@ -43,11 +43,15 @@ def check_cmd(ctx: Context, as_json: bool) -> None:
     """Exit 0 when the daemon is alive and the database reachable, 1 (with the reason) otherwise."""
     from datetime import datetime, timezone
 
-    from monitor.health import check
-    from storage.db import make_engine
+    from monitor.health import Health, check
+    from storage.db import DatabaseError, make_engine, require_existing
 
-    health = check(make_engine(ctx.settings.database_url), datetime.now(timezone.utc),
-                   ctx.settings.heartbeat_stale_seconds)
+    engine = make_engine(ctx.settings.database_url)
+    try:
+        require_existing(engine)
+        health = check(engine, datetime.now(timezone.utc), ctx.settings.heartbeat_stale_seconds)
+    except DatabaseError as exc:
+        health = Health(False, str(exc))
     if as_json:
         status = health.status or {}
         click.echo(json.dumps({"ok": health.ok, "reason": health.reason,
