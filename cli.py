@@ -67,14 +67,16 @@ def db_upgrade(ctx: Context) -> None:
 @settings_options
 def db_current(ctx: Context) -> None:
     """Print the schema revision of the database and the newest one taskmon ships."""
-    from sqlalchemy.exc import OperationalError
+    from sqlalchemy.exc import SQLAlchemyError
 
-    from storage.db import current_revision, head_revision, make_engine, unreachable_message
+    from storage.db import DatabaseError, current_revision, head_revision, make_engine, require_existing, \
+        unreachable_message
 
     engine = make_engine(ctx.settings.database_url)
     try:
+        require_existing(engine)
         current = current_revision(engine)
-    except OperationalError as exc:
+    except (DatabaseError, SQLAlchemyError) as exc:
         raise click.ClickException(unreachable_message(engine, exc)) from None
     click.echo(f"current: {current or 'empty'}  head: {head_revision()}")
     if current != head_revision():

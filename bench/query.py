@@ -115,6 +115,7 @@ def generate(n: int, now: datetime, seed: int = 5):
             "eta": None, "expires": None, "seen_at": seen, "sent_at": seen, "received_at": received if state != "PENDING" else None,
             "started_at": started, "finished_at": finished, "runtime": round(runtime, 4) if finished else None,
             "queue_wait": round(wait, 3) if started else None, "truncated": False, "updated_at": finished or started or seen,
+            "received_attempt": None, "received_first_at": None, "redelivered": False, "stuck_at": None, "replay_of": None,
         }
 
 

@@ -1,6 +1,9 @@
 """Reading the task history: filtered listings, one run with its workflow, rows changed since a time.
 
-Every function takes a Connection and returns plain dicts with fixed keys.
+Every function takes a Connection, SQLAlchemy's or a plain sqlite3 one (storage.sql), and returns
+plain dicts with fixed keys. The SQL is text so that `taskmon history` and `show` need no
+SQLAlchemy import; it is the SQL SQLAlchemy compiled from the schema before, and
+tests/test_history_queries.py checks both connections give the same rows.
 """
 from __future__ import annotations
 
@@ -9,21 +12,32 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, func, select, true, union_all
-
 from storage.merge import CELERY_STATES, TASKMON_STATES
-from storage.schema import task_runs
+from storage.sql import bind, dialect, fetch, to_bool, to_utc
 
 # Keys of a run in listings (history, tail, show's parent/children), in display order.
 SUMMARY_FIELDS = (
     "task_id", "name", "state", "worker", "queue", "seen_at", "started_at", "finished_at",
     "runtime", "queue_wait", "retries", "exception_type", "exception", "updated_at",
 )
+# Every column of task_runs in the schema's order (storage.schema; tests/test_history_queries.py checks).
+RUN_FIELDS = (
+    "task_id", "name", "state", "state_at", "args", "kwargs", "result", "exception", "exception_type", "traceback",
+    "queue", "routing_key", "exchange", "worker", "root_id", "parent_id", "retries", "eta", "expires", "seen_at",
+    "sent_at", "received_at", "started_at", "finished_at", "runtime", "queue_wait", "truncated", "updated_at",
+    "received_attempt", "received_first_at", "redelivered", "stuck_at", "replay_of",
+)
+TIME_FIELDS = ("state_at", "eta", "expires", "seen_at", "sent_at", "received_at", "started_at", "finished_at",
+               "updated_at", "received_first_at", "stuck_at")
+BOOL_FIELDS = ("truncated", "redelivered")
+DECODE = {**{k: to_utc for k in TIME_FIELDS}, **{k: to_bool for k in BOOL_FIELDS}}
 # Keys of the timeline entries of `show`.
 TIMELINE_EVENTS = (("sent", "sent_at"), ("received", "received_at"), ("started", "started_at"), ("finished", "finished_at"))
 MAX_CHAIN = 100  # parent links followed at most (a cycle in bad data must not hang `show`)
 MAX_CHILDREN = 1000
 MAX_PARTS = 32  # list_runs merges at most this many per-(name, state) queries
+SUMMARY = ", ".join(SUMMARY_FIELDS)
+NEWEST_FIRST = "ORDER BY seen_at DESC, task_id DESC"
 
 
 @dataclass(frozen=True)
@@ -49,20 +63,26 @@ class UnknownState(ValueError):
     """A state filter names a state that is neither celery's, taskmon's, nor stored in the history."""
 
 
-def check_states(conn: Connection, states) -> None:
+def check_states(conn, states) -> None:
     """Raise UnknownState, listing the known states, when one of ``states`` cannot match any run.
 
     Custom states (``update_state(state="PROGRESS")``) are known once the history holds one.
     """
     builtin = CELERY_STATES + TASKMON_STATES
-    wanted = {s.upper() for s in states} - set(builtin)
+    wanted = sorted({s.upper() for s in states} - set(builtin))
     if not wanted:
         return
-    stored = conn.execute(select(task_runs.c.state).distinct().where(task_runs.c.state.in_(wanted))).scalars()
-    unknown = sorted(wanted - set(stored))
+    params = {f"s{i}": state for i, state in enumerate(wanted)}
+    marks = ", ".join(f":{key}" for key in params)
+    stored = {r["state"] for r in fetch(conn, f"SELECT DISTINCT state FROM task_runs WHERE state IN ({marks})",
+                                        params, {})}
+    unknown = [state for state in wanted if state not in stored]
     if unknown:
-        custom = conn.execute(select(task_runs.c.state).distinct().where(task_runs.c.state.not_in(builtin))).scalars()
-        raise UnknownState(f"unknown state {', '.join(unknown)}; known: {', '.join(builtin + tuple(sorted(custom)))}")
+        params = {f"b{i}": state for i, state in enumerate(builtin)}
+        marks = ", ".join(f":{key}" for key in params)
+        custom = sorted(r["state"] for r in fetch(conn, f"SELECT DISTINCT state FROM task_runs WHERE state NOT IN ({marks})",
+                                                  params, {}))
+        raise UnknownState(f"unknown state {', '.join(unknown)}; known: {', '.join(builtin + tuple(custom))}")
 
 
 def is_glob(pattern: str) -> bool:
@@ -95,59 +115,69 @@ def glob_to_regex(pattern: str) -> str:
     return "".join(out) + "$"
 
 
-def name_matches(conn: Connection, column, pattern: str):
+def name_condition(conn_dialect: str, column: str, pattern: str, key: str) -> tuple[str, dict[str, Any]]:
     """``column`` matches the glob: equality when there is no wildcard (uses the name index)."""
     if not is_glob(pattern):
-        return column == pattern
-    if conn.dialect.name == "sqlite":
-        return column.op("GLOB")(pattern.replace("[!", "[^"))
-    return column.op("~")(glob_to_regex(pattern))
+        return f"{column} = :{key}", {key: pattern}
+    if conn_dialect == "sqlite":
+        return f"({column} GLOB :{key})", {key: pattern.replace("[!", "[^")}
+    return f"({column} ~ :{key})", {key: glob_to_regex(pattern)}
 
 
-def where(conn: Connection, f: RunFilter, exact_name: bool = False):
-    """The SQL condition for a filter; ``exact_name`` takes f.name as a name, not a glob."""
-    c = task_runs.c
-    conds = []
+def conditions(conn_dialect: str, f: RunFilter, exact_name: bool = False, key: str = "f") -> tuple[str, dict[str, Any]]:
+    """The SQL condition on task_runs for a filter, and its parameters (named ``key``_...); ``exact_name``
+    takes f.name as a name, not a glob. "1 = 1" when the filter has no condition."""
+    conds: list[str] = []
+    params: dict[str, Any] = {}
     if f.name:
-        conds.append(c.name == f.name if exact_name else name_matches(conn, c.name, f.name))
+        if exact_name:
+            conds.append(f"name = :{key}_name")
+            params[f"{key}_name"] = f.name
+        else:
+            sql, p = name_condition(conn_dialect, "name", f.name, f"{key}_name")
+            conds.append(sql)
+            params.update(p)
     states = f.all_states()
-    if states:
-        conds.append(c.state == states[0] if len(states) == 1 else c.state.in_(states))
-    if f.worker:
-        conds.append(c.worker == f.worker)
-    if f.queue:
-        conds.append(c.queue == f.queue)
+    if len(states) == 1:
+        conds.append(f"state = :{key}_state")
+        params[f"{key}_state"] = states[0]
+    elif states:
+        names = [f"{key}_state{i}" for i in range(len(states))]
+        conds.append(f"state IN ({', '.join(':' + n for n in names)})")
+        params.update(zip(names, states))
+    for column, value in (("worker", f.worker), ("queue", f.queue)):
+        if value:
+            conds.append(f"{column} = :{key}_{column}")
+            params[f"{key}_{column}"] = value
     if f.since is not None:
-        conds.append(c.seen_at >= f.since)
+        conds.append(f"seen_at >= :{key}_since")
+        params[f"{key}_since"] = bind(conn_dialect, f.since)
     if f.until is not None:
-        conds.append(c.seen_at < f.until)
-    return and_(true(), *conds)
+        conds.append(f"seen_at < :{key}_until")
+        params[f"{key}_until"] = bind(conn_dialect, f.until)
+    return " AND ".join(conds) or "1 = 1", params
 
 
-def _summary_columns():
-    return [task_runs.c[k] for k in SUMMARY_FIELDS]
-
-
-def task_names(conn: Connection, pattern: str | None = None) -> list[str]:
+def task_names(conn, pattern: str | None = None) -> list[str]:
     """Every task name (matching a glob), by a loose index scan: one seek per name, not a table scan."""
-    c, t = task_runs.c, task_runs.alias("t")
-    names = select(func.min(c.name).label("name")).cte("names", recursive=True)
-    following = select(func.min(t.c.name)).where(t.c.name > names.c.name).scalar_subquery()
-    names = names.union_all(select(following).where(names.c.name.is_not(None)))
-    stmt = select(names.c.name).where(names.c.name.is_not(None))
+    sql = ("WITH RECURSIVE names(name) AS (SELECT min(name) FROM task_runs UNION ALL "
+           "SELECT (SELECT min(t.name) FROM task_runs AS t WHERE t.name > names.name) FROM names "
+           "WHERE names.name IS NOT NULL) "
+           "SELECT names.name AS name FROM names WHERE names.name IS NOT NULL")
+    params: dict[str, Any] = {}
     if pattern:
-        stmt = stmt.where(name_matches(conn, names.c.name, pattern))
-    return [r[0] for r in conn.execute(stmt)]
+        cond, params = name_condition(dialect(conn), "names.name", pattern, "pattern")
+        sql += f" AND {cond}"
+    return [r["name"] for r in fetch(conn, sql, params, {})]
 
 
-def list_runs(conn: Connection, f: RunFilter = RunFilter(), limit: int = 20) -> list[dict[str, Any]]:
+def list_runs(conn, f: RunFilter = RunFilter(), limit: int = 20) -> list[dict[str, Any]]:
     """Runs matching ``f``, newest first (by seen_at, then task_id for a stable order).
 
     A glob and several states are split into one query per (name, state), each a short walk of
     its (name, seen_at) or (state, seen_at) index, merged; a single condition on a large history
     would otherwise make the database read and sort every matching run to return the newest few.
     """
-    c = task_runs.c
     names: list[str | None] = [f.name] if f.name else [None]
     if f.name and is_glob(f.name):
         names = task_names(conn, f.name)
@@ -155,55 +185,63 @@ def list_runs(conn: Connection, f: RunFilter = RunFilter(), limit: int = 20) -> 
             return []
     states = f.all_states() or (None,)
     parts = [replace(f, name=n, states=(s,) if s else (), failed=False) for n in names for s in states]
-    order = (c.seen_at.desc(), c.task_id.desc())
+    db = dialect(conn)
     if len(parts) == 1 or len(parts) > MAX_PARTS:
         exact = len(parts) == 1
-        stmt = select(*_summary_columns()).where(where(conn, parts[0] if exact else f, exact_name=exact))
-        stmt = stmt.order_by(*order).limit(limit)
+        cond, params = conditions(db, parts[0] if exact else f, exact_name=exact)
+        sql = f"SELECT {SUMMARY} FROM task_runs WHERE {cond} {NEWEST_FIRST} LIMIT :limit"
     else:
-        subs = [
-            select(*_summary_columns()).where(where(conn, p, exact_name=True)).order_by(*order).limit(limit).subquery()
-            for p in parts
-        ]
-        union = union_all(*[select(*s.c) for s in subs]).subquery()
-        stmt = select(union).order_by(union.c.seen_at.desc(), union.c.task_id.desc()).limit(limit)
-    return [dict(r) for r in conn.execute(stmt).mappings()]
+        selects, params = [], {}
+        for i, part in enumerate(parts):
+            cond, p = conditions(db, part, exact_name=True, key=f"p{i}")
+            selects.append(f"SELECT * FROM (SELECT {SUMMARY} FROM task_runs WHERE {cond} {NEWEST_FIRST} "
+                           f"LIMIT :limit) AS p{i}")
+            params.update(p)
+        sql = f"SELECT {SUMMARY} FROM ({' UNION ALL '.join(selects)}) AS runs {NEWEST_FIRST} LIMIT :limit"
+    return fetch(conn, sql, {**params, "limit": limit}, DECODE)
 
 
-def changed_since(conn: Connection, f: RunFilter, after: datetime, until: datetime | None = None,
+def changed_since(conn, f: RunFilter, after: datetime, until: datetime | None = None,
                   limit: int = 1000) -> list[dict[str, Any]]:
     """Runs matching ``f`` written after ``after`` (and at or before ``until``), oldest write first."""
-    c = task_runs.c
-    conds = [where(conn, f), c.updated_at > after]
+    db = dialect(conn)
+    cond, params = conditions(db, f)
+    sql = f"SELECT {SUMMARY} FROM task_runs WHERE {cond} AND updated_at > :after"
+    params["after"] = bind(db, after)
     if until is not None:
-        conds.append(c.updated_at <= until)
-    stmt = select(*_summary_columns()).where(*conds).order_by(c.updated_at, c.task_id).limit(limit)
-    return [dict(r) for r in conn.execute(stmt).mappings()]
+        sql += " AND updated_at <= :until"
+        params["until"] = bind(db, until)
+    sql += " ORDER BY updated_at, task_id LIMIT :limit"
+    return fetch(conn, sql, {**params, "limit": limit}, DECODE)
 
 
-def latest_update(conn: Connection) -> datetime | None:
-    return conn.execute(select(func.max(task_runs.c.updated_at))).scalar()
+def latest_update(conn) -> datetime | None:
+    return fetch(conn, "SELECT max(updated_at) AS updated_at FROM task_runs", {}, DECODE)[0]["updated_at"]
 
 
-def known_queues(conn: Connection) -> list[str]:
+def known_queues(conn) -> list[str]:
     """Every queue name the history has seen a task sent to."""
-    c = task_runs.c
-    rows = conn.execute(select(c.queue).where(c.queue.is_not(None)).group_by(c.queue).order_by(c.queue))
-    return [r[0] for r in rows]
+    rows = fetch(conn, "SELECT queue FROM task_runs WHERE queue IS NOT NULL GROUP BY queue ORDER BY queue", {}, {})
+    return [r["queue"] for r in rows]
 
 
-def _summary(conn: Connection, task_id: str) -> dict[str, Any] | None:
-    row = conn.execute(select(*_summary_columns()).where(task_runs.c.task_id == task_id)).mappings().first()
-    return dict(row) if row is not None else None
+def _one(conn, sql: str, params: dict[str, Any]) -> dict[str, Any] | None:
+    rows = fetch(conn, sql, params, DECODE)
+    return rows[0] if rows else None
 
 
-def _workflow_size(conn: Connection, root_id: str) -> int:
+def _summary(conn, task_id: str) -> dict[str, Any] | None:
+    return _one(conn, f"SELECT {SUMMARY} FROM task_runs WHERE task_id = :task_id", {"task_id": task_id})
+
+
+def _workflow_size(conn, root_id: str) -> int:
     """Runs whose root is ``root_id``: the root itself, if stored, and the rest through the
     partial index on root_id, which holds only the runs whose root is another task."""
-    c = task_runs.c
-    members = select(func.count()).select_from(task_runs).where(c.root_id == root_id, c.root_id != c.task_id)
-    root = select(func.count()).select_from(task_runs).where(c.task_id == root_id, c.root_id == root_id)
-    return conn.execute(members).scalar() + conn.execute(root).scalar()
+    members = _one(conn, "SELECT count(*) AS n FROM task_runs WHERE root_id = :root_id AND root_id != task_id",
+                   {"root_id": root_id})
+    root = _one(conn, "SELECT count(*) AS n FROM task_runs WHERE task_id = :root_id AND root_id = :root_id",
+                {"root_id": root_id})
+    return members["n"] + root["n"]
 
 
 def timeline(run: dict[str, Any]) -> list[dict[str, Any]]:
@@ -219,33 +257,26 @@ def timeline(run: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def run_detail(conn: Connection, task_id: str) -> dict[str, Any] | None:
+def run_detail(conn, task_id: str) -> dict[str, Any] | None:
     """One run with every stored field, its timeline and its place in the workflow; None if unknown."""
-    c = task_runs.c
-    run = conn.execute(select(task_runs).where(c.task_id == task_id)).mappings().first()
+    run = _one(conn, f"SELECT {', '.join(RUN_FIELDS)} FROM task_runs WHERE task_id = :task_id", {"task_id": task_id})
     if run is None:
         return None
-    run = dict(run)
     ancestors: list[dict[str, Any]] = []  # parent first, up to the root
     missing_parent = None
     seen = {task_id}
     parent_id = run["parent_id"]
     while parent_id and parent_id not in seen and len(ancestors) < MAX_CHAIN:
         seen.add(parent_id)
-        parent = conn.execute(
-            select(*_summary_columns(), c.parent_id.label("_parent_id")).where(c.task_id == parent_id)
-        ).mappings().first()
+        parent = _one(conn, f"SELECT {SUMMARY}, parent_id AS _parent_id FROM task_runs WHERE task_id = :task_id",
+                      {"task_id": parent_id})
         if parent is None:
             missing_parent = parent_id
             break
-        parent = dict(parent)
         parent_id = parent.pop("_parent_id")
         ancestors.append(parent)
-    children = [
-        dict(r) for r in conn.execute(
-            select(*_summary_columns()).where(c.parent_id == task_id).order_by(c.seen_at, c.task_id).limit(MAX_CHILDREN)
-        ).mappings()
-    ]
+    children = fetch(conn, f"SELECT {SUMMARY} FROM task_runs WHERE parent_id = :task_id "
+                           "ORDER BY seen_at, task_id LIMIT :limit", {"task_id": task_id, "limit": MAX_CHILDREN}, DECODE)
     root_id = run["root_id"]
     root = None
     if root_id and root_id != task_id:
@@ -264,12 +295,7 @@ def run_detail(conn: Connection, task_id: str) -> dict[str, Any] | None:
     }
 
 
-
-def state_counts(conn: Connection) -> dict[str, int]:
+def state_counts(conn) -> dict[str, int]:
     """How many task runs are in each state."""
-    from sqlalchemy import func, select
-
-    from storage.schema import task_runs
-
-    rows = conn.execute(select(task_runs.c.state, func.count()).group_by(task_runs.c.state)).all()
-    return {state: count for state, count in sorted(rows)}
+    rows = fetch(conn, "SELECT state, count(*) AS n FROM task_runs GROUP BY state", {}, {})
+    return {r["state"]: r["n"] for r in sorted(rows, key=lambda r: r["state"])}

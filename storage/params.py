@@ -7,7 +7,6 @@ SQLAlchemy's compiled upsert and bind processors for a dialect, and checks again
 """
 from __future__ import annotations
 
-import pickle
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable, Mapping, Sequence
@@ -78,6 +77,8 @@ def converter(plan: RowPlan) -> Callable[[Mapping[str, Any], dict], Any]:
 
 def pack_rows(plan: RowPlan, rows: Sequence[Mapping[str, Any]], packed: bool) -> list:
     """The parameters of ``rows`` in chunks of CHUNK_ROWS, each pickled when ``packed``."""
+    import pickle  # here: `taskmon history` binds its times with bind_time and needs no pickle
+
     convert = converter(plan)
     times: dict = {}  # a batch's rows share many timestamps (a task's state_at/seen_at/sent_at)
     chunks = []

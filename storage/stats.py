@@ -15,11 +15,11 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any, Iterator
 
-from sqlalchemy import Connection, case, func, literal_column, select
+from sqlalchemy import Connection, case, func, literal_column, select, text
 from sqlalchemy.sql.expression import UnaryExpression
 from sqlalchemy.sql.operators import custom_op
 
-from storage.history import RunFilter, where
+from storage.history import RunFilter, conditions
 from storage.merge import CELERY_STATES
 from storage.schema import task_runs
 
@@ -104,6 +104,12 @@ def _entry(name, counts, runtime, wait, minutes) -> dict[str, Any]:
         "runtime": {**runtime, "max": counts["runtime_max"]},
         "queue_wait": wait,
     }
+
+
+def where(conn: Connection, f: RunFilter):
+    """The filter's condition (storage.history writes it, for `history` too) as a SQLAlchemy clause."""
+    cond, params = conditions(conn.dialect.name, f)
+    return text(cond).bindparams(**params)
 
 
 def unindexed(column):

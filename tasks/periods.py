@@ -5,6 +5,8 @@ from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, timezone
 from zoneinfo import ZoneInfo
 
+from tasks.errors import BadInput
+
 KINDS = ("hourly", "daily", "weekly", "monthly")
 
 
@@ -72,3 +74,21 @@ def previous_period(kind: str, now: datetime, tz: ZoneInfo) -> Period:
     if kind == "monthly":
         return period_for_date(kind, today.replace(day=1) - timedelta(days=1), tz)
     raise ValueError(f"unknown period {kind!r}: one of {', '.join(KINDS)}")
+
+
+def report_period(kind: str, tz, *, now: datetime, day: date | None = None) -> Period:
+    """The period containing ``day``, else the last complete one before ``now``."""
+    if kind not in KINDS:
+        raise BadInput(f"unknown report {kind!r}: one of {', '.join(KINDS)}")
+    if day is None:
+        return previous_period(kind, now, tz)
+    if kind == "hourly":
+        raise BadInput("an hourly report is for the previous hour; it takes no date")
+    return period_for_date(kind, day, tz)
+
+
+def parse_day(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except (TypeError, ValueError):
+        raise BadInput(f"bad date {text!r}: expected YYYY-MM-DD") from None

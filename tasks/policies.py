@@ -9,10 +9,7 @@ from __future__ import annotations
 from celery import Task
 
 from tasks.backoff import compute_backoff
-
-
-class BadInput(ValueError):
-    """A job was given arguments it cannot use (unknown bill, negative days); the message says which."""
+from tasks.errors import BadInput  # noqa: F401 - the jobs import it from here with their base classes
 
 
 class AppTask(Task):

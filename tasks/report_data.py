@@ -10,10 +10,22 @@ from typing import Any
 from sqlalchemy import Connection, and_, case, distinct, func, select
 
 from storage.schema import task_runs
+from tasks.periods import Period
 
 # FAILURE from celery; TIMEOUT and LOST are what the detectors record for tasks no event ended.
 FAILED_STATES = ("FAILURE", "TIMEOUT", "LOST")
 TOP = 10
+
+
+def build_report(conn: Connection, period: Period) -> dict[str, Any]:
+    """The report of a period: what report_data says, with the period in its time zone."""
+    fmt = lambda moment: moment.astimezone(period.tz).strftime("%Y-%m-%d %H:%M")  # noqa: E731
+    return {
+        "kind": period.kind,
+        "period": {"label": period.label, "start": fmt(period.start), "end": fmt(period.end),
+                   "timezone": period.tz.key},
+        **report_data(conn, period.start, period.end),
+    }
 
 
 def report_data(conn: Connection, start: datetime, end: datetime, top: int = TOP) -> dict[str, Any]:

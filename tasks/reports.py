@@ -13,40 +13,12 @@ from tasks.settings import Settings
 from storage.db import dialect_insert
 from storage.schema import reports
 from tasks.mail import MailError, send_mail
-from tasks.periods import KINDS, Period, period_for_date, previous_period
-from tasks.policies import BadInput, DefaultTask
-from tasks.report_data import report_data
+from tasks.periods import Period, parse_day, report_period
+from tasks.policies import DefaultTask
+from tasks.report_data import build_report
 from tasks.report_format import render, title
 
 log = logging.getLogger(__name__)
-
-
-def build_report(conn: Connection, period: Period) -> dict[str, Any]:
-    fmt = lambda moment: moment.astimezone(period.tz).strftime("%Y-%m-%d %H:%M")  # noqa: E731
-    return {
-        "kind": period.kind,
-        "period": {"label": period.label, "start": fmt(period.start), "end": fmt(period.end),
-                   "timezone": period.tz.key},
-        **report_data(conn, period.start, period.end),
-    }
-
-
-def report_period(kind: str, tz, *, now: datetime, day: date | None = None) -> Period:
-    """The period containing ``day``, else the last complete one before ``now``."""
-    if kind not in KINDS:
-        raise BadInput(f"unknown report {kind!r}: one of {', '.join(KINDS)}")
-    if day is None:
-        return previous_period(kind, now, tz)
-    if kind == "hourly":
-        raise BadInput("an hourly report is for the previous hour; it takes no date")
-    return period_for_date(kind, day, tz)
-
-
-def parse_day(text: str) -> date:
-    try:
-        return date.fromisoformat(text)
-    except (TypeError, ValueError):
-        raise BadInput(f"bad date {text!r}: expected YYYY-MM-DD") from None
 
 
 def store_report(conn: Connection, period: Period, report: dict[str, Any], now: datetime) -> int:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import re
 import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -336,16 +337,19 @@ def _check_url(name: str, url: str, schemes: set[str] | None) -> None:
         raise SettingsError(f"{name}: unsupported URL {mask_url(url)!r} (expected one of: {allowed})")
 
 
-def _check_database_url(url: str) -> None:
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
+# SQLAlchemy's URL syntax (sqlalchemy.engine.url._parse_url), so that settings are checked without
+# importing SQLAlchemy: a command that opens SQLite with the standard library never pays for it.
+_DATABASE_URL = re.compile(
+    r"""(?P<name>[\w+]+)://(?:[^:/]*(?::[^@]*)?@)?(?:(?:\[[^/?]+\]|[^/:?]+)?(?::(?P<port>[^/?]*))?)?""")
 
-    try:
-        parsed = make_url(url)
-    except ArgumentError:
-        raise SettingsError(f"database_url: cannot parse URL {mask_url(url)!r}") from None
-    if parsed.get_backend_name() not in {"sqlite", "postgresql"}:
-        raise SettingsError(f"database_url: unsupported database {parsed.get_backend_name()!r} (use sqlite or postgresql)")
+
+def _check_database_url(url: str) -> None:
+    m = _DATABASE_URL.match(url)
+    if m is None or (m["port"] and not m["port"].isdigit()):
+        raise SettingsError(f"database_url: cannot parse URL {mask_url(url)!r}")
+    backend = m["name"].split("+", 1)[0]
+    if backend not in {"sqlite", "postgresql"}:
+        raise SettingsError(f"database_url: unsupported database {backend!r} (use sqlite or postgresql)")
 
 
 def read_config_file(path: Path) -> dict[str, Any]:

@@ -91,6 +91,17 @@ def sqlite_url(tmp_path):
     return f"sqlite:///{tmp_path / 'taskmon.db'}"
 
 
+@pytest.fixture
+def sqlite_store(sqlite_url):
+    """The URL of an upgraded history store in a SQLite file (commands other than run never create one)."""
+    from storage.db import make_engine, upgrade
+
+    eng = make_engine(sqlite_url)
+    upgrade(eng)
+    eng.dispose()
+    return sqlite_url
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def db_url(request):
     """The same test on SQLite and on PostgreSQL, each with an empty database."""

@@ -190,7 +190,7 @@ def test_cli_cleanup_deletes_and_reports_counts(sqlite_url):
     assert count(engine, task_runs) == 3
 
 
-def test_cli_negative_days_is_a_one_line_error(sqlite_url):
-    result = CliRunner().invoke(cli, ["cleanup", "--days", "-1", "--db", sqlite_url])
+def test_cli_negative_days_is_a_one_line_error(sqlite_store):
+    result = CliRunner().invoke(cli, ["cleanup", "--days", "-1", "--db", sqlite_store])
     assert result.exit_code == 2
     assert result.output.strip().splitlines() == ["Error: days must be a whole number, 0 or more; got -1"]

@@ -18,8 +18,9 @@ def test_db_upgrade_twice_and_current(db_url):
     assert {"task_runs", "workers", "alembic_version"} <= set(inspect(make_engine(db_url)).get_table_names())
 
 
-def test_db_current_on_empty_database_exits_1(sqlite_url):
-    result = CliRunner().invoke(cli, ["db", "current", "--db", sqlite_url])
+def test_db_current_on_empty_database_exits_1(tmp_path):
+    (tmp_path / "empty.db").touch()  # an empty file is an empty SQLite database
+    result = CliRunner().invoke(cli, ["db", "current", "--db", f"sqlite:///{tmp_path / 'empty.db'}"])
     assert result.exit_code == 1 and "current: empty" in result.output
 
 

@@ -151,3 +151,52 @@ def test_workers_come_with_their_stored_status_and_heartbeat_age(sample):
 
 def test_the_states_listed_to_users_are_the_states_the_merge_ranks():
     assert sorted(CELERY_STATES + TASKMON_STATES) == sorted(STATE_RANK)
+
+
+# -- the same queries on a plain sqlite3 connection (what `taskmon history` and `show` use) ----------
+
+FILTERS = [RunFilter(), RunFilter(name="mail.send"), RunFilter(name="*.[!cd]*"), RunFilter(failed=True),
+           RunFilter(states=("SUCCESS", "RETRY")), RunFilter(name="*", states=("STARTED", "PENDING")),
+           RunFilter(worker="celery@b", queue="celery"), RunFilter(since=now_utc() - timedelta(minutes=49))]
+
+
+def test_a_plain_sqlite3_connection_reads_the_same_rows_as_sqlalchemy(sqlite_url):
+    from storage.db import make_engine, upgrade
+    from storage.store import open_history, sqlite_file
+    from tests.history_data import sample_history
+
+    engine = make_engine(sqlite_url)
+    upgrade(engine)
+    now = now_utc()
+    rows = sample_history(now) + [run("t1", "odd", "SUCCESS", now, truncated=True, redelivered=True,
+                                      stuck_at=now, eta=now, received_attempt=1, replay_of="r02")]
+    insert(engine, rows)
+    plain, revision = open_history(sqlite_file(sqlite_url))
+    try:
+        with engine.connect() as conn:
+            for f in FILTERS:
+                assert list_runs(plain, f) == list_runs(conn, f), f
+            for task_id in [r["task_id"] for r in rows] + ["nope"]:
+                assert run_detail(plain, task_id) == run_detail(conn, task_id), task_id
+            assert changed_since(plain, RunFilter(), now - timedelta(hours=1)) == \
+                changed_since(conn, RunFilter(), now - timedelta(hours=1))
+            assert task_names(plain, "*.*") == task_names(conn, "*.*")
+            assert known_queues(plain) == known_queues(conn)
+        detail = run_detail(plain, "t1")["run"]
+        assert detail["truncated"] is True and detail["redelivered"] is True
+        assert detail["stuck_at"] == now and detail["stuck_at"].tzinfo is not None
+    finally:
+        plain.close()
+        engine.dispose()
+
+
+def test_the_column_lists_of_the_text_queries_are_the_schemas():
+    from sqlalchemy import Boolean
+
+    from storage.history import BOOL_FIELDS, RUN_FIELDS, TIME_FIELDS
+    from storage.schema import task_runs
+    from storage.types import UTCDateTime
+
+    assert RUN_FIELDS == tuple(task_runs.c.keys())
+    assert set(TIME_FIELDS) == {c.name for c in task_runs.c if isinstance(c.type, UTCDateTime)}
+    assert set(BOOL_FIELDS) == {c.name for c in task_runs.c if isinstance(c.type, Boolean)}

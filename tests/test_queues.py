@@ -58,17 +58,17 @@ def test_redis_key_that_is_not_a_list_is_skipped(redis_url):
         {"name": "odd", "messages": 0, "consumers": None, "by_priority": {}, "exists": None}]
 
 
-def test_rabbitmq_depth_and_missing_queue(sqlite_url, amqp_url):
+def test_rabbitmq_depth_and_missing_queue(sqlite_store, amqp_url):
     name = f"taskmon-test-{uuid.uuid4().hex[:8]}"
     publish(amqp_url, name, [1, 2, None])
     try:
-        result = queues_cmd(sqlite_url, amqp_url, "--queue", name, "--queue", f"{name}-absent", "--json")
+        result = queues_cmd(sqlite_store, amqp_url, "--queue", name, "--queue", f"{name}-absent", "--json")
         assert result.exit_code == 0, result.output
         rows = {r["name"]: r for r in json.loads(result.stdout)}
         assert rows[name] == {"name": name, "messages": 3, "consumers": 0, "by_priority": None, "exists": True}
         assert rows[f"{name}-absent"]["exists"] is False and rows[f"{name}-absent"]["messages"] is None
         assert "celery" in rows
-        table = queues_cmd(sqlite_url, amqp_url, "--queue", f"{name}-absent")
+        table = queues_cmd(sqlite_store, amqp_url, "--queue", f"{name}-absent")
         assert "no such queue" in table.stdout
         # The queue_depth alert rule reads the same depths: a queue that does not exist is not deep.
         depths = queue_depths(amqp_url, [name, f"{name}-absent"])
@@ -86,12 +86,12 @@ def one_line(result):
     return lines[0]
 
 
-def test_unreachable_brokers_are_one_line_errors(sqlite_url):
-    line = one_line(queues_cmd(sqlite_url, "redis://127.0.0.1:1/0"))
+def test_unreachable_brokers_are_one_line_errors(sqlite_store):
+    line = one_line(queues_cmd(sqlite_store, "redis://127.0.0.1:1/0"))
     assert "cannot reach the broker at redis://127.0.0.1:1/0" in line and "TASKMON_BROKER_URL" in line
-    line = one_line(queues_cmd(sqlite_url, "amqp://guest:secret@127.0.0.1:1//"))
+    line = one_line(queues_cmd(sqlite_store, "amqp://guest:secret@127.0.0.1:1//"))
     assert "cannot reach the broker at amqp://guest:***@127.0.0.1:1//" in line
 
 
-def test_a_broker_without_queue_depths_is_one_line_error(sqlite_url):
-    assert "cannot read queue depths from a memory:// broker" in one_line(queues_cmd(sqlite_url, "memory://"))
+def test_a_broker_without_queue_depths_is_one_line_error(sqlite_store):
+    assert "cannot read queue depths from a memory:// broker" in one_line(queues_cmd(sqlite_store, "memory://"))

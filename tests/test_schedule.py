@@ -78,7 +78,7 @@ def test_next_run_is_computed_in_the_configured_time_zone():
     assert next_run(weekly, app, NOW).astimezone(timezone.utc) == datetime(2026, 11, 23, 2, 0, tzinfo=timezone.utc)
 
 
-def test_schedule_commands_edit_rows_and_write_the_audit_log(db_url):
+def test_schedule_commands_edit_rows_and_write_the_audit_log(engine, db_url):
     added = run(db_url, "schedule", "add", "nightly-export", "maintenance.export_data", "--cron", "15 1 * * *",
                 "--kwargs", '{"start": "2026-01-01", "end": "2026-01-02", "path": "/tmp/x.csv"}', "--queue", "maintenance")
     assert added.exit_code == 0, added.output
@@ -96,7 +96,7 @@ def test_schedule_commands_edit_rows_and_write_the_audit_log(db_url):
     assert actions[:5] == ["schedule.remove", "schedule.enable", "schedule.set", "schedule.disable", "schedule.add"]
 
 
-def test_schedule_list_shows_times_in_the_configured_zone(db_url):
+def test_schedule_list_shows_times_in_the_configured_zone(engine, db_url):
     result = run(db_url, "schedule", "list")
     assert result.exit_code == 0, result.output
     assert "generate-weekly-report" in result.output and "0 10 * * 1" in result.output
@@ -115,15 +115,15 @@ def test_schedule_list_shows_times_in_the_configured_zone(db_url):
     (["schedule", "set", "no-such-entry", "--every", "5"], 1, "no schedule named 'no-such-entry'"),
     (["schedule", "set", "backup-database", "--cron", "x y z"], 2, "bad crontab"),
 ])
-def test_schedule_errors_are_one_line_with_meaningful_exit_codes(sqlite_url, args, code, message):
-    result = run(sqlite_url, *args)
+def test_schedule_errors_are_one_line_with_meaningful_exit_codes(sqlite_store, args, code, message):
+    result = run(sqlite_store, *args)
     assert result.exit_code == code, result.output
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], lines
 
 
-def test_any_task_allows_another_apps_task(sqlite_url):
-    result = run(sqlite_url, "schedule", "add", "theirs", "auth.cleanup_expired_sessions", "--cron", "0 */2 * * *", "--any-task")
+def test_any_task_allows_another_apps_task(sqlite_store):
+    result = run(sqlite_store, "schedule", "add", "theirs", "auth.cleanup_expired_sessions", "--cron", "0 */2 * * *", "--any-task")
     assert result.exit_code == 0, result.output
 
 

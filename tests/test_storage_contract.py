@@ -225,3 +225,9 @@ def test_upsert_stores_every_value_exactly_as_a_plain_sqlalchemy_insert(engine):
             "FROM task_runs"))}
     for i in range(len(times)):
         assert raw[f"u{i}"] == raw[f"plain-u{i}"], i
+
+
+def test_the_schema_head_the_code_expects_is_the_newest_migration():
+    from storage.db import migrations_head
+
+    assert head_revision() == migrations_head()

@@ -1,6 +1,7 @@
 """What every command shares: settings options, the Context, opening the store, common option types."""
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import click
@@ -43,7 +44,21 @@ def settings_options(fn):
 
 
 def open_store(ctx: Context):
-    """The history Engine, upgraded on first use; a clear one-line error when unreachable."""
+    """The Engine of an existing history, upgraded when it is behind; a one-line error when there is none.
+
+    What every command that reads or edits a history uses: none of them creates one."""
+    from storage.db import DatabaseError, check_schema, make_engine
+
+    engine = make_engine(ctx.settings.database_url)
+    try:
+        check_schema(engine)
+    except DatabaseError as exc:
+        raise click.ClickException(str(exc)) from None
+    return engine
+
+
+def create_store(ctx: Context):
+    """The history Engine, the store created or upgraded as needed (`taskmon run`); one-line errors."""
     from storage.db import DatabaseError, ensure_schema, make_engine
 
     engine = make_engine(ctx.settings.database_url)
@@ -52,6 +67,31 @@ def open_store(ctx: Context):
     except DatabaseError as exc:
         raise click.ClickException(str(exc)) from None
     return engine
+
+
+@contextlib.contextmanager
+def read_connection(ctx: Context):
+    """A connection to read an existing history: a plain sqlite3 one for a SQLite file, so that the
+    command never imports SQLAlchemy (most of its time otherwise), else a SQLAlchemy one."""
+    from storage.store import SCHEMA_HEAD, DatabaseError, no_schema_message, open_history, sqlite_file
+
+    path = sqlite_file(ctx.settings.database_url)
+    if path is None:
+        with open_store(ctx).connect() as conn:
+            yield conn
+        return
+    try:
+        conn, revision = open_history(path)
+    except DatabaseError as exc:
+        raise click.ClickException(str(exc)) from None
+    try:
+        if revision is None:
+            raise click.ClickException(no_schema_message(path))
+        if revision != SCHEMA_HEAD:
+            open_store(ctx).dispose()  # upgrades it
+        yield conn
+    finally:
+        conn.close()
 
 
 def parse_since_option(ctx: Context, text: str | None):

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from monitor.commands.base import Context, open_store, settings_options, SettingsUsageError
+from monitor.commands.base import Context, create_store, settings_options, SettingsUsageError
 from tasks.settings import EVENT_SOURCES, SettingsError
 
 
@@ -42,7 +42,7 @@ def run_cmd(ctx: Context, **flags) -> None:
         ctx = Context(ctx.loaded.with_flags(flags))
     except SettingsError as exc:
         raise SettingsUsageError(str(exc)) from None
-    engine = open_store(ctx)
+    engine = create_store(ctx)
     try:
         daemon = Daemon(ctx.settings, engine)
     except ValueError as exc:
@@ -57,11 +57,15 @@ def check_cmd(ctx: Context, as_json: bool) -> None:
     """Exit 0 when the daemon is alive, every source connected and the writer keeping up; 1 (with the reason) otherwise."""
     from datetime import datetime, timezone
 
-    from monitor.health import check
-    from storage.db import make_engine
+    from monitor.health import Health, check
+    from storage.db import DatabaseError, make_engine, require_existing
 
-    health = check(make_engine(ctx.settings.database_url), datetime.now(timezone.utc),
-                   ctx.settings.heartbeat_stale_seconds)
+    engine = make_engine(ctx.settings.database_url)
+    try:
+        require_existing(engine)
+        health = check(engine, datetime.now(timezone.utc), ctx.settings.heartbeat_stale_seconds)
+    except DatabaseError as exc:
+        health = Health(False, str(exc))
     if as_json:
         status = health.status or {}
 

@@ -167,13 +167,13 @@ def revoke_cmd(ctx: Context, task_id: str, terminate: bool, signal_name: str) ->
     starts later may still run it.
     """
     from tasks.replay import BrokerError, celery_client, revoke
-    from storage.db import DatabaseError, ensure_schema, make_engine
+    from storage.db import DatabaseError, check_schema, make_engine
     from storage.runs import get_run
 
     row = None
     try:
         engine = make_engine(ctx.settings.database_url)
-        ensure_schema(engine)
+        check_schema(engine)
         with engine.connect() as conn:
             row = get_run(conn, task_id)
     except DatabaseError as exc:  # revoking must not depend on the history store

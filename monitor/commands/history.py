@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from monitor.commands.base import Context, json_option, open_store, settings_options, time_option, utcnow
+from monitor.commands.base import Context, json_option, open_store, read_connection, settings_options, time_option, utcnow
 
 
 def _run_filter(ctx: Context, now, *, since=None, until=None, **fields):
@@ -39,7 +39,7 @@ def history_cmd(ctx: Context, limit, name, states, worker, queue, since, until, 
         raise OneLineBadParameter("use --json or --csv, not both", param_hint="'--csv'")
     f = _run_filter(ctx, utcnow(), name=name, states=states, worker=worker, queue=queue, since=since, until=until,
                     failed=failed)
-    with open_store(ctx).connect() as conn:
+    with read_connection(ctx) as conn:
         try:
             check_states(conn, f.all_states())
         except UnknownState as exc:
@@ -64,14 +64,13 @@ def show_cmd(ctx: Context, task_id, as_json) -> None:
     """Everything stored about one task run: fields, timeline, retries, parent/children/root."""
     from monitor.commands.history_render import show_text
     from monitor.commands.render import to_json
-    from storage.db import safe_url
     from storage.history import run_detail
+    from tasks.redact import mask_url
 
-    engine = open_store(ctx)
-    with engine.connect() as conn:
+    with read_connection(ctx) as conn:
         detail = run_detail(conn, task_id)
     if detail is None:
-        raise click.ClickException(f"no task run with id {task_id!r} in {safe_url(engine)}")
+        raise click.ClickException(f"no task run with id {task_id!r} in {mask_url(ctx.settings.database_url)}")
     if as_json:
         click.echo(to_json(detail, ctx.settings.tz))
     else:

@@ -243,9 +243,10 @@ def cleanup_cmd(ctx: Context, days, max_records, audit_days, notification_days, 
 @click.option("--format", "fmt", type=click.Choice(["text", "md", "json", "csv"]), default="text", show_default=True)
 def report_cmd(ctx: Context, kind: str, day: str | None, fmt: str) -> None:
     """Print the daily, weekly or monthly report, computed from the history now (calendar periods in the time zone)."""
-    from tasks.policies import BadInput
+    from tasks.errors import BadInput
+    from tasks.periods import parse_day, report_period
+    from tasks.report_data import build_report
     from tasks.report_format import render
-    from tasks.reports import build_report, parse_day, report_period
 
     try:
         period = report_period(kind, ctx.settings.tz, now=utcnow(), day=parse_day(day) if day else None)

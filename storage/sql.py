@@ -1,0 +1,62 @@
+"""SQL text on either connection: a SQLAlchemy ``Connection`` or a plain ``sqlite3`` one.
+
+The history's read queries (storage.history) are written as SQL text with ``:name`` parameters so
+that `taskmon history` and `show` can run them on a SQLite file without importing SQLAlchemy,
+whose import alone takes longer than such a command should in all. Values are bound and read back
+as the schema's SQLAlchemy types would do it: times as UTC (text on SQLite), UTC-aware datetimes
+and bools out.
+"""
+from __future__ import annotations
+
+import sqlite3
+from datetime import datetime, timezone
+from typing import Any, Callable, Mapping
+
+from storage.params import bind_time
+
+UTC = timezone.utc
+
+
+def dialect(conn) -> str:
+    """"sqlite" or "postgresql": the database behind ``conn``."""
+    return "sqlite" if isinstance(conn, sqlite3.Connection) else conn.dialect.name
+
+
+def bind(conn_dialect: str, value: datetime) -> Any:
+    """A time as a parameter: what storage.types.UTCDateTime binds on that database."""
+    return bind_time(value, as_text=conn_dialect == "sqlite")
+
+
+def to_utc(value) -> datetime | None:
+    """A stored time read back: UTC text (SQLite) or a datetime, as a UTC-aware datetime."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def to_bool(value) -> bool | None:
+    return None if value is None else bool(value)
+
+
+def fetch(conn, sql: str, params: Mapping[str, Any], decode: Mapping[str, Callable[[Any], Any]]) -> list[dict[str, Any]]:
+    """The rows of ``sql`` as dicts, each column whose name is in ``decode`` passed through its function."""
+    if isinstance(conn, sqlite3.Connection):
+        cursor = conn.execute(sql, params)
+        names = [d[0] for d in cursor.description]
+        rows = cursor.fetchall()
+    else:
+        from sqlalchemy import text
+
+        result = conn.execute(text(sql), dict(params))
+        names = list(result.keys())
+        rows = result.fetchall()
+    decoders = [(i, decode[n]) for i, n in enumerate(names) if n in decode]
+    out = []
+    for row in rows:
+        values = list(row)
+        for i, fn in decoders:
+            values[i] = fn(values[i])
+        out.append(dict(zip(names, values)))
+    return out
