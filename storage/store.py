@@ -10,7 +10,7 @@ from pathlib import Path
 from urllib.parse import quote, unquote
 
 # The newest migration in storage/migrations/versions: what the code expects to find.
-# tests/test_store.py checks it against Alembic's head.
+# tests/test_store_head.py checks it against Alembic's head.
 SCHEMA_HEAD = "0008"
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import math
-import random
 import threading
 import time
 
@@ -19,18 +18,12 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from tasks.backoff import compute_backoff
 from tasks.redact import mask_url
 from tasks.relay import ALIVE_BEATS, Drops, Relay
 from tasks.relay_format import FIELD, GAP_FIELD, alive_key, gap_marker, producers_key
 
 log = logging.getLogger(__name__)
-
-
-def backoff(attempt: int, base: float, cap: float) -> float:
-    """Seconds before retry ``attempt`` (1, 2, ...): doubling from ``base`` up to ``cap``, with the
-    upper half jittered so that the processes of a fleet do not come back all at once."""
-    delay = min(cap, base * 2 ** (attempt - 1))
-    return random.uniform(delay / 2, delay)
 
 
 class Breaker:
@@ -51,7 +44,7 @@ class Breaker:
 
     def failed(self, now: float) -> float:
         self.failures += 1
-        delay = backoff(self.failures, self.base, self.cap)
+        delay = compute_backoff(self.failures - 1, first=self.base, cap=self.cap)
         self.retry_at = now + delay
         return delay
 
