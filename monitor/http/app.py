@@ -4,12 +4,18 @@ from __future__ import annotations
 from fastapi import FastAPI
 from sqlalchemy import Engine
 
-from monitor.http import health, problems, tasks
+from monitor.broker.queues import BrokerError as QueueBrokerError
+from monitor.http import alerts, audit, daemon, deadletters, health, problems, queues, schedule, stats, tasks, tokens, \
+    workers
 from monitor.http.auth import BadTokenLimiter
+from tasks.replay import BrokerError as SendBrokerError, RecordError
 from tasks.settings import Settings
 
 API_PREFIX = "/api/v1"
-ROUTERS = (health.router, tasks.router)
+ROUTERS = (health.router, tasks.router, stats.router, workers.router, queues.router, deadletters.router,
+           alerts.router, schedule.router, daemon.router, audit.router, tokens.router)
+# What a broker that went away raises, in each module that talks to it: each a 503 with its message.
+BROKER_ERRORS = (QueueBrokerError, SendBrokerError, RecordError)
 DEFAULT_BAD_TOKEN_LIMIT = "20/minute"
 
 
@@ -30,7 +36,7 @@ def create_app(settings: Settings, engine: Engine, *, insecure_no_auth: bool = F
     app.state.engine = engine
     app.state.insecure_no_auth = insecure_no_auth
     app.state.bad_tokens = BadTokenLimiter(bad_token_limit)
-    problems.install(app)
+    problems.install(app, {exc: problems.dependency_down("Broker unavailable") for exc in BROKER_ERRORS})
     for router in (*ROUTERS, *routers):
         app.include_router(router)
     return app

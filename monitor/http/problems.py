@@ -86,6 +86,16 @@ async def _database(request: Request, exc: SQLAlchemyError) -> JSONResponse:
     return problem_response(503, "Database unavailable", f"the history database failed: {first_line(exc)}")
 
 
+def dependency_down(title: str):
+    """A handler answering an exception whose message says what is down: 503 with that message."""
+
+    async def handler(request: Request, exc: Exception) -> JSONResponse:
+        log.warning("%s %s: %s", request.method, request.url.path, first_line(exc))
+        return problem_response(503, title, str(exc))
+
+    return handler
+
+
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     # A bug, not the caller's fault and not a dependency down: logged with its traceback under a
     # reference the answer gives, so the operator can find it; the caller sees no internals.
