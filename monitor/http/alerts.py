@@ -4,19 +4,19 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, Query, Request
+from fastapi import Body, Depends, Query, Request
 from pydantic import BaseModel, Field, StringConstraints
 
 from monitor.http.audit import audited
 from monitor.http.auth import allow
 from monitor.http.params import resolve, since_query
 from monitor.http.payload import json_response
-from monitor.http.problems import bad_request, responses, unavailable
+from monitor.http.problems import api_router, bad_request, responses, unavailable
 from storage.alerts import list_alerts
 from tasks.alerts import send_test
 from tasks.mail import MailError
 
-router = APIRouter(prefix="/api/v1", tags=["alerts"])
+router = api_router("alerts")
 # One address, no display name: nothing a header could be injected through.
 Address = Annotated[str, StringConstraints(pattern=r"^[^@\s,;<>\"']+@[^@\s,;<>\"']+$", max_length=254)]
 

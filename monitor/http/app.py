@@ -31,6 +31,7 @@ def create_app(settings: Settings, engine: Engine, *, insecure_no_auth: bool = F
         openapi_url=f"{API_PREFIX}/openapi.json",
         docs_url=f"{API_PREFIX}/docs",
         redoc_url=None,
+        swagger_ui_oauth2_redirect_url=None,  # bearer tokens only: no OAuth2 login to come back from
     )
     app.state.settings = settings
     app.state.engine = engine
@@ -40,3 +41,13 @@ def create_app(settings: Settings, engine: Engine, *, insecure_no_auth: bool = F
     for router in (*ROUTERS, *routers):
         app.include_router(router)
     return app
+
+
+def iter_routes(routes):
+    """Every route of an app or router, those of included routers too (FastAPI may wrap them lazily)."""
+    for route in routes:
+        included = getattr(route, "original_router", None)
+        if included is not None:
+            yield from iter_routes(included.routes)
+        else:
+            yield route

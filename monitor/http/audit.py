@@ -6,19 +6,19 @@ import logging
 from datetime import datetime, timezone
 from typing import Any, Iterator
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import Depends, Query, Request
 from pydantic import BaseModel
 from sqlalchemy.exc import SQLAlchemyError
 
 from monitor.http.auth import NO_AUTH, allow
 from monitor.http.params import resolve, since_query
 from monitor.http.payload import json_response
-from monitor.http.problems import Problem, responses
+from monitor.http.problems import api_router, Problem, responses
 from storage import audit as audit_log
 from storage.errors import first_line
 
 log = logging.getLogger(__name__)
-router = APIRouter(prefix="/api/v1", tags=["audit"])
+router = api_router("audit")
 
 
 class Entry:

@@ -4,15 +4,15 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import Depends, Query, Request
 from pydantic import BaseModel
 
 from monitor.http.auth import allow
 from monitor.http.payload import json_response
-from monitor.http.problems import not_found, responses
+from monitor.http.problems import api_router, not_found, responses
 from storage.health import latest_status, list_gaps
 
-router = APIRouter(prefix="/api/v1", tags=["daemon"])
+router = api_router("daemon")
 
 
 class DaemonStatus(BaseModel):

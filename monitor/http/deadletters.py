@@ -4,20 +4,20 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from enum import Enum
 
-from fastapi import APIRouter, Body, Depends, Query, Request
+from fastapi import Body, Depends, Query, Request
 from pydantic import BaseModel, Field
 
 from monitor.http.audit import audited
 from monitor.http.auth import allow
 from monitor.http.params import resolve, since_query
 from monitor.http.payload import json_response
-from monitor.http.problems import not_found, responses
+from monitor.http.problems import api_router, not_found, responses
 from monitor.http.replaying import replay_plans
 from storage.deadletters import LETTER_STATES, get_dead_letter, list_dead_letters, resolve as resolve_letter
 from storage.runs import get_run
 from tasks.replay import plan_many
 
-router = APIRouter(prefix="/api/v1", tags=["dead letters"])
+router = api_router("dead letters")
 
 
 class Reason(str, Enum):

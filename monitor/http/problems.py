@@ -119,3 +119,14 @@ def install(app: FastAPI, extra: dict[type[BaseException], Any] | None = None) -
 def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {s: {"model": ProblemDetail, "content": {MEDIA_TYPE: {}}, "description": "problem details"}
             for s in statuses}
+
+
+# Every /api/v1 route may answer these; routes add their own (404, 409).
+COMMON = (400, 401, 403, 422, 429, 503)
+
+
+def api_router(tag: str):
+    """A router under /api/v1 whose routes document the common problem responses."""
+    from fastapi import APIRouter
+
+    return APIRouter(prefix="/api/v1", tags=[tag], responses=responses(*COMMON))

@@ -1,16 +1,16 @@
 """/api/v1/queues: live depths from the broker (as `taskmon queues`), Redis priority steps included."""
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import Depends, Query, Request
 from pydantic import BaseModel
 
 from monitor.broker.queues import queue_depths
 from monitor.http.auth import allow
 from monitor.http.payload import json_response
-from monitor.http.problems import responses
+from monitor.http.problems import api_router, responses
 from storage.history import known_queues
 
-router = APIRouter(prefix="/api/v1", tags=["queues"])
+router = api_router("queues")
 
 
 class QueueDepth(BaseModel):

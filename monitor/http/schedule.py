@@ -4,20 +4,20 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from fastapi import APIRouter, Depends, Path, Request
+from fastapi import Depends, Path, Request
 from pydantic import BaseModel, Field
 
 from monitor.http.audit import audited
 from monitor.http.auth import allow
 from monitor.http.payload import json_response
-from monitor.http.problems import Problem, bad_request, not_found, responses
+from monitor.http.problems import api_router, Problem, bad_request, not_found, responses
 from storage.schedules import DEFINITION_COLUMNS, DuplicateSchedule, UnknownSchedule, add_schedule, get_schedule, \
     list_schedules, remove_schedule, update_schedule
 from tasks.application import QUEUE_NAMES, make_app
 from tasks.cron import ScheduleError, check_args, check_kwargs, check_queue, check_task, definition, describe, \
     next_run, schedule_fields
 
-router = APIRouter(prefix="/api/v1", tags=["schedule"])
+router = api_router("schedule")
 NAME = Path(..., min_length=1, max_length=200, description="The schedule entry's name.")
 
 

@@ -5,14 +5,14 @@ from datetime import datetime, timezone
 from enum import Enum
 from typing import Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import Depends, Query, Request
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel
 
 from monitor.http.auth import allow
 from monitor.http.params import resolve, since_query, until_query
 from monitor.http.payload import json_response, mask_urls
-from monitor.http.problems import bad_request, responses
+from monitor.http.problems import api_router, bad_request, responses
 from storage.history import RunFilter
 from storage.stats import task_stats
 from tasks.errors import BadInput
@@ -20,7 +20,7 @@ from tasks.periods import parse_day, report_period
 from tasks.report_data import build_report
 from tasks.report_format import render
 
-router = APIRouter(prefix="/api/v1", tags=["stats"])
+router = api_router("stats")
 
 
 class TaskStats(BaseModel):

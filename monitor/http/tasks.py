@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from fastapi import APIRouter, Body, Depends, Path, Query, Request
+from fastapi import Body, Depends, Path, Query, Request
 from pydantic import BaseModel, Field, field_validator
 
 from monitor.http.audit import audited
@@ -11,12 +11,12 @@ from monitor.http.auth import allow
 from monitor.http.models import RunDetail, RunList
 from monitor.http.params import resolve, since_query, until_query
 from monitor.http.payload import json_response
-from monitor.http.problems import Problem, bad_request, not_found, responses
+from monitor.http.problems import api_router, Problem, bad_request, not_found, responses
 from storage.history import RunFilter, UnknownState, check_states, list_runs, run_detail
 from storage.names import name_counts
 from storage.runs import get_run
 
-router = APIRouter(prefix="/api/v1", tags=["tasks"])
+router = api_router("tasks")
 TASK_ID = Path(..., min_length=1, max_length=255, description="The task id.")
 
 

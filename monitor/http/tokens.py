@@ -4,17 +4,17 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from enum import Enum
 
-from fastapi import APIRouter, Depends, Path, Request
+from fastapi import Depends, Path, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
 from monitor.http.audit import audited
 from monitor.http.auth import allow
 from monitor.http.payload import json_response
-from monitor.http.problems import Problem, not_found, responses
+from monitor.http.problems import api_router, Problem, not_found, responses
 from storage.tokens import TokenError, create_token, list_tokens, revoke_token
 
-router = APIRouter(prefix="/api/v1", tags=["tokens"])
+router = api_router("tokens")
 
 
 class Role(str, Enum):

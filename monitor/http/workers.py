@@ -3,15 +3,15 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import Depends, Request
 from pydantic import BaseModel
 
 from monitor.http.auth import allow
 from monitor.http.payload import json_response
-from monitor.http.problems import responses
+from monitor.http.problems import api_router, responses
 from monitor.worker_list import workers_seen
 
-router = APIRouter(prefix="/api/v1", tags=["workers"])
+router = api_router("workers")
 
 
 class Worker(BaseModel):
