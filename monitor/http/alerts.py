@@ -1,6 +1,7 @@
 """/api/v1/alerts: the alert history with delivery status, and a test e-mail through the alert path."""
 from __future__ import annotations
 
+import smtplib
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -17,8 +18,9 @@ from tasks.alerts import send_test
 from tasks.mail import MailError
 
 router = api_router("alerts")
-# One address, no display name: nothing a header could be injected through.
-Address = Annotated[str, StringConstraints(pattern=r"^[^@\s,;<>\"']+@[^@\s,;<>\"']+$", max_length=254)]
+# One plain ASCII address, no display name: nothing a header could be injected through.
+Address = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9.!#$%&*+/=?^_`{|}~-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*$",
+                                           max_length=254)]
 
 
 class Alert(BaseModel):
@@ -78,6 +80,8 @@ def test_alert(request: Request, body: TestAlert = Body(default_factory=TestAler
         try:
             message_id = send_test(settings, to)
         except MailError as exc:
+            if isinstance(exc.__cause__, (smtplib.SMTPRecipientsRefused, smtplib.SMTPSenderRefused)):
+                raise bad_request(str(exc)) from None  # the server is up and says no to these addresses
             raise unavailable(str(exc)) from None
         entry.detail = {"message_id": message_id}
     return {"to": to, "message_id": message_id}

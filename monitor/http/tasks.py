@@ -1,10 +1,12 @@
 """/api/v1/tasks: the history (as `taskmon history` and `show`), sending, revoking and replaying tasks."""
 from __future__ import annotations
 
+import signal
 from datetime import datetime, timezone
+from enum import Enum
 
 from fastapi import Body, Depends, Path, Query, Request
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field
 
 from monitor.http.audit import audited
 from monitor.http.auth import allow
@@ -68,19 +70,14 @@ def task_names(request: Request):
     return json_response(rows, request.app.state.settings.tz)
 
 
+# The signals a worker may be told to send to the process running a task.
+Signal = Enum("Signal", {name: name for name in sorted(signal.Signals.__members__) if not name.startswith("SIG_")},
+              type=str)
+
+
 class RevokeRequest(BaseModel):
     terminate: bool = Field(False, description="Also kill the worker process running it (prefork pool).")
-    signal: str = Field("SIGTERM", description="The signal terminate sends, e.g. SIGTERM, SIGKILL, SIGUSR1.")
-
-    @field_validator("signal")
-    @classmethod
-    def known_signal(cls, value: str) -> str:
-        import signal
-
-        name = value.upper() if value.upper().startswith("SIG") else "SIG" + value.upper()
-        if name not in signal.Signals.__members__:
-            raise ValueError(f"unknown signal {value!r}; e.g. SIGTERM, SIGKILL, SIGINT, SIGUSR1")
-        return name
+    signal: Signal = Field(Signal.SIGTERM, description="The signal terminate sends, e.g. SIGTERM, SIGKILL, SIGUSR1.")
 
 
 class Revoked(BaseModel):
@@ -101,9 +98,9 @@ def revoke_task(request: Request, task_id: str = TASK_ID, body: RevokeRequest = 
     with request.app.state.engine.connect() as conn:
         row = get_run(conn, task_id)
     with audited(request, "task.revoke", task_id) as entry:
-        revoke(client(request), task_id, terminate=body.terminate, signal=body.signal)
-        entry.detail = {"terminate": body.terminate, "signal": body.signal if body.terminate else None}
-    return {"task_id": task_id, "terminate": body.terminate, "signal": body.signal if body.terminate else None,
+        revoke(client(request), task_id, terminate=body.terminate, signal=body.signal.value)
+        entry.detail = {"terminate": body.terminate, "signal": body.signal.value if body.terminate else None}
+    return {"task_id": task_id, "terminate": body.terminate, "signal": body.signal.value if body.terminate else None,
             "known": row is not None, "state": row["state"] if row else None}
 
 
