@@ -5,15 +5,15 @@ from fastapi import FastAPI
 from sqlalchemy import Engine
 
 from monitor.broker.queues import BrokerError as QueueBrokerError
-from monitor.http import alerts, audit, daemon, deadletters, health, problems, queues, schedule, stats, tasks, tokens, \
-    workers
+from monitor.http import alerts, audit, control, daemon, deadletters, health, problems, queues, schedule, stats, tasks, \
+    tokens, workers
 from monitor.http.auth import BadTokenLimiter
 from tasks.replay import BrokerError as SendBrokerError, RecordError
 from tasks.settings import Settings
 
 API_PREFIX = "/api/v1"
 ROUTERS = (health.router, tasks.router, stats.router, workers.router, queues.router, deadletters.router,
-           alerts.router, schedule.router, daemon.router, audit.router, tokens.router)
+           alerts.router, schedule.router, daemon.router, audit.router, tokens.router, control.router)
 # What a broker that went away raises, in each module that talks to it: each a 503 with its message.
 BROKER_ERRORS = (QueueBrokerError, SendBrokerError, RecordError)
 DEFAULT_BAD_TOKEN_LIMIT = "20/minute"
