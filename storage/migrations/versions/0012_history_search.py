@@ -9,7 +9,7 @@ migration logs why and goes on: search then scans, with the same results, only s
 storage.search writes the queries that use them.
 
 Revision ID: 0012_history_search
-Revises: 0008
+Revises: 0009_api_tokens
 """
 import logging
 
@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0012_history_search"
-down_revision = "0008"
+down_revision = "0009_api_tokens"
 branch_labels = None
 depends_on = None
 
