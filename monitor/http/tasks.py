@@ -15,11 +15,12 @@ from monitor.http.models import RunDetail, RunList
 from monitor.http.params import resolve, since_query, until_query
 from monitor.http.payload import json_response
 from monitor.http.problems import api_router, Problem, bad_request, not_found, responses
-from storage.history import RunFilter, UnknownState, check_states, list_runs, run_detail
+from storage.history import SORTS, BadCursor, RunFilter, UnknownState, check_states, page_runs, run_detail
 from storage.names import name_counts
 from storage.runs import get_run
 
 router = api_router("tasks")
+SortKey = Enum("SortKey", {key: key for key in SORTS}, type=str)
 TASK_ID = Path(..., min_length=1, max_length=255, description="The task id.")
 
 
@@ -34,18 +35,28 @@ def list_tasks(
     queue: str | None = Query(None, max_length=255, description="Only runs sent to this queue."),
     since: str | None = since_query(),
     until: str | None = until_query(),
+    q: str | None = Query(None, max_length=500,
+                          description="Task id prefix, or text in name, args, kwargs, result or exception "
+                                      "(case-sensitive)."),
+    sort: SortKey = Query(SortKey.seen, description="Newest seen, newest started or longest runtime first "
+                                                    "(started/runtime: only runs that have one)."),
+    cursor: str | None = Query(None, max_length=2000, description="next_cursor of the previous page."),
 ):
     now = datetime.now(timezone.utc)
     f = RunFilter(name=name or None, states=tuple(s for s in state if s), worker=worker or None,
                   queue=queue or None, since=resolve(request, "since", since, now),
-                  until=resolve(request, "until", until, now))
+                  until=resolve(request, "until", until, now), search=q or None)
     with request.app.state.engine.connect() as conn:
         try:
             check_states(conn, f.all_states())
         except UnknownState as exc:
             raise bad_request(f"state: {exc}") from None
-        runs = list_runs(conn, f, limit=limit)
-    return json_response({"count": len(runs), "results": runs, "next_cursor": None}, request.app.state.settings.tz)
+        try:
+            runs, next_cursor = page_runs(conn, f, limit=limit, sort=sort.value, cursor=cursor or None)
+        except BadCursor as exc:
+            raise bad_request(f"cursor: {exc}") from None
+    return json_response({"count": len(runs), "results": runs, "next_cursor": next_cursor},
+                         request.app.state.settings.tz)
 
 
 @router.get("/tasks/{task_id}", response_model=RunDetail, dependencies=[Depends(allow("viewer"))],
