@@ -7,7 +7,8 @@ broker that is down into BrokerUnreachable, whose message is one line.
 """
 from __future__ import annotations
 
-import concurrent.futures
+import queue
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -48,13 +49,25 @@ def _bounded(fn: Callable[[], Any], timeout: float, url: str, what: str = "broke
     accepts and never answers, a connection retried on publish); this is the outer bound. A call
     given up on is left to finish in its daemon thread, and its answer is dropped.
     """
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="taskmon-broker")
-    future = pool.submit(fn)
-    pool.shutdown(wait=False)
+    # A daemon thread, not an executor: concurrent.futures joins its threads at exit, which would
+    # make a command wait for the very call it gave up on.
+    box: queue.SimpleQueue = queue.SimpleQueue()
+
+    def call():
+        try:
+            box.put((True, fn()))
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread below
+            box.put((False, exc))
+
+    threading.Thread(target=call, name="taskmon-broker", daemon=True).start()
     try:
-        return future.result(timeout + _GRACE)
-    except concurrent.futures.TimeoutError:
+        done, value = box.get(timeout=timeout + _GRACE)
+    except queue.Empty:
         raise _unreachable(url, f"no answer in {timeout + _GRACE:g}s", what) from None
+    if done:
+        return value
+    try:
+        raise value
     except (BrokerError, BadRequest):
         raise
     except Exception as exc:  # noqa: BLE001 - kombu, amqp, redis and socket errors all mean: unreachable
@@ -232,6 +245,8 @@ def _merge(replies: Iterable[Mapping[str, Any]] | None) -> dict[str, Any]:
 
 def ping_workers(app, workers: Sequence[str] | None = None, timeout: float = 1.0) -> WorkerReplies:
     """The workers that answer a control ``ping`` within ``timeout``."""
+    check_broker(app, timeout)
+
     def ask():
         return app.control.ping(destination=_destination(workers), timeout=timeout)
 
@@ -254,6 +269,7 @@ def inspect(app, what: str, workers: Sequence[str] | None = None, timeout: float
     method = INSPECT_METHODS.get(what)
     if method is None:
         raise BadRequest(f"cannot inspect {what!r}; one of: {', '.join(INSPECT_METHODS)}")
+    check_broker(app, timeout)
     expected = _expected(app, workers, timeout)
 
     def ask():
@@ -304,6 +320,7 @@ def control(app, action: str, workers: Sequence[str] | None = None, timeout: flo
                                                                           "rate-limit", "autoscale")]
     if missing_args:
         raise BadRequest(f"{action} needs {', '.join(missing_args)}")
+    check_broker(app, timeout)
     expected = _expected(app, workers, timeout)
 
     def send():
