@@ -8,6 +8,7 @@ from __future__ import annotations
 import configparser
 import getpass
 import shutil
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -191,6 +192,25 @@ files={included}
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+def wait_log(path: Path, text: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and text in path.read_text(errors="replace"):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"no {text!r} in {path} after {timeout}s")
+
+
+def stored(engine, task_id: str) -> str | None:
+    """The stored state of ``task_id``, None when the history has no row for it."""
+    from sqlalchemy import select
+
+    from storage.schema import task_runs
+
+    with engine.connect() as conn:
+        return conn.execute(select(task_runs.c.state).where(task_runs.c.task_id == task_id)).scalar()
+
+
 def wait_daemon_connected(engine, timeout: float = 60) -> None:
     from storage.health import latest_status
 
@@ -234,8 +254,23 @@ def test_supervisor_runs_the_daemon_and_a_worker_and_stop_lets_the_daemon_flush(
             raise AssertionError(f"{exc}\n{sv.dump()}") from None
         assert run["name"] == "demo.add"
 
-        out = sv.ctl("stop", "taskmon:taskmon-daemon")
-        assert out.returncode == 0 and "stopped" in out.stdout, out.stdout + out.stderr
+        # Hold the history's write lock: the daemon keeps the next task's events in memory...
+        lock = sqlite3.connect(tmp_path / "taskmon.db", isolation_level=None)
+        lock.execute("BEGIN IMMEDIATE")
+        held_id = app.send_task("demo.add", (4, 5), queue="default").id
+        wait_log(sv.logs / "worker.log", f"demo.add[{held_id}] succeeded")
+        time.sleep(1.0)  # the daemon has read the events by now
+        assert not stored(engine, held_id), "the write lock did not hold the daemon's write"
+        # ...until it is told to stop; the lock goes while it is stopping, and it must write them then.
+        stopping = subprocess.Popen([str(VENV / "bin" / "supervisorctl"), "-c", str(sv.conf), "stop",
+                                     "taskmon:taskmon-daemon"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    text=True)
+        time.sleep(2.0)
+        lock.execute("ROLLBACK")
+        lock.close()
+        out, _ = stopping.communicate(timeout=60)
+        assert stopping.returncode == 0 and "stopped" in out, out
+        assert stored(engine, held_id) == "SUCCESS", sv.dump()
         log = sv.log.read_text()
         assert "stopped: taskmon-daemon (exit status 0)" in log, log
         assert "SIGKILL" not in log, log
