@@ -254,11 +254,33 @@ def ping_workers(app, workers: Sequence[str] | None = None, timeout: float = 1.0
     return WorkerReplies("ping", replies, sorted(set(workers or ()) - replies.keys()))
 
 
-def _expected(app, workers: Sequence[str] | None, timeout: float) -> list[str]:
-    """Who should answer: the named workers, else those that answer a ping now."""
+def _expected(app, workers: Sequence[str] | None, timeout: float) -> Callable[[], list[str]]:
+    """Who should answer: the named workers, else those that answer a ping sent now.
+
+    The ping runs beside the question (in a thread), so asking all workers costs one timeout, not two."""
     if workers:
-        return list(workers)
-    return sorted(ping_workers(app, None, timeout).replies)
+        return lambda: list(workers)
+    box: queue.SimpleQueue = queue.SimpleQueue()
+
+    def ask():
+        try:
+            box.put(sorted(ping_workers(app, None, timeout).replies))
+        except BrokerError:
+            box.put([])
+
+    threading.Thread(target=ask, name="taskmon-ping", daemon=True).start()
+
+    answer: list[list[str]] = []
+
+    def get() -> list[str]:
+        if not answer:
+            try:
+                answer.append(box.get(timeout=timeout + 2 * _GRACE))
+            except queue.Empty:
+                answer.append([])
+        return answer[0]
+
+    return get
 
 
 def inspect(app, what: str, workers: Sequence[str] | None = None, timeout: float = 1.0) -> WorkerReplies:
@@ -277,7 +299,7 @@ def inspect(app, what: str, workers: Sequence[str] | None = None, timeout: float
 
     replies = dict(_bounded(ask, timeout, app.conf.broker_url) or {})
     replies = {host: redact_value(reply) for host, reply in replies.items()}
-    return WorkerReplies(what, replies, sorted(set(expected) - replies.keys()))
+    return WorkerReplies(what, replies, sorted(set(expected()) - replies.keys()))
 
 
 @dataclass(frozen=True)
@@ -322,6 +344,8 @@ def control(app, action: str, workers: Sequence[str] | None = None, timeout: flo
         raise BadRequest(f"{action} needs {', '.join(missing_args)}")
     check_broker(app, timeout)
     expected = _expected(app, workers, timeout)
+    if not spec.replies:
+        expected()  # who is told, known before the shutdown can reach anyone
 
     def send():
         return app.control.broadcast(spec.command, arguments=args, destination=_destination(workers),
@@ -329,8 +353,8 @@ def control(app, action: str, workers: Sequence[str] | None = None, timeout: flo
 
     replies = _merge(_bounded(send, timeout, app.conf.broker_url))
     if not spec.replies:
-        replies = {host: {"ok": "shutdown sent"} for host in expected}
-    return WorkerReplies(action, replies, sorted(set(expected) - replies.keys()))
+        replies = {host: {"ok": "shutdown sent"} for host in expected()}
+    return WorkerReplies(action, replies, sorted(set(expected()) - replies.keys()))
 
 
 def consumed_queues(app, timeout: float = 1.0) -> dict[str, list[str]]:

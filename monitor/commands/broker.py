@@ -67,7 +67,7 @@ def _echo_json(ctx: Context, value) -> None:
     click.echo(to_json(value, ctx.settings.tz))
 
 
-def _result_lines(result) -> list[str]:
+def result_lines(result) -> list[str]:
     lines = [f"state: {result.state}"]
     if result.date_done:
         lines.append(f"done:  {result.date_done}")
@@ -121,7 +121,7 @@ def send_cmd(ctx: Context, name, args_json, kwargs_json, queue, countdown, eta, 
     else:
         click.echo(task_id)
         if result is not None:
-            click.echo("\n".join(_result_lines(result)))
+            click.echo("\n".join(result_lines(result)))
     if result is not None and not result.ready:
         click.echo(f"not done within {timeout:g}s", err=True)
         sys.exit(1)
@@ -151,7 +151,7 @@ def result_cmd(ctx: Context, task_id, timeout, as_json) -> None:
         _echo_json(ctx, result.as_dict())
     else:
         click.echo(f"task:  {task_id}")
-        click.echo("\n".join(_result_lines(result)))
+        click.echo("\n".join(result_lines(result)))
 
 
 # -- inspect ------------------------------------------------------------------------------------
