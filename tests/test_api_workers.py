@@ -21,11 +21,11 @@ def test_inspect_answers_live_for_the_running_worker(live):
     server, tokens, worker = live
     with server.client(tokens["viewer"]) as viewer:
         rows = viewer.get("/api/v1/workers", params=[("inspect", "registered"), ("inspect", "stats"),
-                                                     ("inspect", "active_queues"), ("inspect", "conf")]).json()
+                                                     ("inspect", "active-queues"), ("inspect", "conf")]).json()
     mine = next(r for r in rows if r["hostname"] == worker.hostname)  # no daemon: not stored, answered live
     assert "sample.add" in mine["live"]["registered"]
     assert mine["live"]["stats"]["pool"]["max-concurrency"] == 1
-    assert [q["name"] for q in mine["live"]["active_queues"]] == ["celery"]
+    assert [q["name"] for q in mine["live"]["active-queues"]] == ["celery"]
     assert "broker_url" not in mine["live"]["conf"] or ":***@" in str(mine["live"]["conf"]) or \
         "@" not in str(mine["live"]["conf"].get("broker_url"))
 
@@ -48,8 +48,8 @@ def test_pool_consumers_limits_and_shutdown_reach_the_worker(live):
         assert admin.post(f"/api/v1/workers/{host}/consumers/add", json={"queue": "extra"}).status_code == 200
 
         def queues():
-            rows = admin.get("/api/v1/workers", params={"inspect": "active_queues"}).json()
-            return sorted(q["name"] for q in next(r for r in rows if r["hostname"] == host)["live"]["active_queues"])
+            rows = admin.get("/api/v1/workers", params={"inspect": "active-queues"}).json()
+            return sorted(q["name"] for q in next(r for r in rows if r["hostname"] == host)["live"]["active-queues"])
 
         poll(queues, lambda q: q == ["celery", "extra"], "the worker to consume from extra")
         assert admin.post(f"/api/v1/workers/{host}/consumers/cancel", json={"queue": "extra"}).status_code == 200

@@ -72,14 +72,24 @@ def show_cmd(ctx: Context, task_id, as_json) -> None:
     from storage.history import run_detail
     from tasks.redact import mask_url
 
+    from monitor.commands.backend_view import backend_view, backend_text
+
     with read_connection(ctx) as conn:
         detail = run_detail(conn, task_id)
-    if detail is None:
-        raise click.ClickException(f"no task run with id {task_id!r} in {mask_url(ctx.settings.database_url)}")
+    backend, note = backend_view(ctx, task_id, detail)
+    if detail is None and backend is None:
+        raise click.ClickException(f"no task run with id {task_id!r} in {mask_url(ctx.settings.database_url)}"
+                                   + (f"; {note}" if note else ""))
     if as_json:
-        click.echo(to_json(detail, ctx.settings.tz))
+        extra = {"backend": backend.as_dict()} if backend else {}
+        click.echo(to_json({**(detail or {"run": None}), **extra}, ctx.settings.tz))
     else:
-        click.echo(show_text(detail, ctx.settings.tz, ctx.settings.timezone))
+        if detail is not None:
+            click.echo(show_text(detail, ctx.settings.tz, ctx.settings.timezone))
+        if backend is not None:
+            click.echo(backend_text(task_id, backend, in_history=detail is not None))
+    if note:
+        click.echo(f"note: {note}", err=True)
 
 
 @click.command("stats")

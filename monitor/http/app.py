@@ -4,6 +4,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 from sqlalchemy import Engine
 
+from monitor.broker.control import BadRequest
 from monitor.broker.queues import BrokerError as QueueBrokerError
 from monitor.http import alerts, audit, control, daemon, deadletters, health, problems, queues, schedule, stats, tasks, \
     tokens, workers
@@ -37,7 +38,8 @@ def create_app(settings: Settings, engine: Engine, *, insecure_no_auth: bool = F
     app.state.engine = engine
     app.state.insecure_no_auth = insecure_no_auth
     app.state.bad_tokens = BadTokenLimiter(bad_token_limit)
-    problems.install(app, {exc: problems.dependency_down("Broker unavailable") for exc in BROKER_ERRORS})
+    problems.install(app, {BadRequest: problems.caller_error,
+                           **{exc: problems.dependency_down("Broker unavailable") for exc in BROKER_ERRORS}})
     for router in (*ROUTERS, *routers):
         app.include_router(router)
     return app

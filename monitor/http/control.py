@@ -1,5 +1,5 @@
 """Worker control (admin): pool grow/shrink/autoscale, shutdown, add/cancel a consumer, rate and time limits;
-and purging a queue. Each call goes to one worker through monitor.broker.live and is audited."""
+and purging a queue. One worker at a time, through monitor.broker.control (as `taskmon worker`); audited."""
 from __future__ import annotations
 
 from typing import Any
@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import Body, Depends, Path, Query, Request
 from pydantic import BaseModel, Field, model_validator
 
-from monitor.broker.live import NoReply, Refused, control, purge
+from monitor.broker.control import control, purge
 from monitor.http.audit import audited
 from monitor.http.auth import allow
 from monitor.http.payload import json_response
@@ -63,14 +63,16 @@ class TimeLimit(BaseModel):
 
 
 def _run(request: Request, hostname: str, command: str, arguments: dict[str, Any], timeout: float):
+    action = command.replace("_", "-")  # monitor.broker.control's word for it, as `taskmon worker` takes it
     with audited(request, f"worker.{command}", hostname) as entry:
         entry.detail = dict(arguments)
-        try:
-            reply = control(client(request), command, hostname, arguments, timeout=timeout)
-        except NoReply as exc:
-            raise not_found(str(exc)) from None
-        except Refused as exc:
-            raise bad_request(str(exc)) from None
+        answer = control(client(request), action, [hostname], timeout=timeout or 1.0, **arguments)
+        if hostname in answer.missing or hostname not in answer.replies:
+            raise not_found(f"no worker {hostname!r} answered {command} within {timeout or 1.0:g}s: is it running? "
+                            f"GET /api/v1/workers lists the workers seen")
+        reply = answer.replies[hostname]
+        if isinstance(reply, dict) and "error" in reply:
+            raise bad_request(f"{hostname} refused {command}: {reply['error']}")
     return json_response({"worker": hostname, "command": command, "reply": reply}, request.app.state.settings.tz)
 
 
@@ -136,9 +138,9 @@ class Purged(BaseModel):
              summary="Delete every message waiting in a queue (Redis: every priority step)")
 def purge_queue(request: Request, name: str = Path(..., min_length=1, max_length=255)):
     with audited(request, "queue.purge", name) as entry:
-        try:
-            count = purge(client(request), name)
-        except NoReply as exc:
-            raise not_found(str(exc)) from None
-        entry.detail = {"purged": count}
+        (counted,) = purge(client(request), [name])
+        if counted.exists is False:
+            raise not_found(f"no queue {name!r} on the broker")
+        count = counted.messages
+        entry.detail = {"purged": count, "by_priority": counted.by_priority}
     return json_response({"queue": name, "purged": count}, request.app.state.settings.tz)

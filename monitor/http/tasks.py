@@ -176,9 +176,16 @@ class TaskResult(BaseModel):
     task_id: str
     state: str
     ready: bool
-    result: Any = Field(None, description="The return value (JSON), or {type, message} of the exception.")
+    result: Any = Field(None, description="A success's return value (JSON), redacted.")
+    exception: str | None = Field(None, description='A failure\'s "Type: message".')
     traceback: str | None = None
-    date_done: datetime | None = None
+    date_done: str | None = Field(None, description="When the backend stored it (ISO 8601 UTC).")
+    name: str | None = None
+    args: Any = None
+    kwargs: Any = None
+    worker: str | None = None
+    retries: int | None = None
+    queue: str | None = None
 
 
 class Sent(BaseModel):
@@ -193,24 +200,35 @@ class Sent(BaseModel):
                         200: {"model": Sent, "description": "with wait: the task finished within the timeout"}},
              summary="Send a task by name (args, kwargs, queue, countdown or eta, expires, priority; optional wait)")
 def send_task(request: Request, body: SendRequest):
-    from monitor.http.sending import result_of, results_app, send
+    from monitor.broker.control import send_task as send, wait_result
+    from monitor.http.replaying import client
 
+    app = client(request)
     if body.wait:
-        results_app(request)  # 503 before sending when there is no backend to wait on
+        require_backend(app)  # before sending: there is no backend to wait on
     with audited(request, "task.send", body.task_name) as entry:
-        task_id = send(request, body.task_name, args=body.args, kwargs=body.kwargs, queue=body.queue,
-                       countdown=body.countdown, eta=body.eta, expires=body.expires, priority=body.priority)
+        task_id = send(app, body.task_name, body.args, body.kwargs, queue=body.queue, countdown=body.countdown,
+                       eta=body.eta, expires=body.expires, priority=body.priority)
         entry.detail = {"task_id": task_id, "queue": body.queue}
-    result = result_of(request, task_id, wait=body.timeout) if body.wait else None
+    result = wait_result(app, task_id, timeout=body.timeout).as_dict() if body.wait else None
     status = 200 if result is not None and result["ready"] else 202
     return json_response({"task_id": task_id, "task_name": body.task_name, "queue": body.queue, "result": result},
                          request.app.state.settings.tz, status=status)
+
+
+def require_backend(app) -> None:
+    if not app.conf.result_backend:
+        raise Problem(503, "No result backend", "no result backend is configured: set result_backend "
+                                                "(TASKMON_RESULT_BACKEND) to the app's result backend")
 
 
 @router.get("/tasks/{task_id}/result", response_model=TaskResult, dependencies=[Depends(allow("viewer"))],
             responses=responses(401, 403, 422, 503),
             summary="The task's state and result from the result backend (PENDING: the backend knows nothing of it)")
 def task_result(request: Request, task_id: str = TASK_ID):
-    from monitor.http.sending import result_of
+    from monitor.broker.control import read_result
+    from monitor.http.replaying import client
 
-    return json_response(result_of(request, task_id), request.app.state.settings.tz)
+    app = client(request)
+    require_backend(app)
+    return json_response(read_result(app, task_id).as_dict(), request.app.state.settings.tz)

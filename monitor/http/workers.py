@@ -23,7 +23,7 @@ class Inspect(str, Enum):
     registered = "registered"
     stats = "stats"
     conf = "conf"
-    active_queues = "active_queues"
+    active_queues = "active-queues"
     revoked = "revoked"
 
 
@@ -53,14 +53,17 @@ def stored_workers(request: Request) -> list[dict]:
 def list_workers(request: Request,
                  inspect: list[Inspect] = Query([], description="Also ask the workers live (repeatable): "
                                                                  "active, reserved, scheduled, registered, stats, "
-                                                                 "conf, active_queues, revoked."),
+                                                                 "conf, active-queues, revoked."),
                  timeout: float = Query(2.0, gt=0, le=10, description="Seconds to wait for the workers' answers.")):
     rows = stored_workers(request)
     if inspect:
-        from monitor.broker.live import inspect as ask
+        from monitor.broker.control import inspect as ask
         from monitor.http.replaying import client
 
-        answers = ask(client(request), [i.value for i in dict.fromkeys(inspect)], timeout=timeout)
+        answers: dict[str, dict] = {}
+        for question in dict.fromkeys(i.value for i in inspect):
+            for hostname, answer in ask(client(request), question, timeout=timeout).replies.items():
+                answers.setdefault(hostname, {})[question] = answer
         by_name = {row["hostname"]: row for row in rows}
         for row in rows:
             row["live"] = answers.get(row["hostname"], {})
