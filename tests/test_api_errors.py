@@ -86,3 +86,4 @@ def test_bad_input_is_a_4xx_problem(sqlite_store, start_api):
                                                    "eta": "2030-01-01T00:00:00Z"}), 422)
         problem(client.post("/api/v1/schedule", json={"name": "x", "task": "a.b", "cron": "not a crontab"}), 400)
         problem(client.delete("/api/v1/tasks"), 405)
+        assert "NUL" in problem(client.get("/api/v1/tasks", params={"q": "a\x00b"}), 400)["detail"]

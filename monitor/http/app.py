@@ -40,6 +40,7 @@ def create_app(settings: Settings, engine: Engine, *, insecure_no_auth: bool = F
     app.state.bad_tokens = BadTokenLimiter(bad_token_limit)
     problems.install(app, {BadRequest: problems.caller_error,
                            **{exc: problems.dependency_down("Broker unavailable") for exc in BROKER_ERRORS}})
+    app.add_middleware(problems.RejectNul)
     for router in (*ROUTERS, *routers):
         app.include_router(router)
     return app

@@ -13,7 +13,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DataError, SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from storage.errors import first_line
@@ -81,6 +81,11 @@ async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     return problem_response(exc.status_code, titles.get(exc.status_code, "Error"), detail, exc.headers)
 
 
+async def _bad_value(request: Request, exc: DataError) -> JSONResponse:
+    # The database refused a value the caller sent (PostgreSQL: a NUL in a text, a number out of range).
+    return problem_response(400, "Bad request", f"the database refused a value: {first_line(exc)}")
+
+
 async def _database(request: Request, exc: SQLAlchemyError) -> JSONResponse:
     log.warning("%s %s: database error: %s", request.method, request.url.path, first_line(exc))
     return problem_response(503, "Database unavailable", f"the history database failed: {first_line(exc)}")
@@ -114,6 +119,7 @@ def install(app: FastAPI, extra: dict[type[BaseException], Any] | None = None) -
     app.add_exception_handler(Problem, _problem)
     app.add_exception_handler(RequestValidationError, _validation)
     app.add_exception_handler(StarletteHTTPException, _http)
+    app.add_exception_handler(DataError, _bad_value)
     app.add_exception_handler(SQLAlchemyError, _database)
     app.add_exception_handler(Exception, _unexpected)
     for exc_type, handler in (extra or {}).items():
@@ -135,3 +141,19 @@ def api_router(tag: str):
     from fastapi import APIRouter
 
     return APIRouter(prefix="/api/v1", tags=[tag], responses=responses(*COMMON))
+
+
+class RejectNul:
+    """ASGI middleware: a URL with a NUL character is a 400 before any handler (neither PostgreSQL text
+    nor SQLite's full-text queries can hold one, and no name or filter needs one)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and (b"%00" in scope.get("query_string", b"") or b"%00" in scope.get("raw_path", b"")
+                                        or "\x00" in scope.get("path", "")):
+            response = problem_response(400, "Bad request", "the URL holds a NUL character (%00): remove it")
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
