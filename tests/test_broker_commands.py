@@ -101,9 +101,12 @@ def test_result_reads_a_task_the_daemon_never_saw(redis_url, worker):
     assert data["state"] == "FAILURE" and data["ready"] is True
 
 
-def test_result_without_a_backend_says_how_to_configure_one(redis_url):
+def test_result_and_send_wait_without_a_backend_say_how_to_configure_one(redis_url):
     result = taskmon("result", "abc", "--broker", redis_url)
     assert result.exit_code == 2 and "TASKMON_RESULT_BACKEND" in result.output
+    waited = taskmon("send", "sample.add", "--args", "[1, 2]", "--wait", "--broker", redis_url)
+    assert waited.exit_code == 2 and "TASKMON_RESULT_BACKEND" in waited.output
+    assert redis.Redis.from_url(redis_url).llen("celery") == 0  # refused before anything was sent
 
 
 def test_show_adds_the_backends_view_of_a_task_the_history_lacks(redis_url, sqlite_store, worker):

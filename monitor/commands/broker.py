@@ -111,6 +111,9 @@ def send_cmd(ctx: Context, name, args_json, kwargs_json, queue, countdown, eta, 
     if countdown is not None and eta is not None:
         raise InputError("give --countdown or --eta, not both")
     eta_at = _eta(ctx, eta)
+    if wait and not ctx.settings.result_backend:  # said before sending, not after
+        raise InputError("--wait reads the result from the result backend, and none is configured: "
+                         "set TASKMON_RESULT_BACKEND")
     with client(ctx) as app:
         task_id = send_task(app, name, args, kwargs, queue=queue, countdown=countdown, eta=eta_at, expires=expires,
                             priority=priority, timeout=timeout)
