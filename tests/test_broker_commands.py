@@ -323,3 +323,21 @@ def test_a_broker_down_or_hung_is_one_line_and_bounded_by_timeout(command, kind,
     assert len(error_lines) == 1
     # 1 s of --timeout, the second of grace, and the interpreter's start-up: well under 8 s
     assert took < 8, f"{' '.join(command)} took {took:.1f}s against a {kind} broker"
+
+
+def test_on_rabbitmq_send_wait_inspect_ping_and_purge_work(amqp_url, redis_url, sqlite_store, start_worker):
+    backend = backend_of(redis_url)
+    worker = start_worker(amqp_url, queues="celery", env={"SAMPLE_RESULT_BACKEND": backend})
+    out = ok(taskmon("send", "sample.add", "--args", "[5, 6]", "--wait", "--timeout", "15", "--broker", amqp_url,
+                     backend=backend))
+    assert "result: 11" in out
+    queues = json.loads(ok(taskmon("inspect", "active-queues", "--json", "--broker", amqp_url)))
+    assert [q["name"] for q in queues["replies"][worker.hostname]] == ["celery"]
+    assert ok(taskmon("ping", "--task", "sample.ping", "--queue", "celery", "--timeout", "15", "--broker", amqp_url,
+                      backend=backend)).strip().endswith("ok")
+    app = client_app(amqp_url)
+    app.send_task("sample.add", args=[1, 1], queue="amqp_doomed")
+    app.close()
+    purged = json.loads(ok(taskmon("purge", "amqp_doomed", "--force", "--yes", "--json", "--db", sqlite_store,
+                                   "--broker", amqp_url)))
+    assert purged == [{"queue": "amqp_doomed", "messages": 1, "by_priority": None, "exists": True}]
