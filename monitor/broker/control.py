@@ -2,8 +2,8 @@
 
 One implementation behind `taskmon send/result/inspect/purge/ping/worker` and the REST API. Every
 function takes a Celery app from tasks.client.client_app, returns plain dataclasses, is bounded
-by ``timeout`` (a broker that hangs costs the caller at most that, plus a second), and turns a
-broker that is down into BrokerUnreachable, whose message is one line.
+by ``timeout`` (a broker that hangs costs the caller at most that, plus a few seconds of grace),
+and turns a broker that is down into BrokerUnreachable, whose message is one line.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from storage.errors import first_line
 from tasks.redact import mask_url, redact_repr, redact_value
 
 DEFAULT_TIMEOUT = 5.0
-_GRACE = 1.0  # what a bounded call may take past its own timeout before it counts as hung
+_GRACE = 3.0  # what a call may take past its timeout (connecting, on a busy host) before it counts as hung
 
 
 class BrokerUnreachable(BrokerError):
