@@ -101,9 +101,12 @@ def test_result_reads_a_task_the_daemon_never_saw(redis_url, worker):
     assert data["state"] == "FAILURE" and data["ready"] is True
 
 
-def test_result_without_a_backend_says_how_to_configure_one(redis_url):
+def test_result_and_send_wait_without_a_backend_say_how_to_configure_one(redis_url):
     result = taskmon("result", "abc", "--broker", redis_url)
     assert result.exit_code == 2 and "TASKMON_RESULT_BACKEND" in result.output
+    waited = taskmon("send", "sample.add", "--args", "[1, 2]", "--wait", "--broker", redis_url)
+    assert waited.exit_code == 2 and "TASKMON_RESULT_BACKEND" in waited.output
+    assert redis.Redis.from_url(redis_url).llen("celery") == 0  # refused before anything was sent
 
 
 def test_show_adds_the_backends_view_of_a_task_the_history_lacks(redis_url, sqlite_store, worker):
@@ -318,5 +321,23 @@ def test_a_broker_down_or_hung_is_one_line_and_bounded_by_timeout(command, kind,
     assert "cannot reach the broker" in output or "cannot reach the result backend" in output, output
     error_lines = [line for line in output.splitlines() if "cannot reach" in line]
     assert len(error_lines) == 1
-    # 1 s of --timeout, the second of grace, and the interpreter's start-up: well under 8 s
+    # 1 s of --timeout, 3 s of grace, and the interpreter's start-up: under 8 s
     assert took < 8, f"{' '.join(command)} took {took:.1f}s against a {kind} broker"
+
+
+def test_on_rabbitmq_send_wait_inspect_ping_and_purge_work(amqp_url, redis_url, sqlite_store, start_worker):
+    backend = backend_of(redis_url)
+    worker = start_worker(amqp_url, queues="celery", env={"SAMPLE_RESULT_BACKEND": backend})
+    out = ok(taskmon("send", "sample.add", "--args", "[5, 6]", "--wait", "--timeout", "15", "--broker", amqp_url,
+                     backend=backend))
+    assert "result: 11" in out
+    queues = json.loads(ok(taskmon("inspect", "active-queues", "--json", "--broker", amqp_url)))
+    assert [q["name"] for q in queues["replies"][worker.hostname]] == ["celery"]
+    assert ok(taskmon("ping", "--task", "sample.ping", "--queue", "celery", "--timeout", "15", "--broker", amqp_url,
+                      backend=backend)).strip().endswith("ok")
+    app = client_app(amqp_url)
+    app.send_task("sample.add", args=[1, 1], queue="amqp_doomed")
+    app.close()
+    purged = json.loads(ok(taskmon("purge", "amqp_doomed", "--force", "--yes", "--json", "--db", sqlite_store,
+                                   "--broker", amqp_url)))
+    assert purged == [{"queue": "amqp_doomed", "messages": 1, "by_priority": None, "exists": True}]

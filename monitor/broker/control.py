@@ -2,8 +2,8 @@
 
 One implementation behind `taskmon send/result/inspect/purge/ping/worker` and the REST API. Every
 function takes a Celery app from tasks.client.client_app, returns plain dataclasses, is bounded
-by ``timeout`` (a broker that hangs costs the caller at most that, plus a second), and turns a
-broker that is down into BrokerUnreachable, whose message is one line.
+by ``timeout`` (a broker that hangs costs the caller at most that, plus a few seconds of grace),
+and turns a broker that is down into BrokerUnreachable, whose message is one line.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from storage.errors import first_line
 from tasks.redact import mask_url, redact_repr, redact_value
 
 DEFAULT_TIMEOUT = 5.0
-_GRACE = 1.0  # what a bounded call may take past its own timeout before it counts as hung
+_GRACE = 3.0  # what a call may take past its timeout (connecting, on a busy host) before it counts as hung
 
 
 class BrokerUnreachable(BrokerError):
@@ -66,16 +66,14 @@ def _bounded(fn: Callable[[], Any], timeout: float, url: str, what: str = "broke
         raise _unreachable(url, f"no answer in {timeout + _GRACE:g}s", what) from None
     if done:
         return value
-    try:
-        raise value
-    except (BrokerError, BadRequest):
-        raise
-    except Exception as exc:  # noqa: BLE001 - kombu, amqp, redis and socket errors all mean: unreachable
-        from kombu.exceptions import EncodeError
+    from kombu.exceptions import EncodeError
 
-        if isinstance(exc, EncodeError):
-            raise BadRequest(f"the arguments do not serialize as JSON: {first_line(exc)}") from None
-        raise _unreachable(url, exc, what) from None
+    if isinstance(value, (BrokerError, BadRequest)) or not isinstance(value, Exception):
+        raise value
+    if isinstance(value, EncodeError):
+        raise BadRequest(f"the arguments do not serialize as JSON: {first_line(value)}") from None
+    # kombu, amqp, redis and socket errors, whichever the transport raises: all mean unreachable
+    raise _unreachable(url, value, what) from None
 
 
 def check_broker(app, timeout: float = DEFAULT_TIMEOUT) -> None:
@@ -308,17 +306,18 @@ class ControlAction:
 
     command: str
     params: tuple[str, ...] = ()
+    required: tuple[str, ...] = ()
     replies: bool = True  # shutdown: the worker exits before it could answer
 
 
 CONTROL_ACTIONS = {
     "pool-grow": ControlAction("pool_grow", ("n",)),
     "pool-shrink": ControlAction("pool_shrink", ("n",)),
-    "autoscale": ControlAction("autoscale", ("max", "min")),
-    "add-consumer": ControlAction("add_consumer", ("queue",)),
-    "cancel-consumer": ControlAction("cancel_consumer", ("queue",)),
-    "rate-limit": ControlAction("rate_limit", ("task_name", "rate_limit")),
-    "time-limit": ControlAction("time_limit", ("task_name", "soft", "hard")),
+    "autoscale": ControlAction("autoscale", ("max", "min"), ("max", "min")),
+    "add-consumer": ControlAction("add_consumer", ("queue",), ("queue",)),
+    "cancel-consumer": ControlAction("cancel_consumer", ("queue",), ("queue",)),
+    "rate-limit": ControlAction("rate_limit", ("task_name", "rate_limit"), ("task_name", "rate_limit")),
+    "time-limit": ControlAction("time_limit", ("task_name", "soft", "hard"), ("task_name",)),
     "shutdown": ControlAction("shutdown", (), replies=False),
     "pool-restart": ControlAction("pool_restart", ("modules", "reload")),
 }
@@ -338,8 +337,7 @@ def control(app, action: str, workers: Sequence[str] | None = None, timeout: flo
     if unknown:
         raise BadRequest(f"{action} takes {', '.join(spec.params) or 'no arguments'}, not {', '.join(sorted(unknown))}")
     args = {k: v for k, v in arguments.items() if v is not None}
-    missing_args = [p for p in spec.params if p not in args and action in ("add-consumer", "cancel-consumer",
-                                                                          "rate-limit", "autoscale")]
+    missing_args = [p for p in spec.required if p not in args]
     if missing_args:
         raise BadRequest(f"{action} needs {', '.join(missing_args)}")
     check_broker(app, timeout)

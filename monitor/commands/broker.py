@@ -101,8 +101,8 @@ def send_cmd(ctx: Context, name, args_json, kwargs_json, queue, countdown, eta, 
 
     \b
     Example:
-      taskmon send billing.generate_invoice --args '[42]' --kwargs '{"month": "2026-11"}' --queue finance
-      taskmon send sample.add --args '[2, 3]' --wait --timeout 30
+      taskmon send reports.generate_daily_report --kwargs '{"date": "2026-12-01"}' --queue reports
+      taskmon send demo.add --args '[2, 3]' --wait --timeout 30
     """
     from monitor.broker.control import send_task, wait_result
 
@@ -111,6 +111,9 @@ def send_cmd(ctx: Context, name, args_json, kwargs_json, queue, countdown, eta, 
     if countdown is not None and eta is not None:
         raise InputError("give --countdown or --eta, not both")
     eta_at = _eta(ctx, eta)
+    if wait and not ctx.settings.result_backend:  # said before sending, not after
+        raise InputError("--wait reads the result from the result backend, and none is configured: "
+                         "set TASKMON_RESULT_BACKEND")
     with client(ctx) as app:
         task_id = send_task(app, name, args, kwargs, queue=queue, countdown=countdown, eta=eta_at, expires=expires,
                             priority=priority, timeout=timeout)
@@ -304,7 +307,7 @@ def ping_cmd(ctx: Context, queue, task_name, timeout, as_json) -> None:
     \b
     Example:
       taskmon ping
-      taskmon ping --task sample.ping --queue celery --timeout 10 --json
+      taskmon ping --queue high_priority --timeout 10 --json
     """
     from monitor.broker.control import ping
 
@@ -335,7 +338,7 @@ def worker_group() -> None:
     \b
     Example:
       taskmon worker pool-grow 2 --worker celery@web-1
-      taskmon worker rate-limit billing.generate_invoice 10/m --yes
+      taskmon worker rate-limit billing.send_bill_reminders 10/m --yes
     """
 
 
@@ -398,10 +401,10 @@ _control_command("add-consumer", "Start consuming QUEUE.", "taskmon worker add-c
 _control_command("cancel-consumer", "Stop consuming QUEUE.", "taskmon worker cancel-consumer reports",
                  [_queue], lambda queue: {"queue": queue})
 _control_command("rate-limit", "Limit how often TASK starts, per worker process: 10/s, 100/m, 1000/h (0: no limit).",
-                 "taskmon worker rate-limit billing.generate_invoice 10/m",
+                 "taskmon worker rate-limit billing.send_bill_reminders 10/m",
                  [_task, click.argument("rate")], lambda task_name, rate: {"task_name": task_name, "rate_limit": rate})
 _control_command("time-limit", "Set TASK's soft and hard time limits in seconds.",
-                 "taskmon worker time-limit reports.daily --soft 60 --hard 120",
+                 "taskmon worker time-limit reports.generate_daily_report --soft 60 --hard 120",
                  [_task, click.option("--soft", type=click.FloatRange(min=0), help="Soft limit (seconds)."),
                   click.option("--hard", type=click.FloatRange(min=0), help="Hard limit (seconds).")],
                  lambda task_name, soft, hard: {"task_name": task_name, "soft": soft, "hard": hard})

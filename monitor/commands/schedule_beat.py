@@ -24,7 +24,7 @@ def schedule_run(ctx: Context, name: str, timeout: float, as_json: bool) -> None
 
     \b
     Example:
-      taskmon schedule run daily-report
+      taskmon schedule run generate-daily-report
     """
     from monitor.broker.control import send_task
     from storage.audit import record
