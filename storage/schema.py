@@ -176,6 +176,18 @@ audit_logs = Table(
     Index(None, "created_at"),
 )
 
+# Bearer tokens of the HTTP API: only a hash is kept, the token is shown once when created.
+api_tokens = Table(
+    "api_tokens",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(255), nullable=False, unique=True),
+    Column("role", String(16), nullable=False),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("revoked_at", UTCDateTime),
+)
+
 # E-mail notifications: one row per message, so a redelivered task never sends it twice.
 notifications = Table(
     "notifications",
