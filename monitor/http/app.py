@@ -4,7 +4,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 from sqlalchemy import Engine
 
-from monitor.http import health, problems, tasks
+from monitor.http import health, pages, problems, tasks
 from monitor.http.auth import BadTokenLimiter
 from tasks.settings import Settings
 
@@ -33,4 +33,5 @@ def create_app(settings: Settings, engine: Engine, *, insecure_no_auth: bool = F
     problems.install(app)
     for router in (*ROUTERS, *routers):
         app.include_router(router)
+    pages.install(app)  # the dashboard, on the same app and roles
     return app

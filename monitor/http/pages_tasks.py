@@ -1,0 +1,281 @@
+"""The Tasks page (filters, search, keyset pages, columns, export, live rows) and the Task page with its actions."""
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import json
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, AsyncIterator
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, Form, Path, Query, Request
+from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from monitor.commands.render import fmt_duration, fmt_time, one_line
+from monitor.http.pages import done, page, render
+from monitor.http.payload import mask_urls
+from monitor.http.problems import Problem, bad_request, not_found, unavailable
+from monitor.http.search import QUALIFIERS, SearchError, parse_search
+from storage.history import SUMMARY_FIELDS, RunFilter, UnknownState, check_states
+from storage.search import SORTS, cursor_of, parse_cursor, search_runs
+
+router = APIRouter(include_in_schema=False)
+STATE_BUTTONS = ("SUCCESS", "FAILURE", "STARTED", "RETRY", "RECEIVED", "PENDING", "REVOKED", "LOST", "TIMEOUT")
+COLUMNS = (("task_id", "Task id"), ("name", "Name"), ("state", "State"), ("worker", "Worker"), ("queue", "Queue"),
+           ("seen_at", "Seen"), ("started_at", "Started"), ("runtime", "Runtime"), ("retries", "Retries"),
+           ("exception", "Exception"))
+PAGE_SIZES = (25, 50, 100, 200)
+POLL_SECONDS = 1.0
+KEEPALIVE_SECONDS = 15.0
+EXPORT_MAX = 100_000
+EXPORT_PAGE = 1000
+
+
+@dataclass(frozen=True)
+class Listing:
+    """What the tasks page was asked for: the filter, the search, the order, the page."""
+
+    filter: RunFilter
+    terms: dict[str, str]
+    text: str | None
+    sort: str
+    params: dict[str, str]  # the query without the cursor, for links
+
+
+def listing(request: Request, q: str, state: str, since: str | None, until: str | None, sort: str) -> Listing:
+    from monitor.http.params import resolve
+
+    if sort not in SORTS:
+        raise bad_request(f"sort: {sort!r}; use one of {', '.join(SORTS)}")
+    try:
+        s = parse_search(q)
+    except SearchError as exc:
+        raise bad_request(str(exc)) from None
+    states = tuple(x for x in (*s.states, *(v.strip().upper() for v in state.split(",") if v.strip())))
+    now = datetime.now(timezone.utc)
+    f = RunFilter(name=s.name, states=states, worker=s.worker, queue=s.queue,
+                  since=resolve(request, "since", since or None, now), until=resolve(request, "until", until or None, now))
+    params = {k: v for k, v in (("q", q), ("state", state), ("since", since or ""), ("until", until or ""),
+                                ("sort", sort if sort != "seen" else "")) if v}
+    return Listing(f, s.terms, s.text, sort, params)
+
+
+def cells(request: Request, run: dict[str, Any]) -> dict[str, dict[str, str]]:
+    """The tasks table's cells of one run, as text: the page and the live rows build the same row from these."""
+    tz = request.app.state.settings.tz
+    state = run["state"] or ""
+    exc = mask_urls(run["exception"] or "")
+    return {
+        "task_id": {"text": run["task_id"], "href": f"/tasks/{run['task_id']}", "cls": "mono"},
+        "name": {"text": run["name"] or "-"},
+        "state": {"text": state, "cls": f"state state-{state}"},
+        "worker": {"text": run["worker"] or "-"},
+        "queue": {"text": run["queue"] or "-"},
+        "seen_at": {"text": fmt_time(run["seen_at"], tz)},
+        "started_at": {"text": fmt_time(run["started_at"], tz)},
+        "runtime": {"text": fmt_duration(run["runtime"]), "cls": "num"},
+        "retries": {"text": str(run["retries"] or 0), "cls": "num"},
+        "exception": {"text": one_line(exc, 80), "title": exc, "cls": "cut"},
+    }
+
+
+def _query(conn, lst: Listing, after, limit: int) -> list[dict[str, Any]]:
+    try:
+        check_states(conn, lst.filter.all_states())
+        return search_runs(conn, lst.filter, terms=lst.terms, text=lst.text, sort=lst.sort, after=after, limit=limit)
+    except UnknownState as exc:
+        raise bad_request(f"state: {exc}") from None
+
+
+@router.get("/tasks", dependencies=page("viewer"))
+def tasks_page(request: Request, q: str = Query("", max_length=500), state: str = Query("", max_length=200),
+               since: str | None = Query(None, max_length=50), until: str | None = Query(None, max_length=50),
+               sort: str = Query("seen"), cursor: str | None = Query(None, max_length=400),
+               limit: int = Query(50, ge=1, le=500)):
+    from storage.history import latest_update
+
+    try:
+        lst = listing(request, q, state, since, until, sort)
+        try:
+            after = parse_cursor(cursor, sort) if cursor else None
+        except ValueError as exc:
+            raise bad_request(f"cursor: {exc}") from None
+        with request.app.state.engine.connect() as conn:
+            rows = _query(conn, lst, after, limit + 1)
+            latest = latest_update(conn)
+    except Problem as exc:  # a bad search or filter: the page says so, with the form to fix it
+        return render(request, "error.html", status=exc.status, title=exc.title, detail=exc.detail, back="/tasks")
+    more = len(rows) > limit
+    rows = rows[:limit]
+    next_url = (f"/tasks?{urlencode({**lst.params, 'limit': limit, 'cursor': cursor_of(rows[-1], sort)})}"
+                if more and rows else None)
+    # New runs stream in only on the first page of the newest-first order (a later page would shift).
+    live = after is None and sort == "seen"
+    stream = f"/tasks/stream?{urlencode({**lst.params, 'after': (latest or datetime.now(timezone.utc)).isoformat()})}"
+    return render(request, "tasks.html", rows=[cells(request, r) | {"_id": {"text": r["task_id"]}} for r in rows],
+                  columns=COLUMNS, states=STATE_BUTTONS, chosen=set(lst.filter.all_states()), q=q, since=since or "",
+                  until=until or "", sort=sort, sorts=list(SORTS), limit=limit, page_sizes=PAGE_SIZES,
+                  next_url=next_url, first_url=f"/tasks?{urlencode(lst.params)}" if cursor else None,
+                  stream=stream if live else None, qualifiers=QUALIFIERS,
+                  state_url=lambda s: f"/tasks?{urlencode({**{k: v for k, v in lst.params.items() if k != 'state'}, **({'state': s} if s else {})})}",
+                  export=urlencode(lst.params))
+
+
+@router.get("/tasks/stream", dependencies=page("viewer"))
+async def tasks_stream(request: Request, after: str = Query(..., max_length=50), q: str = Query("", max_length=500),
+                       state: str = Query("", max_length=200), since: str | None = Query(None, max_length=50),
+                       until: str | None = Query(None, max_length=50)):
+    """Server-sent events: each run the history writes (new or changed) that matches the page's filter."""
+    from storage.history import changed_since
+
+    lst = await run_in_threadpool(listing, request, q, state, since, until, "seen")
+    try:
+        last = datetime.fromisoformat(after)
+    except ValueError:
+        raise bad_request(f"after: {after!r} is not an ISO 8601 time") from None
+    if last.tzinfo is None:
+        raise bad_request("after: give the time with its UTC offset")
+    engine = request.app.state.engine
+
+    def poll(since_update: datetime) -> list[dict[str, Any]]:
+        with engine.connect() as conn:
+            rows = changed_since(conn, lst.filter, since_update, limit=200)
+            if rows and (lst.terms or lst.text):
+                ids = {r["task_id"] for r in search_runs(conn, lst.filter, terms=lst.terms, text=lst.text,
+                                                         limit=len(rows) * 4)} if rows else set()
+                rows = [r for r in rows if r["task_id"] in ids]
+            return rows
+
+    async def events() -> AsyncIterator[str]:
+        nonlocal last
+        idle = 0.0
+        yield "retry: 2000\n\n"
+        while not await request.is_disconnected():
+            rows = await run_in_threadpool(poll, last)
+            for run in rows:
+                last = max(last, run["updated_at"])
+                yield f"event: run\ndata: {json.dumps({'task_id': run['task_id'], 'cells': cells(request, run)})}\n\n"
+            idle = 0.0 if rows else idle + POLL_SECONDS
+            if idle >= KEEPALIVE_SECONDS:
+                idle = 0.0
+                yield ": keep-alive\n\n"
+            await asyncio.sleep(POLL_SECONDS)
+
+    return StreamingResponse(events(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+
+
+def _csv_cell(value: Any, tz) -> str:
+    text = fmt_time(value, tz) if isinstance(value, datetime) else "" if value is None else mask_urls(str(value))
+    # A spreadsheet runs a cell that starts like a formula: keep task text inert.
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+
+
+@router.get("/tasks/export.{fmt}", dependencies=page("viewer"))
+def tasks_export(request: Request, fmt: str = Path(..., pattern="^(csv|json)$"), q: str = Query("", max_length=500),
+                 state: str = Query("", max_length=200), since: str | None = Query(None, max_length=50),
+                 until: str | None = Query(None, max_length=50), sort: str = Query("seen"),
+                 limit: int = Query(10_000, ge=1, le=EXPORT_MAX)):
+    """Every run of the current filter (up to ``limit``), read in keyset pages of EXPORT_PAGE."""
+    lst = listing(request, q, state, since, until, sort)
+    tz = request.app.state.settings.tz
+    rows: list[dict[str, Any]] = []
+    with request.app.state.engine.connect() as conn:
+        after = None
+        while len(rows) < limit:
+            chunk = _query(conn, lst, after, min(EXPORT_PAGE, limit - len(rows)))
+            rows.extend(chunk)
+            if len(chunk) < EXPORT_PAGE:
+                break
+            after = parse_cursor(cursor_of(chunk[-1], sort), sort)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    headers = {"Content-Disposition": f'attachment; filename="taskmon-tasks-{stamp}.{fmt}"', "Cache-Control": "no-store"}
+    if fmt == "json":
+        from monitor.http.payload import json_response
+
+        response = json_response(rows, tz)
+        response.headers.update(headers)
+        return response
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(SUMMARY_FIELDS)
+    for r in rows:
+        writer.writerow([_csv_cell(r[k], tz) for k in SUMMARY_FIELDS])
+    return StreamingResponse(iter([out.getvalue()]), media_type="text/csv; charset=utf-8", headers=headers)
+
+
+# -- one task ---------------------------------------------------------------------------------------
+
+TASK_ID = Path(..., min_length=1, max_length=255)
+
+
+@router.get("/tasks/{task_id}", dependencies=page("viewer"))
+def task_page(request: Request, task_id: str = TASK_ID):
+    from storage.deadletters import get_dead_letter, replays_of
+    from storage.history import run_detail
+
+    with request.app.state.engine.connect() as conn:
+        detail = run_detail(conn, task_id)
+        if detail is None:
+            return render(request, "error.html", status=404, title="Unknown task",
+                          detail=f"no task run with id {task_id!r} in the history")
+        replays = replays_of(conn, task_id)
+        letter = get_dead_letter(conn, task_id)
+    return render(request, "task.html", d=detail, run=detail["run"], replays=replays, letter=letter,
+                  cells=lambda r: cells(request, r), columns=COLUMNS)
+
+
+def _control_app(request: Request):
+    state = request.app.state
+    if getattr(state, "control_app", None) is None:
+        from tasks.replay import celery_client
+
+        state.control_app = celery_client(state.settings.broker_url)
+    return state.control_app
+
+
+def _audit(request: Request, action: str, target: str, detail: dict[str, Any]) -> None:
+    from storage.audit import record
+
+    with request.app.state.engine.begin() as conn:
+        record(conn, datetime.now(timezone.utc), action, target, detail, actor=request.state.principal.name)
+
+
+@router.post("/tasks/{task_id}/replay", dependencies=page("operator"))
+def replay_action(request: Request, task_id: str = TASK_ID):
+    """Send the task again with its stored args (only when they are exact); the new run links back."""
+    from storage.runs import get_run
+    from tasks.replay import BrokerError, NotReplayable, RecordError, plan_replay, replay
+
+    with request.app.state.engine.connect() as conn:
+        row = get_run(conn, task_id)
+    if row is None:
+        raise not_found(f"no task run with id {task_id!r} in the history")
+    try:
+        plan = plan_replay(row)
+    except NotReplayable as exc:
+        raise Problem(409, "Cannot replay", f"cannot replay {task_id} exactly: {exc}") from None
+    try:
+        new_id = replay(request.app.state.engine, _control_app(request), plan)
+    except BrokerError as exc:
+        raise unavailable(str(exc)) from None
+    except RecordError as exc:
+        raise unavailable(str(exc)) from None
+    _audit(request, "task.replay", task_id, {"new_task_id": new_id, "result": "sent"})
+    return done(f"/tasks/{new_id}")
+
+
+@router.post("/tasks/{task_id}/revoke", dependencies=page("operator"))
+def revoke_action(request: Request, task_id: str = TASK_ID, terminate: bool = Form(False)):
+    """Revoke the task on every worker; with terminate, kill the process running it."""
+    from tasks.replay import BrokerError, revoke
+
+    try:
+        revoke(_control_app(request), task_id, terminate=terminate)
+    except BrokerError as exc:
+        raise unavailable(str(exc)) from None
+    _audit(request, "task.revoke", task_id, {"terminate": terminate, "result": "sent"})
+    return done(f"/tasks/{task_id}")

@@ -1,0 +1,29 @@
+"""Runs per time step over a window: the overview's throughput and failure-rate charts."""
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from storage.sql import bind, dialect, fetch
+
+
+def finished_series(conn, since: datetime, until: datetime, steps: int) -> dict[str, Any]:
+    """Completed (SUCCESS + FAILURE) and failed runs first seen in each of ``steps`` equal steps of [since, until)."""
+    db = dialect(conn)
+    step = (until - since).total_seconds() / steps
+    if db == "sqlite":
+        offset = "(julianday(seen_at) - julianday(:since)) * 86400.0"
+    else:
+        offset = "extract(epoch from (seen_at - :since))"
+    sql = (f"SELECT CAST({offset} / :step AS INTEGER) AS i, "
+           "sum(CASE WHEN state = 'FAILURE' THEN 1 ELSE 0 END) AS failed, count(*) AS completed "
+           "FROM task_runs WHERE seen_at >= :since AND seen_at < :until AND state IN ('SUCCESS', 'FAILURE') "
+           "GROUP BY 1")
+    rows = fetch(conn, sql, {"since": bind(db, since), "until": bind(db, until), "step": step}, {})
+    completed, failed = [0] * steps, [0] * steps
+    for r in rows:
+        i = min(max(int(r["i"]), 0), steps - 1)
+        completed[i] += int(r["completed"])
+        failed[i] += int(r["failed"])
+    starts = [since + timedelta(seconds=step * i) for i in range(steps)]
+    return {"starts": starts, "step_seconds": step, "completed": completed, "failed": failed}
