@@ -63,7 +63,7 @@ def local(request: Request, value: datetime | None) -> str:
     return fmt_time(value, request.app.state.settings.tz)
 
 
-def render(request: Request, name: str, status: int = 200, **context: Any) -> HTMLResponse:
+def render(request: Request, name: str, status_code: int = 200, **context: Any) -> HTMLResponse:
     """A template as an HTML response with the security headers; times in the configured zone."""
     tz = request.app.state.settings.tz
     principal = getattr(request.state, "principal", None)
@@ -72,7 +72,7 @@ def render(request: Request, name: str, status: int = 200, **context: Any) -> HT
         request=request, principal=principal, may=(lambda role: principal is not None and principal.may(role)),
         csrf=current.csrf if current else "", zone=request.app.state.settings.timezone, nav=NAV,
         t=lambda value: fmt_time(value, tz), **context)
-    return HTMLResponse(body, status_code=status, headers=SECURITY_HEADERS)
+    return HTMLResponse(body, status_code=status_code, headers=SECURITY_HEADERS)
 
 
 def done(location: str) -> JSONResponse:
@@ -104,13 +104,13 @@ def login(request: Request, token: str = Form("", max_length=512), next: str = F
     address = request.client.host if request.client else "unknown"
     limiter = request.app.state.bad_tokens
     if limiter.blocked(address):
-        return render(request, "login.html", status=429, next=target,
+        return render(request, "login.html", status_code=429, next=target,
                       error="too many bad tokens from this address; wait a minute and retry")
     with request.app.state.engine.connect() as conn:
         row = lookup(conn, token.strip()) if token.strip() else None
     if row is None:
         limiter.hit(address)
-        return render(request, "login.html", status=401, next=target,
+        return render(request, "login.html", status_code=401, next=target,
                       error="that token is not valid (unknown or revoked); `taskmon token create` makes one")
     response = RedirectResponse(target, status_code=303)
     session.start(request, response, hash_token(token.strip()))
@@ -152,7 +152,7 @@ def overview_data(conn, settings, now: datetime, window: timedelta) -> dict[str,
 @router.get("/", dependencies=page("viewer"))
 def overview(request: Request, window: str = Query("24h")):
     if window not in WINDOWS:
-        return render(request, "error.html", status=400, title="Bad window",
+        return render(request, "error.html", status_code=400, title="Bad window",
                       detail=f"window {window!r}: use one of {', '.join(WINDOWS)}")
     settings = request.app.state.settings
     now = datetime.now(timezone.utc)

@@ -107,7 +107,7 @@ def tasks_page(request: Request, q: str = Query("", max_length=500), state: str 
             rows = _query(conn, lst, after, limit + 1)
             latest = latest_update(conn)
     except Problem as exc:  # a bad search or filter: the page says so, with the form to fix it
-        return render(request, "error.html", status=exc.status, title=exc.title, detail=exc.detail, back="/tasks")
+        return render(request, "error.html", status_code=exc.status, title=exc.title, detail=exc.detail, back="/tasks")
     more = len(rows) > limit
     rows = rows[:limit]
     next_url = (f"/tasks?{urlencode({**lst.params, 'limit': limit, 'cursor': cursor_of(rows[-1], sort)})}"
@@ -220,7 +220,7 @@ def task_page(request: Request, task_id: str = TASK_ID):
     with request.app.state.engine.connect() as conn:
         detail = run_detail(conn, task_id)
         if detail is None:
-            return render(request, "error.html", status=404, title="Unknown task",
+            return render(request, "error.html", status_code=404, title="Unknown task",
                           detail=f"no task run with id {task_id!r} in the history")
         replays = replays_of(conn, task_id)
         letter = get_dead_letter(conn, task_id)
