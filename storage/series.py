@@ -11,11 +11,11 @@ def finished_series(conn, since: datetime, until: datetime, steps: int) -> dict[
     """Completed (SUCCESS + FAILURE) and failed runs first seen in each of ``steps`` equal steps of [since, until)."""
     db = dialect(conn)
     step = (until - since).total_seconds() / steps
-    if db == "sqlite":
-        offset = "(julianday(seen_at) - julianday(:since)) * 86400.0"
-    else:
-        offset = "extract(epoch from (seen_at - :since))"
-    sql = (f"SELECT CAST({offset} / :step AS INTEGER) AS i, "
+    if db == "sqlite":  # CAST truncates, which floors the offsets here (never negative)
+        index = "CAST((julianday(seen_at) - julianday(:since)) * 86400.0 / :step AS INTEGER)"
+    else:  # PostgreSQL's CAST rounds: floor first
+        index = "CAST(floor(extract(epoch from (seen_at - :since)) / :step) AS INTEGER)"
+    sql = (f"SELECT {index} AS i, "
            "sum(CASE WHEN state = 'FAILURE' THEN 1 ELSE 0 END) AS failed, count(*) AS completed "
            "FROM task_runs WHERE seen_at >= :since AND seen_at < :until AND state IN ('SUCCESS', 'FAILURE') "
            "GROUP BY 1")

@@ -1,0 +1,100 @@
+"""The dashboard's reads and pure parts: the search box, keyset pages, the chart series, SVG escaping."""
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from monitor.http.charts import bar_chart, line_chart
+from monitor.http.search import SearchError, parse_search
+from storage.history import RunFilter
+from storage.search import cursor_of, parse_cursor, search_runs
+from storage.series import finished_series
+from tests.history_data import insert, now_utc, run
+
+
+def test_the_search_box_reads_flowers_qualifiers_and_free_text():
+    s = parse_search('name:reports.* state:failure,retry args:"2026 11" kwargs:force worker:celery@a boom x')
+    assert (s.name, s.states, s.worker) == ("reports.*", ("FAILURE", "RETRY"), "celery@a")
+    assert s.terms == {"args": "2026 11", "kwargs": "force"} and s.text == "boom x"
+    assert parse_search("").text is None and parse_search("http://x").text == "http://x"
+
+
+@pytest.mark.parametrize("query", ['args:"open', "state:", "name:"])
+def test_a_search_that_cannot_be_read_is_one_clear_error(query):
+    with pytest.raises(SearchError, match="search: "):
+        parse_search(query)
+
+
+@pytest.fixture
+def history(engine):
+    now = now_utc()
+    rows = [run(f"t{i:02d}", "reports.daily" if i % 2 else "billing.charge", "FAILURE" if i % 3 == 0 else "SUCCESS",
+                now - timedelta(minutes=60 - i), runtime=float(i % 7), args=f"({i}, 'needle-{i % 4}')",
+                kwargs="{'user': 'ann'}" if i % 5 == 0 else "{}", result=f"'r{i}'",
+                exception="ValueError('100% wrong_ly')" if i % 3 == 0 else None)
+            for i in range(30)]
+    insert(engine, rows)
+    return engine, now, rows
+
+
+def test_keyset_pages_walk_every_match_once_newest_first(history):
+    engine, _, rows = history
+    seen = []
+    with engine.connect() as conn:
+        after = None
+        while True:
+            page = search_runs(conn, RunFilter(name="reports.*"), after=after, limit=4)
+            seen += [r["task_id"] for r in page]
+            if len(page) < 4:
+                break
+            after = parse_cursor(cursor_of(page[-1], "seen"), "seen")
+    expected = [r["task_id"] for r in sorted(rows, key=lambda r: r["seen_at"], reverse=True) if r["name"] == "reports.daily"]
+    assert seen == expected
+
+
+def test_runtime_order_pages_by_runtime_then_id(history):
+    engine, _, rows = history
+    with engine.connect() as conn:
+        first = search_runs(conn, RunFilter(), sort="runtime", limit=5)
+        second = search_runs(conn, RunFilter(), sort="runtime", limit=5,
+                             after=parse_cursor(cursor_of(first[-1], "runtime"), "runtime"))
+    expected = [r["task_id"] for r in sorted(rows, key=lambda r: (r["runtime"], r["task_id"]), reverse=True)]
+    assert [r["task_id"] for r in first + second] == expected[:10]
+
+
+def test_field_terms_and_free_text_match_inside_the_stored_text(history):
+    engine, _, rows = history
+    with engine.connect() as conn:
+        by_args = {r["task_id"] for r in search_runs(conn, RunFilter(states=("FAILURE",)), terms={"args": "needle-2"})}
+        by_kwargs = {r["task_id"] for r in search_runs(conn, RunFilter(), terms={"kwargs": "ann"})}
+        literal = {r["task_id"] for r in search_runs(conn, RunFilter(), text="100% wrong_ly")}
+        wildcard = search_runs(conn, RunFilter(), text="100_ wrong%ly")
+        by_prefix = [r["task_id"] for r in search_runs(conn, RunFilter(), text="t2")]
+    assert by_args == {r["task_id"] for r in rows if r["state"] == "FAILURE" and "needle-2" in r["args"]} != set()
+    assert by_kwargs == {r["task_id"] for r in rows if "ann" in r["kwargs"]}
+    assert literal == {r["task_id"] for r in rows if r["exception"]} and wildcard == []  # % and _ are literal
+    assert set(by_prefix) == {f"t2{i}" for i in range(10)}  # the id prefix; no other field holds "t2"
+
+
+def test_the_series_counts_completed_and_failed_runs_per_step(history):
+    engine, now, rows = history
+    with engine.connect() as conn:
+        series = finished_series(conn, now - timedelta(hours=1), now, 6)
+    assert sum(series["completed"]) == len(rows) and sum(series["failed"]) == sum(r["state"] == "FAILURE" for r in rows)
+    # Ten minutes per step; the runs are one a minute from 60 minutes ago.
+    assert series["completed"] == [10, 10, 10, 0, 0, 0]
+
+
+def test_cursors_from_another_order_are_refused():
+    with pytest.raises(ValueError):
+        parse_cursor("1.5~t01", "seen")
+    with pytest.raises(ValueError):
+        parse_cursor("no-separator", "runtime")
+
+
+def test_chart_labels_are_escaped_text():
+    svg = str(bar_chart("p95", [("<script>alert(1)</script>", 2.0)], unit="s"))
+    assert "<script>" not in svg and "&lt;script&gt;" in svg
+    line = str(line_chart("<b>t</b>", ["<i>"], [("<s>", [1.0, None, 2.0])]))
+    assert "<b>" not in line and "<i>" not in line and line.count("<circle") == 2  # a gap splits the line
