@@ -32,6 +32,7 @@ from monitor.redis_server import RedisServer, free_port  # noqa: E402
 PAGES = [
     ("Overview, 1h window", "/?window=1h"),
     ("Overview, 24h window", "/?window=24h"),
+    ("Overview, 30d window", "/?window=30d"),
     ("Tasks, newest 50", "/tasks"),
     ("Tasks, state FAILURE", "/tasks?state=FAILURE"),
     ("Tasks, name + state", "/tasks?q=name:tasks.data.export_data+state:SUCCESS"),

@@ -27,3 +27,11 @@ def finished_series(conn, since: datetime, until: datetime, steps: int) -> dict[
         failed[i] += int(r["failed"])
     starts = [since + timedelta(seconds=step * i) for i in range(steps)]
     return {"starts": starts, "step_seconds": step, "completed": completed, "failed": failed}
+
+
+def queues_seen(conn, since: datetime) -> list[str]:
+    """The queues of the runs first seen since ``since`` (through the seen_at index, not the whole history)."""
+    db = dialect(conn)
+    rows = fetch(conn, "SELECT DISTINCT queue FROM task_runs WHERE seen_at >= :since AND queue IS NOT NULL",
+                 {"since": bind(db, since)}, {})
+    return sorted(r["queue"] for r in rows)

@@ -126,38 +126,57 @@ def logout(request: Request):
 
 # -- overview ---------------------------------------------------------------------------------------
 
-def overview_data(conn, settings, now: datetime, window: timedelta) -> dict[str, Any]:
-    """Everything the overview shows, read through the storage functions the CLI uses."""
+QUEUES_SEEN = timedelta(days=1)  # the overview's queue depths: queues that had runs in the last day
+
+
+def overview_data(engine, settings, now: datetime, window: timedelta) -> dict[str, Any]:
+    """Everything the overview shows, read through the storage functions the CLI uses.
+
+    The reads are independent, so they run at once on connections of their own: the page waits
+    for the slowest read, not for their sum.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
     from monitor.health import judge
     from monitor.http.pages_workers import workers_with_presence
     from storage.alerts import list_alerts
     from storage.deadletters import count_dead_letters
     from storage.health import latest_status, list_gaps
     from storage.history import RunFilter, state_counts
-    from storage.series import finished_series
+    from storage.series import finished_series, queues_seen
     from storage.stats import task_stats
 
     since = now - window
-    stats = task_stats(conn, RunFilter(since=since), now)
-    series = finished_series(conn, since, now, CHART_STEPS)
-    status = latest_status(conn)
-    health = judge(status, now, settings.heartbeat_stale_seconds) if status else None
-    workers = workers_with_presence(conn, settings, now)
-    gaps = [g for g in list_gaps(conn, limit=100) if (g.get("ended_at") or now) >= since]
-    return {"counts": state_counts(conn), "stats": stats, "series": series, "status": status, "health": health,
-            "workers": workers, "dead_letters": count_dead_letters(conn), "gaps": gaps,
-            "alerts": list_alerts(conn, since=since, limit=10)}
+
+    def rest(conn) -> dict[str, Any]:
+        status = latest_status(conn)
+        return {"status": status, "health": judge(status, now, settings.heartbeat_stale_seconds) if status else None,
+                "workers": workers_with_presence(conn, settings, now), "dead_letters": count_dead_letters(conn),
+                "gaps": [g for g in list_gaps(conn, limit=100) if (g.get("ended_at") or now) >= since],
+                "alerts": list_alerts(conn, since=since, limit=10),
+                "queue_names": queues_seen(conn, now - QUEUES_SEEN)}
+
+    reads = {"counts": state_counts, "stats": lambda conn: task_stats(conn, RunFilter(since=since), now),
+             "series": lambda conn: finished_series(conn, since, now, CHART_STEPS), "rest": rest}
+
+    def read(fn):
+        with engine.connect() as conn:
+            return fn(conn)
+
+    with ThreadPoolExecutor(len(reads), thread_name_prefix="overview") as pool:
+        futures = {key: pool.submit(read, fn) for key, fn in reads.items()}
+        data = {key: f.result() for key, f in futures.items()}
+    return {**data.pop("rest"), **data}
 
 
 @router.get("/", dependencies=page("viewer"))
-def overview(request: Request, window: str = Query("24h")):
+def overview(request: Request, window: str = Query("1h")):
     if window not in WINDOWS:
         return render(request, "error.html", status_code=400, title="Bad window",
                       detail=f"window {window!r}: use one of {', '.join(WINDOWS)}")
     settings = request.app.state.settings
     now = datetime.now(timezone.utc)
-    with request.app.state.engine.connect() as conn:
-        data = overview_data(conn, settings, now, WINDOWS[window])
+    data = overview_data(request.app.state.engine, settings, now, WINDOWS[window])
     series, tz = data["series"], settings.tz
     fmt = "%H:%M" if WINDOWS[window] <= timedelta(days=1) else "%m-%d %H:%M"
     labels = [s.astimezone(tz).strftime(fmt) for s in series["starts"]]
@@ -172,18 +191,16 @@ def overview(request: Request, window: str = Query("24h")):
     p95 = charts.bar_chart("runtime p95 per task name", [(t["name"] or "-", t["runtime"]["p95"]) for t in slowest],
                            unit="s")
     return render(request, "overview.html", window=window, windows=list(WINDOWS), now=now,
-                  throughput=throughput, failure=failure, p95=p95, queues=queue_depths(request, data), **data)
+                  throughput=throughput, failure=failure, p95=p95,
+                  queues=queue_depths(settings.broker_url, data.pop("queue_names")), **data)
 
 
-def queue_depths(request: Request, data: dict[str, Any]) -> dict[str, Any]:
-    """Live depths of the queues the history has seen; the broker's error as text when it cannot answer."""
+def queue_depths(broker_url: str, names: list[str]) -> dict[str, Any]:
+    """Live depths of ``names`` (celery's default queue when none); the broker's error as text when it cannot answer."""
     from monitor.broker.queues import BrokerError, queue_depths as depths
-    from storage.history import known_queues
 
-    with request.app.state.engine.connect() as conn:
-        names = known_queues(conn) or ["celery"]
     try:
-        return {"rows": depths(request.app.state.settings.broker_url, names), "error": None}
+        return {"rows": depths(broker_url, names or ["celery"]), "error": None}
     except BrokerError as exc:
         return {"rows": [], "error": str(exc)}
 
