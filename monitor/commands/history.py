@@ -107,19 +107,10 @@ def workers_cmd(ctx: Context, as_json) -> None:
     """Workers seen: online, offline, lost or unknown (silent while taskmon was not listening), heartbeat age, load."""
     from monitor.commands.history_render import workers_table
     from monitor.commands.render import to_json
-    from monitor.detectors.lost import watching_since, worker_presence
-    from monitor.health import listening_since
-    from storage.detection import latest_gap_end
-    from storage.health import latest_status
-    from storage.worker_status import list_workers
+    from monitor.worker_list import workers_seen
 
-    now, s = utcnow(), ctx.settings
     with open_store(ctx).connect() as conn:
-        rows = list_workers(conn, now)
-        watch_since = watching_since(listening_since(latest_status(conn), now, s.heartbeat_stale_seconds),
-                                     latest_gap_end(conn))
-    for row in rows:
-        row["state"] = worker_presence(row, now, multiple=s.lost_after_heartbeats, watch_since=watch_since).state
+        rows = workers_seen(conn, utcnow(), ctx.settings)
     if as_json:
         click.echo(to_json(rows, ctx.settings.tz))
     elif rows:

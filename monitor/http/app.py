@@ -4,12 +4,19 @@ from __future__ import annotations
 from fastapi import FastAPI
 from sqlalchemy import Engine
 
-from monitor.http import health, pages, problems, tasks
+from monitor.broker.queues import BrokerError as QueueBrokerError
+from monitor.http import alerts, audit, daemon, deadletters, health, problems, queues, schedule, stats, tasks, tokens, \
+    workers
+from monitor.http import pages  # the dashboard
 from monitor.http.auth import BadTokenLimiter
+from tasks.replay import BrokerError as SendBrokerError, RecordError
 from tasks.settings import Settings
 
 API_PREFIX = "/api/v1"
-ROUTERS = (health.router, tasks.router)
+ROUTERS = (health.router, tasks.router, stats.router, workers.router, queues.router, deadletters.router,
+           alerts.router, schedule.router, daemon.router, audit.router, tokens.router)
+# What a broker that went away raises, in each module that talks to it: each a 503 with its message.
+BROKER_ERRORS = (QueueBrokerError, SendBrokerError, RecordError)
 DEFAULT_BAD_TOKEN_LIMIT = "20/minute"
 
 
@@ -25,13 +32,24 @@ def create_app(settings: Settings, engine: Engine, *, insecure_no_auth: bool = F
         openapi_url=f"{API_PREFIX}/openapi.json",
         docs_url=f"{API_PREFIX}/docs",
         redoc_url=None,
+        swagger_ui_oauth2_redirect_url=None,  # bearer tokens only: no OAuth2 login to come back from
     )
     app.state.settings = settings
     app.state.engine = engine
     app.state.insecure_no_auth = insecure_no_auth
     app.state.bad_tokens = BadTokenLimiter(bad_token_limit)
-    problems.install(app)
+    problems.install(app, {exc: problems.dependency_down("Broker unavailable") for exc in BROKER_ERRORS})
     for router in (*ROUTERS, *routers):
         app.include_router(router)
     pages.install(app)  # the dashboard, on the same app and roles
     return app
+
+
+def iter_routes(routes):
+    """Every route of an app or router, those of included routers too (FastAPI may wrap them lazily)."""
+    for route in routes:
+        included = getattr(route, "original_router", None)
+        if included is not None:
+            yield from iter_routes(included.routes)
+        else:
+            yield route

@@ -22,9 +22,14 @@ def resolve(request: Request, name: str, text: str | None, now: datetime | None 
         raise bad_request(f"{name}: {exc}") from None
 
 
+# The two forms a time may take, for the OpenAPI document only: resolve() checks and says why a value is bad.
+TIME_PATTERN = r"^\s*(\d+(\.\d+)?\s*[smhdw]|\d{4}-\d{2}-\d{2}([T ][0-9:.]+([Zz]|[+-]\d{2}:?\d{2})?)?)\s*$"
+
+
 def since_query(description: str = "First seen at or after. " + TIME_HELP):
-    return Query(None, description=description, examples=["24h"])
+    return Query(None, description=description, examples=["24h"], max_length=64,
+                 json_schema_extra={"pattern": TIME_PATTERN})
 
 
 def until_query(description: str = "First seen before. " + TIME_HELP):
-    return Query(None, description=description)
+    return Query(None, description=description, max_length=64, json_schema_extra={"pattern": TIME_PATTERN})

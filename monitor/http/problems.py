@@ -86,6 +86,16 @@ async def _database(request: Request, exc: SQLAlchemyError) -> JSONResponse:
     return problem_response(503, "Database unavailable", f"the history database failed: {first_line(exc)}")
 
 
+def dependency_down(title: str):
+    """A handler answering an exception whose message says what is down: 503 with that message."""
+
+    async def handler(request: Request, exc: Exception) -> JSONResponse:
+        log.warning("%s %s: %s", request.method, request.url.path, first_line(exc))
+        return problem_response(503, title, str(exc))
+
+    return handler
+
+
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     # A bug, not the caller's fault and not a dependency down: logged with its traceback under a
     # reference the answer gives, so the operator can find it; the caller sees no internals.
@@ -109,3 +119,14 @@ def install(app: FastAPI, extra: dict[type[BaseException], Any] | None = None) -
 def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {s: {"model": ProblemDetail, "content": {MEDIA_TYPE: {}}, "description": "problem details"}
             for s in statuses}
+
+
+# Every /api/v1 route may answer these; routes add their own (404, 409).
+COMMON = (400, 401, 403, 422, 429, 503)
+
+
+def api_router(tag: str):
+    """A router under /api/v1 whose routes document the common problem responses."""
+    from fastapi import APIRouter
+
+    return APIRouter(prefix="/api/v1", tags=[tag], responses=responses(*COMMON))

@@ -1,18 +1,24 @@
 """/api/v1/tasks: the history (as `taskmon history` and `show`), sending, revoking and replaying tasks."""
 from __future__ import annotations
 
+import signal
 from datetime import datetime, timezone
+from enum import Enum
 
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import Body, Depends, Path, Query, Request
+from pydantic import BaseModel, Field
 
+from monitor.http.audit import audited
 from monitor.http.auth import allow
 from monitor.http.models import RunDetail, RunList
 from monitor.http.params import resolve, since_query, until_query
 from monitor.http.payload import json_response
-from monitor.http.problems import bad_request, not_found, responses
+from monitor.http.problems import api_router, Problem, bad_request, not_found, responses
 from storage.history import RunFilter, UnknownState, check_states, list_runs, run_detail
+from storage.names import name_counts
+from storage.runs import get_run
 
-router = APIRouter(prefix="/api/v1", tags=["tasks"])
+router = api_router("tasks")
 TASK_ID = Path(..., min_length=1, max_length=255, description="The task id.")
 
 
@@ -49,3 +55,82 @@ def task_detail(request: Request, task_id: str = TASK_ID):
     if detail is None:
         raise not_found(f"no task run with id {task_id!r} in the history")
     return json_response(detail, request.app.state.settings.tz)
+
+
+class TaskName(BaseModel):
+    name: str
+    runs: int
+
+
+@router.get("/task-names", response_model=list[TaskName], dependencies=[Depends(allow("viewer"))],
+            responses=responses(401, 403, 503), summary="Task names seen, with how many runs each")
+def task_names(request: Request):
+    with request.app.state.engine.connect() as conn:
+        rows = name_counts(conn)
+    return json_response(rows, request.app.state.settings.tz)
+
+
+# The signals a worker may be told to send to the process running a task.
+Signal = Enum("Signal", {name: name for name in sorted(signal.Signals.__members__) if not name.startswith("SIG_")},
+              type=str)
+
+
+class RevokeRequest(BaseModel):
+    terminate: bool = Field(False, description="Also kill the worker process running it (prefork pool).")
+    signal: Signal = Field(Signal.SIGTERM, description="The signal terminate sends, e.g. SIGTERM, SIGKILL, SIGUSR1.")
+
+
+class Revoked(BaseModel):
+    task_id: str
+    terminate: bool
+    signal: str | None
+    known: bool = Field(..., description="Whether the history holds the task.")
+    state: str | None
+
+
+@router.post("/tasks/{task_id}/revoke", response_model=Revoked, dependencies=[Depends(allow("operator"))],
+             responses=responses(401, 403, 422, 503),
+             summary="Tell every worker not to run the task (terminate: stop it if it runs)")
+def revoke_task(request: Request, task_id: str = TASK_ID, body: RevokeRequest = Body(default_factory=RevokeRequest)):
+    from monitor.http.replaying import client
+    from tasks.replay import revoke
+
+    with request.app.state.engine.connect() as conn:
+        row = get_run(conn, task_id)
+    with audited(request, "task.revoke", task_id) as entry:
+        revoke(client(request), task_id, terminate=body.terminate, signal=body.signal.value)
+        entry.detail = {"terminate": body.terminate, "signal": body.signal.value if body.terminate else None}
+    return {"task_id": task_id, "terminate": body.terminate, "signal": body.signal.value if body.terminate else None,
+            "known": row is not None, "state": row["state"] if row else None}
+
+
+class ReplayRequest(BaseModel):
+    queue: str | None = Field(None, min_length=1, max_length=255, description="Send to this queue instead.")
+
+
+class ReplayDone(BaseModel):
+    task_id: str
+    new_task_id: str
+    name: str
+    queue: str
+
+
+@router.post("/tasks/{task_id}/replay", response_model=ReplayDone, status_code=202,
+             dependencies=[Depends(allow("operator"))], responses=responses(401, 403, 404, 409, 422, 503),
+             summary="Send the task again with its exact name, args, kwargs and queue")
+def replay_task(request: Request, task_id: str = TASK_ID, body: ReplayRequest = Body(default_factory=ReplayRequest)):
+    from monitor.http.replaying import replay_plans
+    from tasks.replay import NotReplayable, plan_replay
+
+    with audited(request, "task.replay", task_id) as entry:
+        with request.app.state.engine.connect() as conn:
+            row = get_run(conn, task_id)
+        if row is None:
+            raise not_found(f"no task run with id {task_id!r} in the history")
+        try:
+            plan = plan_replay(row, body.queue)
+        except NotReplayable as exc:
+            raise Problem(409, "Not replayable", f"cannot replay {task_id} exactly: {exc}") from None
+        done = replay_plans(request, [plan], dry_run=False)[0]
+        entry.detail = {"new_task_id": done["new_task_id"], "queue": plan.queue}
+    return json_response(done, request.app.state.settings.tz, status=202)
