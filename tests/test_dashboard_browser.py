@@ -158,7 +158,7 @@ def test_a_viewer_sees_no_replay_button_and_a_forged_replay_gets_403(bench, page
     assert page.page.locator("#replay").count() == 0 and page.page.locator("#revoke").count() == 0
     forged = page.page.evaluate("""async (id) => {
         const csrf = document.querySelector('meta[name="csrf-token"]').content;
-        const r = await fetch('/tasks/' + id + '/replay', {method: 'POST', headers: {'X-CSRF-Token': csrf}});
+        const r = await fetch('/api/v1/tasks/' + id + '/replay', {method: 'POST', headers: {'X-CSRF-Token': csrf, 'Content-Type': 'application/json'}, body: '{}'});
         return r.status; }""", task_id)
     assert forged == 403
     assert not [r for r in _runs(bench) if r["replay_of"] == task_id]
@@ -172,8 +172,8 @@ def test_a_post_without_the_csrf_token_is_refused(bench, page):
     log_in(page.page, bench["url"], bench["tokens"]["operator"])
     page.page.goto(bench["url"] + f"/tasks/{task_id}")
     statuses = page.page.evaluate("""async (id) => {
-        const none = await fetch('/tasks/' + id + '/replay', {method: 'POST'});
-        const wrong = await fetch('/tasks/' + id + '/replay', {method: 'POST', headers: {'X-CSRF-Token': 'forged'}});
+        const none = await fetch('/api/v1/tasks/' + id + '/replay', {method: 'POST', headers: {'Content-Type': 'application/json'}, body: '{}'});
+        const wrong = await fetch('/api/v1/tasks/' + id + '/replay', {method: 'POST', headers: {'X-CSRF-Token': 'forged', 'Content-Type': 'application/json'}, body: '{}'});
         return [none.status, wrong.status]; }""", task_id)
     assert statuses == [403, 403]
     assert not [r for r in _runs(bench) if r["replay_of"] == task_id]

@@ -1,4 +1,7 @@
-"""The Tasks page (filters, search, keyset pages, columns, export, live rows) and the Task page with its actions."""
+"""The Tasks page (filters, search, keyset pages, columns, export, live rows) and the Task page.
+
+The Task page's buttons call the API (/api/v1/tasks/ID/replay, /revoke) with the session cookie.
+"""
 from __future__ import annotations
 
 import asyncio
@@ -10,14 +13,14 @@ from datetime import datetime, timezone
 from typing import Any, AsyncIterator
 from urllib.parse import urlencode
 
-from fastapi import APIRouter, Form, Path, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from monitor.commands.render import fmt_duration, fmt_time, one_line
-from monitor.http.pages import done, page, render
+from monitor.http.pages import page, render
 from monitor.http.payload import mask_urls
-from monitor.http.problems import Problem, bad_request, not_found, unavailable
+from monitor.http.problems import Problem, bad_request
 from monitor.http.search import QUALIFIERS, SearchError, parse_search
 from storage.history import SUMMARY_FIELDS, RunFilter, UnknownState, check_states
 from storage.search import SORTS, cursor_of, parse_cursor, search_runs
@@ -226,56 +229,3 @@ def task_page(request: Request, task_id: str = TASK_ID):
         letter = get_dead_letter(conn, task_id)
     return render(request, "task.html", d=detail, run=detail["run"], replays=replays, letter=letter,
                   cells=lambda r: cells(request, r), columns=COLUMNS)
-
-
-def _control_app(request: Request):
-    state = request.app.state
-    if getattr(state, "control_app", None) is None:
-        from tasks.replay import celery_client
-
-        state.control_app = celery_client(state.settings.broker_url)
-    return state.control_app
-
-
-def _audit(request: Request, action: str, target: str, detail: dict[str, Any]) -> None:
-    from storage.audit import record
-
-    with request.app.state.engine.begin() as conn:
-        record(conn, datetime.now(timezone.utc), action, target, detail, actor=request.state.principal.name)
-
-
-@router.post("/tasks/{task_id}/replay", dependencies=page("operator"))
-def replay_action(request: Request, task_id: str = TASK_ID):
-    """Send the task again with its stored args (only when they are exact); the new run links back."""
-    from storage.runs import get_run
-    from tasks.replay import BrokerError, NotReplayable, RecordError, plan_replay, replay
-
-    with request.app.state.engine.connect() as conn:
-        row = get_run(conn, task_id)
-    if row is None:
-        raise not_found(f"no task run with id {task_id!r} in the history")
-    try:
-        plan = plan_replay(row)
-    except NotReplayable as exc:
-        raise Problem(409, "Cannot replay", f"cannot replay {task_id} exactly: {exc}") from None
-    try:
-        new_id = replay(request.app.state.engine, _control_app(request), plan)
-    except BrokerError as exc:
-        raise unavailable(str(exc)) from None
-    except RecordError as exc:
-        raise unavailable(str(exc)) from None
-    _audit(request, "task.replay", task_id, {"new_task_id": new_id, "result": "sent"})
-    return done(f"/tasks/{new_id}")
-
-
-@router.post("/tasks/{task_id}/revoke", dependencies=page("operator"))
-def revoke_action(request: Request, task_id: str = TASK_ID, terminate: bool = Form(False)):
-    """Revoke the task on every worker; with terminate, kill the process running it."""
-    from tasks.replay import BrokerError, revoke
-
-    try:
-        revoke(_control_app(request), task_id, terminate=terminate)
-    except BrokerError as exc:
-        raise unavailable(str(exc)) from None
-    _audit(request, "task.revoke", task_id, {"terminate": terminate, "result": "sent"})
-    return done(f"/tasks/{task_id}")

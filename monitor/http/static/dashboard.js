@@ -52,19 +52,36 @@
     box.classList.remove("hidden");
   }
 
-  // POST the form with the X-CSRF-Token header; the answer is {"location": ...} or problem details.
+  // The form's fields as the JSON body of an API call: "true"/"false" become booleans.
+  function jsonBody(form) {
+    var body = {};
+    new FormData(form).forEach(function (value, key) {
+      body[key] = value === "true" ? true : value === "false" ? false : value;
+    });
+    return JSON.stringify(body);
+  }
+
+  // Where to go after an action: the answer's "location", or data-next with {field}s of the answer.
+  function nextPlace(form, body) {
+    if (body.location) { return body.location; }
+    var template = form.getAttribute("data-next");
+    if (!template) { return window.location.pathname + window.location.search; }
+    return template.replace(/\{(\w+)\}/g, function (_, key) { return encodeURIComponent(body[key] || ""); });
+  }
+
+  // POST the form (to an API endpoint, as JSON) with the session's X-CSRF-Token header.
   function send(form) {
     var buttons = form.querySelectorAll("button");
     buttons.forEach(function (b) { b.disabled = true; });
     fetch(form.getAttribute("action"), {
       method: "POST",
       credentials: "same-origin",
-      headers: { "X-CSRF-Token": csrfToken(), "Accept": "application/json" },
-      body: new URLSearchParams(new FormData(form))
+      headers: { "X-CSRF-Token": csrfToken(), "Accept": "application/json", "Content-Type": "application/json" },
+      body: jsonBody(form)
     }).then(function (response) {
       return response.json().catch(function () { return {}; }).then(function (body) {
-        if (response.ok && body.location) { window.location.assign(body.location); return; }
-        flash(body.detail || body.message || ("the server answered " + response.status));
+        if (response.ok) { window.location.assign(nextPlace(form, body)); return; }
+        flash(body.detail || ("the server answered " + response.status));
         buttons.forEach(function (b) { b.disabled = false; });
       });
     }).catch(function (error) {
