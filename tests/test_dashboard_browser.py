@@ -188,7 +188,9 @@ def test_payloads_in_args_exception_hostname_and_queue_are_text_on_every_page(be
     rows = finished(bench, task_id)
     assert rows[task_id]["worker"] == XSS_HOST and rows[task_id]["queue"] == XSS_QUEUE
     log_in(page.page, bench["url"], bench["tokens"]["operator"])
-    for path in ("/", "/workers", "/tasks", "/tasks?q=" + quote(json.dumps("args:" + PAYLOAD)), f"/tasks/{task_id}"):
+    pages = ("/", "/workers", "/queues", "/dead-letters", "/alerts", "/schedule", "/tasks",
+             "/tasks?q=" + quote(json.dumps("args:" + PAYLOAD)), f"/tasks/{task_id}")
+    for path in pages:
         response = page.page.goto(bench["url"] + path)
         assert response.status == 200, path
         assert "unsafe-inline" not in response.headers["content-security-policy"]
@@ -198,8 +200,10 @@ def test_payloads_in_args_exception_hostname_and_queue_are_text_on_every_page(be
         body = page.page.locator("main").inner_text()
         if path == "/workers":
             assert XSS_HOST in body
+        if path in ("/", "/queues"):
+            assert XSS_QUEUE in body
         if path == "/":
-            assert XSS_HOST in body and XSS_QUEUE in body
+            assert XSS_HOST in body
         if path.startswith("/tasks/"):
             assert PAYLOAD in page.page.locator("#args").inner_text()
             assert PAYLOAD in page.page.locator("#exception").inner_text()
@@ -223,3 +227,50 @@ def _runs(bench) -> list[dict]:
 
     with bench["engine"].connect() as conn:
         return [dict(r) for r in conn.execute(select(task_runs.c.task_id, task_runs.c.replay_of)).mappings()]
+
+
+def test_every_page_fits_a_phone_width_in_the_dark_theme_too(bench):
+    context = bench["browser"].new_context(viewport={"width": 390, "height": 844}, is_mobile=True)
+    page = Watched(context.new_page())
+    try:
+        log_in(page.page, bench["url"], bench["tokens"]["operator"])
+        links = page.page.locator("header nav a").evaluate_all("links => links.map(a => a.getAttribute('href'))")
+        assert links == ["/", "/tasks", "/workers", "/queues", "/dead-letters", "/alerts", "/schedule"]
+        page.page.click("#theme-toggle")
+        theme = page.page.evaluate("document.documentElement.dataset.theme")
+        for path in links:
+            page.page.goto(bench["url"] + path)
+            assert page.page.evaluate("document.documentElement.dataset.theme") == theme  # remembered
+            width = page.page.evaluate("document.documentElement.scrollWidth")
+            assert width <= 390, f"{path} is {width}px wide on a 390px phone"
+        background = page.page.evaluate("getComputedStyle(document.body).backgroundColor")
+        page.page.click("#theme-toggle")
+        assert page.page.evaluate("getComputedStyle(document.body).backgroundColor") != background
+        page.quiet()
+    finally:
+        context.close()
+
+
+def test_dead_letters_preview_a_bulk_replay_before_sending_it(bench, page):
+    from storage.deadletters import list_dead_letters
+
+    task_id = send(bench, "sample.fail", "dead letter")
+    finished(bench, task_id)
+    deadline = time.monotonic() + 40
+    while True:  # the daemon's detector sweep files failures as dead letters
+        with bench["engine"].connect() as conn:
+            if any(l["task_id"] == task_id for l in list_dead_letters(conn, name="sample.fail")):
+                break
+        assert time.monotonic() < deadline, f"{task_id} did not become a dead letter in 40s"
+        time.sleep(0.5)
+    log_in(page.page, bench["url"], bench["tokens"]["operator"])
+    page.page.goto(bench["url"] + "/dead-letters?name=sample.fail")
+    before = len(_runs(bench))
+    page.page.click("#preview-replay")
+    preview = page.page.locator("#preview")
+    preview.wait_for(state="visible")
+    answer = json.loads(preview.inner_text())
+    assert answer["dry_run"] is True and task_id in {r["task_id"] for r in answer["replayed"]}
+    assert all(r["new_task_id"] is None for r in answer["replayed"])
+    assert len(_runs(bench)) == before  # nothing was sent
+    page.quiet()

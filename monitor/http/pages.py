@@ -27,7 +27,9 @@ CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' 
        "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
 SECURITY_HEADERS = {"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff",
                     "Referrer-Policy": "same-origin", "X-Frame-Options": "DENY", "Cache-Control": "no-store"}
-NAV = (("overview", "/", "Overview"), ("tasks", "/tasks", "Tasks"), ("workers", "/workers", "Workers"))
+NAV = (("overview", "/", "Overview"), ("tasks", "/tasks", "Tasks"), ("workers", "/workers", "Workers"),
+       ("queues", "/queues", "Queues"), ("dead-letters", "/dead-letters", "Dead letters"), ("alerts", "/alerts", "Alerts"),
+       ("schedule", "/schedule", "Schedule"))
 # The overview's windows: label -> length.
 WINDOWS = {"1h": timedelta(hours=1), "6h": timedelta(hours=6), "24h": timedelta(days=1), "7d": timedelta(days=7),
            "30d": timedelta(days=30)}
@@ -63,12 +65,12 @@ def local(request: Request, value: datetime | None) -> str:
     return fmt_time(value, request.app.state.settings.tz)
 
 
-def render(request: Request, name: str, status_code: int = 200, **context: Any) -> HTMLResponse:
+def render(request: Request, template: str, /, status_code: int = 200, **context: Any) -> HTMLResponse:
     """A template as an HTML response with the security headers; times in the configured zone."""
     tz = request.app.state.settings.tz
     principal = getattr(request.state, "principal", None)
     current = session.read(request)
-    body = templates.get_template(name).render(
+    body = templates.get_template(template).render(
         request=request, principal=principal, may=(lambda role: principal is not None and principal.may(role)),
         csrf=current.csrf if current else "", zone=request.app.state.settings.timezone, nav=NAV,
         t=lambda value: fmt_time(value, tz), **context)
@@ -207,7 +209,7 @@ def queue_depths(broker_url: str, names: list[str]) -> dict[str, Any]:
 
 def install(app: FastAPI) -> None:
     """Serve the dashboard on ``app``: static files, pages, and the login redirect."""
-    from monitor.http import pages_tasks, pages_workers
+    from monitor.http import pages_manage, pages_tasks, pages_workers
 
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
 
@@ -219,5 +221,5 @@ def install(app: FastAPI) -> None:
         return RedirectResponse(f"/login?next={quote(target)}", status_code=303)
 
     app.add_exception_handler(LoginRequired, to_login)
-    for r in (router, pages_tasks.router, pages_workers.router):
+    for r in (router, pages_tasks.router, pages_workers.router, pages_manage.router):
         app.include_router(r)

@@ -56,6 +56,7 @@
   function jsonBody(form) {
     var body = {};
     new FormData(form).forEach(function (value, key) {
+      if (value === "") { return; }  // an empty filter field means no filter
       body[key] = value === "true" ? true : value === "false" ? false : value;
     });
     return JSON.stringify(body);
@@ -69,6 +70,15 @@
     return template.replace(/\{(\w+)\}/g, function (_, key) { return encodeURIComponent(body[key] || ""); });
   }
 
+  // An answer shown on the page (a dry run, a test e-mail) as text: empty fields left out.
+  function showAnswer(box, body) {
+    if (!box) { return; }
+    var clean = {};
+    Object.keys(body).forEach(function (k) { if (body[k] !== "" && body[k] !== null) { clean[k] = body[k]; } });
+    box.textContent = JSON.stringify(clean, null, 2);
+    box.classList.remove("hidden");
+  }
+
   // POST the form (to an API endpoint, as JSON) with the session's X-CSRF-Token header.
   function send(form) {
     var buttons = form.querySelectorAll("button");
@@ -80,6 +90,8 @@
       body: jsonBody(form)
     }).then(function (response) {
       return response.json().catch(function () { return {}; }).then(function (body) {
+        var show = form.getAttribute("data-show");
+        if (response.ok && show) { showAnswer(document.querySelector(show), body); buttons.forEach(function (b) { b.disabled = false; }); return; }
         if (response.ok) { window.location.assign(nextPlace(form, body)); return; }
         flash(body.detail || ("the server answered " + response.status));
         buttons.forEach(function (b) { b.disabled = false; });
