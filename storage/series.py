@@ -35,3 +35,13 @@ def queues_seen(conn, since: datetime) -> list[str]:
     rows = fetch(conn, "SELECT DISTINCT queue FROM task_runs WHERE seen_at >= :since AND queue IS NOT NULL",
                  {"since": bind(db, since)}, {})
     return sorted(r["queue"] for r in rows)
+
+
+def worker_counts(conn, since: datetime) -> dict[str, dict[str, int]]:
+    """{worker: {"succeeded": n, "failed": n, "total": n}} of the runs first seen since ``since``."""
+    db = dialect(conn)
+    rows = fetch(conn, "SELECT worker, sum(CASE WHEN state = 'SUCCESS' THEN 1 ELSE 0 END) AS succeeded, "
+                       "sum(CASE WHEN state = 'FAILURE' THEN 1 ELSE 0 END) AS failed, count(*) AS total "
+                       "FROM task_runs WHERE seen_at >= :since AND worker IS NOT NULL GROUP BY worker",
+                 {"since": bind(db, since)}, {})
+    return {r["worker"]: {k: int(r[k]) for k in ("succeeded", "failed", "total")} for r in rows}

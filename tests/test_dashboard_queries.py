@@ -9,7 +9,7 @@ from monitor.http.charts import bar_chart, line_chart
 from monitor.http.search import SearchError, parse_search
 from storage.history import RunFilter
 from storage.search import cursor_of, parse_cursor, search_runs
-from storage.series import finished_series
+from storage.series import finished_series, queues_seen, worker_counts
 from tests.history_data import insert, now_utc, run
 
 
@@ -80,7 +80,9 @@ def test_field_terms_and_free_text_match_inside_the_stored_text(history):
 def test_the_series_counts_completed_and_failed_runs_per_step(history):
     engine, now, rows = history
     with engine.connect() as conn:
-        series = finished_series(conn, now - timedelta(hours=1), now, 6)
+        # Steps start 30 s off the minute the runs were seen on: a float's rounding cannot move a run.
+        since = now - timedelta(hours=1, seconds=30)
+        series = finished_series(conn, since, since + timedelta(hours=1), 6)
     assert sum(series["completed"]) == len(rows) and sum(series["failed"]) == sum(r["state"] == "FAILURE" for r in rows)
     # Ten minutes per step; the runs are one a minute from 60 minutes ago.
     assert series["completed"] == [10, 10, 10, 0, 0, 0]
@@ -98,3 +100,13 @@ def test_chart_labels_are_escaped_text():
     assert "<script>" not in svg and "&lt;script&gt;" in svg
     line = str(line_chart("<b>t</b>", ["<i>"], [("<s>", [1.0, None, 2.0])]))
     assert "<b>" not in line and "<i>" not in line and line.count("<circle") == 2  # a gap splits the line
+
+
+def test_worker_counts_and_queues_come_from_the_window_only(engine):
+    now = now_utc()
+    insert(engine, [run("a1", "x", "SUCCESS", now - timedelta(minutes=5), runtime=1.0, worker="celery@a", queue="q1"),
+                    run("a2", "x", "FAILURE", now - timedelta(minutes=4), runtime=1.0, worker="celery@a", queue="q2"),
+                    run("b1", "x", "SUCCESS", now - timedelta(days=3), runtime=1.0, worker="celery@b", queue="old")])
+    with engine.connect() as conn:
+        assert worker_counts(conn, now - timedelta(days=1)) == {"celery@a": {"succeeded": 1, "failed": 1, "total": 2}}
+        assert queues_seen(conn, now - timedelta(days=1)) == ["q1", "q2"]

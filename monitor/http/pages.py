@@ -140,7 +140,7 @@ def overview_data(engine, settings, now: datetime, window: timedelta) -> dict[st
     from concurrent.futures import ThreadPoolExecutor
 
     from monitor.health import judge
-    from monitor.http.pages_workers import workers_with_presence
+    from monitor.worker_list import workers_seen
     from storage.alerts import list_alerts
     from storage.deadletters import count_dead_letters
     from storage.health import latest_status, list_gaps
@@ -153,7 +153,7 @@ def overview_data(engine, settings, now: datetime, window: timedelta) -> dict[st
     def rest(conn) -> dict[str, Any]:
         status = latest_status(conn)
         return {"status": status, "health": judge(status, now, settings.heartbeat_stale_seconds) if status else None,
-                "workers": workers_with_presence(conn, settings, now), "dead_letters": count_dead_letters(conn),
+                "workers": workers_seen(conn, now, settings), "dead_letters": count_dead_letters(conn),
                 "gaps": [g for g in list_gaps(conn, limit=100) if (g.get("ended_at") or now) >= since],
                 "alerts": list_alerts(conn, since=since, limit=10),
                 "queue_names": queues_seen(conn, now - QUEUES_SEEN)}
