@@ -130,3 +130,29 @@ def test_templates_have_no_inline_scripts_or_event_handlers():
         assert not re.search(r"<script(?![^>]*\bsrc=)", text), template.name
         assert not re.search(r"<[a-zA-Z][^>]*\son[a-z]+\s*=", text), template.name
         assert "style=" not in text, template.name
+
+
+def test_the_server_stops_on_sigterm_while_a_live_stream_is_open(served):
+    import signal
+    import threading
+    import time
+
+    server, tokens, _ = served
+    with logged_in(server, tokens["viewer"]) as client:
+        opened = threading.Event()
+
+        def listen():
+            try:
+                with client.stream("GET", "/tasks/stream", params={"after": "2026-01-01T00:00:00+00:00"}) as stream:
+                    for _ in stream.iter_lines():
+                        opened.set()
+            except httpx.TransportError:  # the server closed the stream: what this test waits for
+                pass
+
+        reader = threading.Thread(target=listen, daemon=True)
+        reader.start()
+        assert opened.wait(10), "the stream did not open"
+        t0 = time.monotonic()
+        server.proc.send_signal(signal.SIGTERM)
+        server.proc.wait(timeout=15)
+        assert time.monotonic() - t0 < 10

@@ -135,12 +135,8 @@ async def tasks_stream(request: Request, after: str = Query(..., max_length=50),
     from storage.history import changed_since
 
     lst = await run_in_threadpool(listing, request, q, state, since, until, "seen")
-    try:
-        last = datetime.fromisoformat(after)
-    except ValueError:
-        raise bad_request(f"after: {after!r} is not an ISO 8601 time") from None
-    if last.tzinfo is None:
-        raise bad_request("after: give the time with its UTC offset")
+    # A reconnecting EventSource sends the id of the last event it got: go on from there.
+    last = _stream_time("after", request.headers.get("last-event-id") or after)
     engine = request.app.state.engine
 
     def poll(since_update: datetime) -> list[dict[str, Any]]:
@@ -160,7 +156,8 @@ async def tasks_stream(request: Request, after: str = Query(..., max_length=50),
             rows = await run_in_threadpool(poll, last)
             for run in rows:
                 last = max(last, run["updated_at"])
-                yield f"event: run\ndata: {json.dumps({'task_id': run['task_id'], 'cells': cells(request, run)})}\n\n"
+                data = json.dumps({"task_id": run["task_id"], "cells": cells(request, run)})
+                yield f"id: {last.isoformat()}\nevent: run\ndata: {data}\n\n"
             idle = 0.0 if rows else idle + POLL_SECONDS
             if idle >= KEEPALIVE_SECONDS:
                 idle = 0.0
@@ -169,6 +166,16 @@ async def tasks_stream(request: Request, after: str = Query(..., max_length=50),
 
     return StreamingResponse(events(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+
+
+def _stream_time(name: str, text: str) -> datetime:
+    try:
+        at = datetime.fromisoformat(text)
+    except ValueError:
+        raise bad_request(f"{name}: {text!r} is not an ISO 8601 time") from None
+    if at.tzinfo is None:
+        raise bad_request(f"{name}: give the time with its UTC offset")
+    return at
 
 
 def _csv_cell(value: Any, tz) -> str:
