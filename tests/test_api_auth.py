@@ -17,6 +17,8 @@ CASES = [
     ("GET", "/api/v1/tasks", "/api/v1/tasks?since=1h", None, "viewer", 200),
     ("GET", "/api/v1/tasks/{task_id}", "/api/v1/tasks/no-such-id", None, "viewer", 404),
     ("GET", "/api/v1/task-names", "/api/v1/task-names", None, "viewer", 200),
+    ("POST", "/api/v1/tasks", "/api/v1/tasks", lambda r: {"task_name": "sample.add", "args": [1, 2]}, "operator", 202),
+    ("GET", "/api/v1/tasks/{task_id}/result", "/api/v1/tasks/no-such-id/result", None, "viewer", 200),
     ("POST", "/api/v1/tasks/{task_id}/revoke", "/api/v1/tasks/no-such-id/revoke", lambda r: {}, "operator", 200),
     ("POST", "/api/v1/tasks/{task_id}/replay", "/api/v1/tasks/no-such-id/replay", lambda r: {}, "operator", 404),
     ("GET", "/api/v1/stats", "/api/v1/stats?since=7d", None, "viewer", 200),
@@ -72,9 +74,10 @@ def test_the_matrix_covers_every_route_and_each_route_s_role_is_the_documented_o
 
 
 @pytest.fixture
-def matrix_server(sqlite_store, redis_url, smtp_server, start_api):
+def matrix_server(sqlite_store, redis_server, redis_url, smtp_server, start_api):
     tokens = role_tokens(sqlite_store)
-    env = {"TASKMON_SMTP_HOST": "127.0.0.1", "TASKMON_SMTP_PORT": str(smtp_server.port)}
+    env = {"TASKMON_SMTP_HOST": "127.0.0.1", "TASKMON_SMTP_PORT": str(smtp_server.port),
+           "TASKMON_RESULT_BACKEND": redis_server.url.rsplit("/", 1)[0] + "/1"}
     server = start_api(sqlite_store, "--bad-token-limit", "10000/minute", broker_url=redis_url, env=env)
     return server, tokens
 

@@ -27,7 +27,8 @@ def fuzz_server(tmp_path_factory):
     engine.dispose()
     token = create_token(db_url, "fuzzer", "admin")
     redis, smtp = RedisServer().start(), SmtpSink().start()
-    env = {"TASKMON_SMTP_HOST": "127.0.0.1", "TASKMON_SMTP_PORT": str(smtp.port)}
+    env = {"TASKMON_SMTP_HOST": "127.0.0.1", "TASKMON_SMTP_PORT": str(smtp.port),
+           "TASKMON_RESULT_BACKEND": redis.url.rsplit("/", 1)[0] + "/1"}
     with running_daemon(redis.url, db_url):  # a live daemon: /healthz is 200 as it should be
         server = ApiServer(db_url, "--bad-token-limit", "100000/minute", broker_url=redis.url, logdir=tmp,
                            env=env).wait_ready()

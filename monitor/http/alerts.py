@@ -18,9 +18,10 @@ from tasks.alerts import send_test
 from tasks.mail import MailError
 
 router = api_router("alerts")
-# One plain ASCII address, no display name: nothing a header could be injected through.
-Address = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9.!#$%&*+/=?^_`{|}~-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*$",
-                                           max_length=254)]
+# One plain ASCII address (a dot-atom @ a host name), no display name: nothing a header could be injected through.
+_ATOM = r"[A-Za-z0-9!#$%&*+/=?^_`{|}~-]+"
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?"
+Address = Annotated[str, StringConstraints(pattern=rf"^{_ATOM}(\.{_ATOM})*@{_LABEL}(\.{_LABEL})*$", max_length=254)]
 
 
 class Alert(BaseModel):

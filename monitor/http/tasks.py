@@ -4,9 +4,10 @@ from __future__ import annotations
 import signal
 from datetime import datetime, timezone
 from enum import Enum
+from typing import Annotated, Any
 
 from fastapi import Body, Depends, Path, Query, Request
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from monitor.http.audit import audited
 from monitor.http.auth import allow
@@ -134,3 +135,71 @@ def replay_task(request: Request, task_id: str = TASK_ID, body: ReplayRequest = 
         done = replay_plans(request, [plan], dry_run=False)[0]
         entry.detail = {"new_task_id": done["new_task_id"], "queue": plan.queue}
     return json_response(done, request.app.state.settings.tz, status=202)
+
+
+class SendRequest(BaseModel):
+    task_name: str = Field(..., min_length=1, max_length=255, pattern=r"^\S+$", description="The task's registered name.")
+    args: list[Any] = Field([], description="Positional arguments (JSON).")
+    kwargs: dict[str, Any] = Field({}, description="Keyword arguments (JSON).")
+    queue: str | None = Field(None, min_length=1, max_length=255, description="Queue; default: the task's route.")
+    countdown: float | None = Field(None, ge=0, le=10**8, description="Run no earlier than this many seconds from now.")
+    eta: datetime | None = Field(None, description="Or: run no earlier than this time (ISO 8601).")
+    expires: Annotated[float, Field(ge=0, le=10**8)] | datetime | None = Field(
+        None, description="Seconds from now, or a time, after which it is dropped.")
+    priority: int | None = Field(None, ge=0, le=9, description="0-9 (Redis: lower runs first; RabbitMQ: higher).")
+    wait: bool = Field(False, description="Wait for the result (needs a result backend).")
+    timeout: float = Field(10, gt=0, le=60, description="Seconds to wait at most.")
+
+    @model_validator(mode="after")
+    def one_start_time(self):
+        if self.countdown is not None and self.eta is not None:
+            raise ValueError("give countdown or eta, not both")
+        if self.eta is not None and self.eta.tzinfo is None:
+            raise ValueError("eta needs a time zone offset (e.g. 2026-12-02T14:00:00+08:00 or ...Z)")
+        if isinstance(self.expires, datetime) and self.expires.tzinfo is None:
+            raise ValueError("expires needs a time zone offset")
+        return self
+
+
+class TaskResult(BaseModel):
+    task_id: str
+    state: str
+    ready: bool
+    result: Any = Field(None, description="The return value (JSON), or {type, message} of the exception.")
+    traceback: str | None = None
+    date_done: datetime | None = None
+
+
+class Sent(BaseModel):
+    task_id: str
+    task_name: str
+    queue: str | None
+    result: TaskResult | None = Field(None, description="With wait: what the backend held when the wait ended.")
+
+
+@router.post("/tasks", response_model=Sent, status_code=202, dependencies=[Depends(allow("operator"))],
+             responses={**responses(400, 401, 403, 422, 503),
+                        200: {"model": Sent, "description": "with wait: the task finished within the timeout"}},
+             summary="Send a task by name (args, kwargs, queue, countdown or eta, expires, priority; optional wait)")
+def send_task(request: Request, body: SendRequest):
+    from monitor.http.sending import result_of, results_app, send
+
+    if body.wait:
+        results_app(request)  # 503 before sending when there is no backend to wait on
+    with audited(request, "task.send", body.task_name) as entry:
+        task_id = send(request, body.task_name, args=body.args, kwargs=body.kwargs, queue=body.queue,
+                       countdown=body.countdown, eta=body.eta, expires=body.expires, priority=body.priority)
+        entry.detail = {"task_id": task_id, "queue": body.queue}
+    result = result_of(request, task_id, wait=body.timeout) if body.wait else None
+    status = 200 if result is not None and result["ready"] else 202
+    return json_response({"task_id": task_id, "task_name": body.task_name, "queue": body.queue, "result": result},
+                         request.app.state.settings.tz, status=status)
+
+
+@router.get("/tasks/{task_id}/result", response_model=TaskResult, dependencies=[Depends(allow("viewer"))],
+            responses=responses(401, 403, 422, 503),
+            summary="The task's state and result from the result backend (PENDING: the backend knows nothing of it)")
+def task_result(request: Request, task_id: str = TASK_ID):
+    from monitor.http.sending import result_of
+
+    return json_response(result_of(request, task_id), request.app.state.settings.tz)
