@@ -47,7 +47,7 @@ def serve(settings: Settings, engine: Engine, *, host: str, port: int, insecure_
     address = f"http://{host}:{port}"
     if insecure_no_auth:
         echo(NO_AUTH_WARNING.format(address=address))
-    echo(f"taskmon API on {address}/api/v1 (docs {address}/api/v1/docs)")
+    echo(f"taskmon API on {address}/api/v1 (docs {address}/api/v1/docs), dashboard on {address}/")
     # The dashboard's live streams never end by themselves: on SIGTERM they get a few seconds
     # (a browser reconnects to the next server), not a wait for every tab to close.
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
