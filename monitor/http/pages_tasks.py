@@ -119,7 +119,7 @@ def tasks_page(request: Request, q: str = Query("", max_length=500), state: str 
     live = after is None and sort == "seen"
     stream = f"/tasks/stream?{urlencode({**lst.params, 'after': (latest or datetime.now(timezone.utc)).isoformat()})}"
     return render(request, "tasks.html", rows=[cells(request, r) | {"_id": {"text": r["task_id"]}} for r in rows],
-                  columns=COLUMNS, states=STATE_BUTTONS, chosen=set(lst.filter.all_states()), q=q, since=since or "",
+                  columns=COLUMNS, states=STATE_BUTTONS, chosen=set(lst.filter.all_states()), state_param=state, q=q, since=since or "",
                   until=until or "", sort=sort, sorts=list(SORTS), limit=limit, page_sizes=PAGE_SIZES,
                   next_url=next_url, first_url=f"/tasks?{urlencode(lst.params)}" if cursor else None,
                   stream=stream if live else None, qualifiers=QUALIFIERS,
