@@ -9,6 +9,7 @@ import logging
 import time
 
 from celery.beat import ScheduleEntry, Scheduler
+from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
 
 from storage.db import ensure_schema, safe_url
@@ -36,6 +37,8 @@ class DatabaseScheduler(Scheduler):
         self._last_poll: float | None = None
         self._dirty: set[str] = set()
         self.poll_errors = 0
+        self.tick_errors = 0
+        self._tick_client = None  # False: the broker is not Redis, no tick is recorded
         self.poll_interval = app.settings.schedule_poll_interval
         kwargs["sync_every_tasks"] = 1  # bookkeeping goes to the table after every dispatch
         super().__init__(app, *args, **kwargs)
@@ -113,6 +116,33 @@ class DatabaseScheduler(Scheduler):
             log.warning("beat: cannot record runs of %s, will try again: %s", ", ".join(sorted(runs)), exc)
             return
         self._dirty.clear()
+
+    def tick(self, *args, **kwargs):
+        next_in = super().tick(*args, **kwargs)
+        self._record_tick(next_in)
+        return next_in
+
+    def _record_tick(self, next_in: float) -> None:
+        """Tell `taskmon schedule status` that beat is alive (Redis brokers; see tasks.beat_tick)."""
+        import os
+        import socket
+        from datetime import datetime, timezone
+
+        from tasks.beat_tick import record_tick, tick_client
+
+        if self._tick_client is False:
+            return
+        try:
+            if self._tick_client is None:
+                self._tick_client = tick_client(self.app.conf.broker_url) or False
+                if self._tick_client is False:
+                    return
+            prefix = (self.app.conf.broker_transport_options or {}).get("global_keyprefix", "")
+            record_tick(self._tick_client, prefix, socket.gethostname(), os.getpid(), datetime.now(timezone.utc),
+                        next_in)
+        except (OSError, RedisError) as exc:  # a lost tick must never stop beat
+            self.tick_errors += 1
+            log.warning("beat: cannot record its tick (%d failed): %s", self.tick_errors, exc)
 
     @property
     def info(self):

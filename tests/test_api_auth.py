@@ -6,7 +6,8 @@ import pytest
 from tests.api_fixtures import ROLES, role_tokens, start_api  # noqa: F401  (fixture)
 from tests.api_helpers import taskmon
 
-ENTRY = "backup-database"  # a schedule entry every history starts with (migration 0004)
+ENTRY = "backup-database"
+NOBODY = "celery@nowhere"  # no such worker: control calls wait for its answer, then 404 (shutdown is not answered)  # a schedule entry every history starts with (migration 0004)
 
 # (method, path as the app declares it, concrete path, body for a role, least role (None: open), status it then gets)
 # Statuses are those of an empty history with a reachable broker and SMTP server and no daemon or worker.
@@ -25,6 +26,21 @@ CASES = [
     ("GET", "/api/v1/reports/{kind}", "/api/v1/reports/weekly", None, "viewer", 200),
     ("GET", "/api/v1/workers", "/api/v1/workers", None, "viewer", 200),
     ("GET", "/api/v1/queues", "/api/v1/queues", None, "viewer", 200),
+    ("POST", "/api/v1/queues/{name}/purge", "/api/v1/queues/matrix-parked/purge", None, "admin", 200),
+    ("POST", "/api/v1/workers/{hostname}/pool/grow", f"/api/v1/workers/{NOBODY}/pool/grow?timeout=0.2", lambda r: {"n": 1},
+     "admin", 404),
+    ("POST", "/api/v1/workers/{hostname}/pool/shrink", f"/api/v1/workers/{NOBODY}/pool/shrink?timeout=0.2", None, "admin", 404),
+    ("POST", "/api/v1/workers/{hostname}/pool/autoscale", f"/api/v1/workers/{NOBODY}/pool/autoscale?timeout=0.2",
+     lambda r: {"max": 4, "min": 1}, "admin", 404),
+    ("POST", "/api/v1/workers/{hostname}/shutdown", f"/api/v1/workers/{NOBODY}/shutdown", None, "admin", 200),
+    ("POST", "/api/v1/workers/{hostname}/consumers/add", f"/api/v1/workers/{NOBODY}/consumers/add?timeout=0.2",
+     lambda r: {"queue": "extra"}, "admin", 404),
+    ("POST", "/api/v1/workers/{hostname}/consumers/cancel", f"/api/v1/workers/{NOBODY}/consumers/cancel?timeout=0.2",
+     lambda r: {"queue": "extra"}, "admin", 404),
+    ("POST", "/api/v1/workers/{hostname}/rate-limit", f"/api/v1/workers/{NOBODY}/rate-limit?timeout=0.2",
+     lambda r: {"task_name": "sample.add", "rate": "10/m"}, "admin", 404),
+    ("POST", "/api/v1/workers/{hostname}/time-limit", f"/api/v1/workers/{NOBODY}/time-limit?timeout=0.2",
+     lambda r: {"task_name": "sample.add", "soft": 1, "hard": 2}, "admin", 404),
     ("GET", "/api/v1/dead-letters", "/api/v1/dead-letters?state=all", None, "viewer", 200),
     ("POST", "/api/v1/dead-letters/{task_id}/resolve", "/api/v1/dead-letters/no-such-id/resolve", lambda r: {},
      "operator", 404),

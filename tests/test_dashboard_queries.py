@@ -7,8 +7,8 @@ import pytest
 
 from monitor.http.charts import bar_chart, line_chart
 from monitor.http.search import SearchError, parse_search
-from storage.history import RunFilter
-from storage.search import cursor_of, parse_cursor, search_runs
+from storage.history import RunFilter, list_runs, page_runs
+from storage.search import BadCursor
 from storage.series import finished_series, queues_seen, worker_counts
 from tests.history_data import insert, now_utc, run
 
@@ -40,41 +40,34 @@ def history(engine):
 
 def test_keyset_pages_walk_every_match_once_newest_first(history):
     engine, _, rows = history
-    seen = []
+    seen, cursor = [], None
     with engine.connect() as conn:
-        after = None
         while True:
-            page = search_runs(conn, RunFilter(name="reports.*"), after=after, limit=4)
+            page, cursor = page_runs(conn, RunFilter(name="reports.*"), limit=4, cursor=cursor)
             seen += [r["task_id"] for r in page]
-            if len(page) < 4:
+            if cursor is None:
                 break
-            after = parse_cursor(cursor_of(page[-1], "seen"), "seen")
     expected = [r["task_id"] for r in sorted(rows, key=lambda r: r["seen_at"], reverse=True) if r["name"] == "reports.daily"]
     assert seen == expected
 
 
-def test_runtime_order_pages_by_runtime_then_id(history):
+def test_field_qualifiers_look_inside_their_own_column_only(history):
     engine, _, rows = history
     with engine.connect() as conn:
-        first = search_runs(conn, RunFilter(), sort="runtime", limit=5)
-        second = search_runs(conn, RunFilter(), sort="runtime", limit=5,
-                             after=parse_cursor(cursor_of(first[-1], "runtime"), "runtime"))
-    expected = [r["task_id"] for r in sorted(rows, key=lambda r: (r["runtime"], r["task_id"]), reverse=True)]
-    assert [r["task_id"] for r in first + second] == expected[:10]
+        def ids(f):
+            return {r["task_id"] for r in list_runs(conn, f, limit=100)}
 
-
-def test_field_terms_and_free_text_match_inside_the_stored_text(history):
-    engine, _, rows = history
-    with engine.connect() as conn:
-        by_args = {r["task_id"] for r in search_runs(conn, RunFilter(states=("FAILURE",)), terms={"args": "needle-2"})}
-        by_kwargs = {r["task_id"] for r in search_runs(conn, RunFilter(), terms={"kwargs": "ann"})}
-        literal = {r["task_id"] for r in search_runs(conn, RunFilter(), text="100% wrong_ly")}
-        wildcard = search_runs(conn, RunFilter(), text="100_ wrong%ly")
-        by_prefix = [r["task_id"] for r in search_runs(conn, RunFilter(), text="t2")]
+        by_args = ids(RunFilter(states=("FAILURE",), contains=(("args", "needle-2"),), search="needle-2"))
+        by_kwargs = ids(RunFilter(contains=(("kwargs", "ann"),)))
+        not_in_result = ids(RunFilter(contains=(("result", "needle"),)))
+        literal = ids(RunFilter(contains=(("exception", "100% wrong_ly"),)))
+        wildcard = ids(RunFilter(contains=(("exception", "100_ wrong%ly"),)))
     assert by_args == {r["task_id"] for r in rows if r["state"] == "FAILURE" and "needle-2" in r["args"]} != set()
     assert by_kwargs == {r["task_id"] for r in rows if "ann" in r["kwargs"]}
-    assert literal == {r["task_id"] for r in rows if r["exception"]} and wildcard == []  # % and _ are literal
-    assert set(by_prefix) == {f"t2{i}" for i in range(10)}  # the id prefix; no other field holds "t2"
+    assert not_in_result == set()  # "needle" is in args, not in any result
+    assert literal == {r["task_id"] for r in rows if r["exception"]} and wildcard == set()  # % and _ are literal
+    with pytest.raises(ValueError, match="cannot search"):
+        ids(RunFilter(contains=(("task_id; DROP", "x"),)))
 
 
 def test_the_series_counts_completed_and_failed_runs_per_step(history):
@@ -88,11 +81,12 @@ def test_the_series_counts_completed_and_failed_runs_per_step(history):
     assert series["completed"] == [10, 10, 10, 0, 0, 0]
 
 
-def test_cursors_from_another_order_are_refused():
-    with pytest.raises(ValueError):
-        parse_cursor("1.5~t01", "seen")
-    with pytest.raises(ValueError):
-        parse_cursor("no-separator", "runtime")
+def test_a_cursor_of_another_order_is_refused(history):
+    engine, _, _ = history
+    with engine.connect() as conn:
+        _, cursor = page_runs(conn, RunFilter(), limit=2, sort="runtime")
+        with pytest.raises(BadCursor):
+            page_runs(conn, RunFilter(), limit=2, sort="seen", cursor=cursor)
 
 
 def test_chart_labels_are_escaped_text():

@@ -26,9 +26,14 @@ def _run_filter(ctx: Context, now, *, since=None, until=None, **fields):
 @time_option("--since", "First seen at or after: ISO 8601 or an age (15m, 2h, 7d).")
 @time_option("--until", "First seen before: ISO 8601 or an age.")
 @click.option("--failed", is_flag=True, help="Short for --state FAILURE.")
+@click.option("--search", "-q", metavar="TEXT",
+              help="Task id prefix, or text in the name, args, kwargs, result or exception (case-sensitive).")
+@click.option("--sort", type=click.Choice(["seen", "started", "runtime"]), default="seen", show_default=True,
+              help="Newest seen, newest started, or longest runtime first (the last two list runs that have one).")
 @json_option
 @click.option("--csv", "as_csv", is_flag=True, help="CSV with a header line.")
-def history_cmd(ctx: Context, limit, name, states, worker, queue, since, until, failed, as_json, as_csv) -> None:
+def history_cmd(ctx: Context, limit, name, states, worker, queue, since, until, failed, search, sort, as_json,
+                as_csv) -> None:
     """List task runs, newest first."""
     from monitor.commands.types import OneLineBadParameter
     from monitor.commands.history_render import history_table
@@ -38,13 +43,13 @@ def history_cmd(ctx: Context, limit, name, states, worker, queue, since, until, 
     if as_json and as_csv:
         raise OneLineBadParameter("use --json or --csv, not both", param_hint="'--csv'")
     f = _run_filter(ctx, utcnow(), name=name, states=states, worker=worker, queue=queue, since=since, until=until,
-                    failed=failed)
+                    failed=failed, search=search or None)
     with read_connection(ctx) as conn:
         try:
             check_states(conn, f.all_states())
         except UnknownState as exc:
             raise OneLineBadParameter(str(exc), param_hint="'--state'") from None
-        runs = list_runs(conn, f, limit=limit)
+        runs = list_runs(conn, f, limit=limit, sort=sort)
     tz = ctx.settings.tz
     if as_json:
         click.echo(to_json(runs, tz))
@@ -67,14 +72,24 @@ def show_cmd(ctx: Context, task_id, as_json) -> None:
     from storage.history import run_detail
     from tasks.redact import mask_url
 
+    from monitor.commands.backend_view import backend_view, backend_text
+
     with read_connection(ctx) as conn:
         detail = run_detail(conn, task_id)
-    if detail is None:
-        raise click.ClickException(f"no task run with id {task_id!r} in {mask_url(ctx.settings.database_url)}")
+    backend, note = backend_view(ctx, task_id, detail)
+    if detail is None and backend is None:
+        raise click.ClickException(f"no task run with id {task_id!r} in {mask_url(ctx.settings.database_url)}"
+                                   + (f"; {note}" if note else ""))
     if as_json:
-        click.echo(to_json(detail, ctx.settings.tz))
+        extra = {"backend": backend.as_dict()} if backend else {}
+        click.echo(to_json({**(detail or {"run": None}), **extra}, ctx.settings.tz))
     else:
-        click.echo(show_text(detail, ctx.settings.tz, ctx.settings.timezone))
+        if detail is not None:
+            click.echo(show_text(detail, ctx.settings.tz, ctx.settings.timezone))
+        if backend is not None:
+            click.echo(backend_text(task_id, backend, in_history=detail is not None))
+    if note:
+        click.echo(f"note: {note}", err=True)
 
 
 @click.command("stats")

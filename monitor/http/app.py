@@ -4,9 +4,10 @@ from __future__ import annotations
 from fastapi import FastAPI
 from sqlalchemy import Engine
 
+from monitor.broker.control import BadRequest
 from monitor.broker.queues import BrokerError as QueueBrokerError
-from monitor.http import alerts, audit, daemon, deadletters, health, problems, queues, schedule, stats, tasks, tokens, \
-    workers
+from monitor.http import alerts, audit, control, daemon, deadletters, health, problems, queues, schedule, stats, tasks, \
+    tokens, workers
 from monitor.http import pages  # the dashboard
 from monitor.http.auth import BadTokenLimiter
 from tasks.replay import BrokerError as SendBrokerError, RecordError
@@ -14,7 +15,7 @@ from tasks.settings import Settings
 
 API_PREFIX = "/api/v1"
 ROUTERS = (health.router, tasks.router, stats.router, workers.router, queues.router, deadletters.router,
-           alerts.router, schedule.router, daemon.router, audit.router, tokens.router)
+           alerts.router, schedule.router, daemon.router, audit.router, tokens.router, control.router)
 # What a broker that went away raises, in each module that talks to it: each a 503 with its message.
 BROKER_ERRORS = (QueueBrokerError, SendBrokerError, RecordError)
 DEFAULT_BAD_TOKEN_LIMIT = "20/minute"
@@ -38,7 +39,8 @@ def create_app(settings: Settings, engine: Engine, *, insecure_no_auth: bool = F
     app.state.engine = engine
     app.state.insecure_no_auth = insecure_no_auth
     app.state.bad_tokens = BadTokenLimiter(bad_token_limit)
-    problems.install(app, {exc: problems.dependency_down("Broker unavailable") for exc in BROKER_ERRORS})
+    problems.install(app, {BadRequest: problems.caller_error,
+                           **{exc: problems.dependency_down("Broker unavailable") for exc in BROKER_ERRORS}})
     for router in (*ROUTERS, *routers):
         app.include_router(router)
     pages.install(app)  # the dashboard, on the same app and roles

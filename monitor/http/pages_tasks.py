@@ -22,8 +22,8 @@ from monitor.http.pages import page, render
 from monitor.http.payload import mask_urls
 from monitor.http.problems import Problem, bad_request
 from monitor.http.search import QUALIFIERS, SearchError, parse_search
-from storage.history import SUMMARY_FIELDS, RunFilter, UnknownState, check_states
-from storage.search import SORTS, cursor_of, parse_cursor, search_runs
+from storage.history import SUMMARY_FIELDS, RunFilter, UnknownState, check_states, page_runs
+from storage.search import SORTS, BadCursor
 
 router = APIRouter(include_in_schema=False)
 STATE_BUTTONS = ("SUCCESS", "FAILURE", "STARTED", "RETRY", "RECEIVED", "PENDING", "REVOKED", "LOST", "TIMEOUT")
@@ -39,16 +39,15 @@ EXPORT_PAGE = 1000
 
 @dataclass(frozen=True)
 class Listing:
-    """What the tasks page was asked for: the filter, the search, the order, the page."""
+    """What the tasks page was asked for: the filter (with the search), the order, and the query for links."""
 
     filter: RunFilter
-    terms: dict[str, str]
-    text: str | None
     sort: str
-    params: dict[str, str]  # the query without the cursor, for links
+    params: dict[str, str]  # the query without the cursor
 
 
 def listing(request: Request, q: str, state: str, since: str | None, until: str | None, sort: str) -> Listing:
+    """The search box and the filter fields as the history's RunFilter (the API's `q` is its free text)."""
     from monitor.http.params import resolve
 
     if sort not in SORTS:
@@ -59,11 +58,16 @@ def listing(request: Request, q: str, state: str, since: str | None, until: str 
         raise bad_request(str(exc)) from None
     states = tuple(x for x in (*s.states, *(v.strip().upper() for v in state.split(",") if v.strip())))
     now = datetime.now(timezone.utc)
+    contains = tuple(sorted(s.terms.items()))
+    # A field qualifier alone still finds its candidates through the text index: every run whose
+    # args contain "42" is among those whose searched text does.
+    search = s.text or (contains[0][1] if contains else None)
     f = RunFilter(name=s.name, states=states, worker=s.worker, queue=s.queue,
-                  since=resolve(request, "since", since or None, now), until=resolve(request, "until", until or None, now))
+                  since=resolve(request, "since", since or None, now), until=resolve(request, "until", until or None, now),
+                  search=search, contains=contains)
     params = {k: v for k, v in (("q", q), ("state", state), ("since", since or ""), ("until", until or ""),
                                 ("sort", sort if sort != "seen" else "")) if v}
-    return Listing(f, s.terms, s.text, sort, params)
+    return Listing(f, sort, params)
 
 
 def cells(request: Request, run: dict[str, Any]) -> dict[str, dict[str, str]]:
@@ -85,38 +89,33 @@ def cells(request: Request, run: dict[str, Any]) -> dict[str, dict[str, str]]:
     }
 
 
-def _query(conn, lst: Listing, after, limit: int) -> list[dict[str, Any]]:
+def _page(conn, lst: Listing, cursor: str | None, limit: int) -> tuple[list[dict[str, Any]], str | None]:
     try:
         check_states(conn, lst.filter.all_states())
-        return search_runs(conn, lst.filter, terms=lst.terms, text=lst.text, sort=lst.sort, after=after, limit=limit)
+        return page_runs(conn, lst.filter, limit=limit, sort=lst.sort, cursor=cursor)
     except UnknownState as exc:
         raise bad_request(f"state: {exc}") from None
+    except BadCursor as exc:
+        raise bad_request(f"cursor: {exc}") from None
 
 
 @router.get("/tasks", dependencies=page("viewer"))
 def tasks_page(request: Request, q: str = Query("", max_length=500), state: str = Query("", max_length=200),
                since: str | None = Query(None, max_length=50), until: str | None = Query(None, max_length=50),
-               sort: str = Query("seen"), cursor: str | None = Query(None, max_length=400),
+               sort: str = Query("seen"), cursor: str | None = Query(None, max_length=2000),
                limit: int = Query(50, ge=1, le=500)):
     from storage.history import latest_update
 
     try:
         lst = listing(request, q, state, since, until, sort)
-        try:
-            after = parse_cursor(cursor, sort) if cursor else None
-        except ValueError as exc:
-            raise bad_request(f"cursor: {exc}") from None
         with request.app.state.engine.connect() as conn:
-            rows = _query(conn, lst, after, limit + 1)
+            rows, next_cursor = _page(conn, lst, cursor, limit)
             latest = latest_update(conn)
     except Problem as exc:  # a bad search or filter: the page says so, with the form to fix it
         return render(request, "error.html", status_code=exc.status, title=exc.title, detail=exc.detail, back="/tasks")
-    more = len(rows) > limit
-    rows = rows[:limit]
-    next_url = (f"/tasks?{urlencode({**lst.params, 'limit': limit, 'cursor': cursor_of(rows[-1], sort)})}"
-                if more and rows else None)
+    next_url = f"/tasks?{urlencode({**lst.params, 'limit': limit, 'cursor': next_cursor})}" if next_cursor else None
     # New runs stream in only on the first page of the newest-first order (a later page would shift).
-    live = after is None and sort == "seen"
+    live = cursor is None and sort == "seen"
     stream = f"/tasks/stream?{urlencode({**lst.params, 'after': (latest or datetime.now(timezone.utc)).isoformat()})}"
     return render(request, "tasks.html", rows=[cells(request, r) | {"_id": {"text": r["task_id"]}} for r in rows],
                   columns=COLUMNS, states=STATE_BUTTONS, chosen=set(lst.filter.all_states()), state_param=state, q=q, since=since or "",
@@ -141,12 +140,7 @@ async def tasks_stream(request: Request, after: str = Query(..., max_length=50),
 
     def poll(since_update: datetime) -> list[dict[str, Any]]:
         with engine.connect() as conn:
-            rows = changed_since(conn, lst.filter, since_update, limit=200)
-            if rows and (lst.terms or lst.text):
-                ids = {r["task_id"] for r in search_runs(conn, lst.filter, terms=lst.terms, text=lst.text,
-                                                         limit=len(rows) * 4)} if rows else set()
-                rows = [r for r in rows if r["task_id"] in ids]
-            return rows
+            return changed_since(conn, lst.filter, since_update, limit=200)
 
     async def events() -> AsyncIterator[str]:
         nonlocal last
@@ -194,13 +188,12 @@ def tasks_export(request: Request, fmt: str = Path(..., pattern="^(csv|json)$"),
     tz = request.app.state.settings.tz
     rows: list[dict[str, Any]] = []
     with request.app.state.engine.connect() as conn:
-        after = None
+        cursor = None
         while len(rows) < limit:
-            chunk = _query(conn, lst, after, min(EXPORT_PAGE, limit - len(rows)))
+            chunk, cursor = _page(conn, lst, cursor, min(EXPORT_PAGE, limit - len(rows)))
             rows.extend(chunk)
-            if len(chunk) < EXPORT_PAGE:
+            if cursor is None:
                 break
-            after = parse_cursor(cursor_of(chunk[-1], sort), sort)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     headers = {"Content-Disposition": f'attachment; filename="taskmon-tasks-{stamp}.{fmt}"', "Cache-Control": "no-store"}
     if fmt == "json":

@@ -86,6 +86,11 @@ async def _database(request: Request, exc: SQLAlchemyError) -> JSONResponse:
     return problem_response(503, "Database unavailable", f"the history database failed: {first_line(exc)}")
 
 
+async def caller_error(request: Request, exc: Exception) -> JSONResponse:
+    """An exception whose message says what in the request was wrong: 400 with that message."""
+    return problem_response(400, "Bad request", str(exc))
+
+
 def dependency_down(title: str):
     """A handler answering an exception whose message says what is down: 503 with that message."""
 

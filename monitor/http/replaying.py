@@ -12,13 +12,14 @@ _LOCK = threading.Lock()
 
 
 def client(request: Request):
-    """The server's Celery client app (sends tasks and control commands), made on first use."""
+    """The server's one Celery client app (broker and result backend): sends tasks, replays, control commands."""
     state = request.app.state
     with _LOCK:
         if getattr(state, "celery", None) is None:
-            from tasks.replay import celery_client
+            from tasks.client import client_app
 
-            state.celery = celery_client(state.settings.broker_url)
+            state.celery = client_app(state.settings.broker_url, state.settings.result_backend or None,
+                                      name="taskmon-api", task_send_sent_event=True)
     return state.celery
 
 
@@ -32,16 +33,6 @@ def replay_plans(request: Request, plans: list[ReplayPlan], *, dry_run: bool) ->
 
 def send_now(request: Request, name: str, *, args, kwargs, queue: str | None) -> str:
     """Send task ``name`` (a schedule entry's run now); the new task id."""
-    from kombu.exceptions import OperationalError
+    from monitor.broker.control import send_task
 
-    from tasks.replay import BrokerError, _broker_error
-
-    app = client(request)
-    try:
-        return app.send_task(name, args=args, kwargs=kwargs, queue=queue or None, retry=True,
-                             retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.5,
-                                           "interval_max": 1}).id
-    except (OperationalError, OSError) as exc:
-        raise _broker_error(app, exc) from None
-    except BrokerError:
-        raise
+    return send_task(client(request), name, args, kwargs, queue=queue or None)

@@ -1,7 +1,6 @@
 """/api/v1/stats and /api/v1/reports: the figures `taskmon stats` and `taskmon report` print."""
 from __future__ import annotations
 
-import datetime as dt
 from datetime import datetime, timezone
 from enum import Enum
 from typing import Any
@@ -17,7 +16,7 @@ from monitor.http.problems import api_router, bad_request, responses
 from storage.history import RunFilter
 from storage.stats import task_stats
 from tasks.errors import BadInput
-from tasks.periods import report_period
+from tasks.periods import parse_day, report_period
 from tasks.report_data import build_report
 from tasks.report_format import render
 
@@ -90,12 +89,13 @@ class Report(BaseModel):
                              "description": "the report (JSON, or text/md/csv with format)"}},
             summary="The daily, weekly or monthly report (as `taskmon report`), computed now")
 def report(request: Request, kind: ReportKind,
-           date: dt.date | None = Query(None, description="A day in the period, YYYY-MM-DD "
-                                                           "(default: the last complete period)."),
+           date: str | None = Query(None, pattern=r"^\d{4}-\d{2}-\d{2}$",
+                                    description="A day in the period, YYYY-MM-DD (default: the last complete period)."),
            format: ReportFormat = Query(ReportFormat.json, description="json, or as `taskmon report --format`.")):
     settings = request.app.state.settings
     try:
-        period = report_period(kind.value, settings.tz, now=datetime.now(timezone.utc), day=date)
+        period = report_period(kind.value, settings.tz, now=datetime.now(timezone.utc),
+                               day=parse_day(date) if date else None)
     except BadInput as exc:
         raise bad_request(f"date: {exc}") from None
     with request.app.state.engine.connect() as conn:

@@ -15,11 +15,12 @@ from monitor.http.models import RunDetail, RunList
 from monitor.http.params import resolve, since_query, until_query
 from monitor.http.payload import json_response
 from monitor.http.problems import api_router, Problem, bad_request, not_found, responses
-from storage.history import RunFilter, UnknownState, check_states, list_runs, run_detail
+from storage.history import SORTS, BadCursor, RunFilter, UnknownState, check_states, page_runs, run_detail
 from storage.names import name_counts
 from storage.runs import get_run
 
 router = api_router("tasks")
+SortKey = Enum("SortKey", {key: key for key in SORTS}, type=str)
 TASK_ID = Path(..., min_length=1, max_length=255, description="The task id.")
 
 
@@ -34,18 +35,28 @@ def list_tasks(
     queue: str | None = Query(None, max_length=255, description="Only runs sent to this queue."),
     since: str | None = since_query(),
     until: str | None = until_query(),
+    q: str | None = Query(None, max_length=500,
+                          description="Task id prefix, or text in name, args, kwargs, result or exception "
+                                      "(case-sensitive)."),
+    sort: SortKey = Query(SortKey.seen, description="Newest seen, newest started or longest runtime first "
+                                                    "(started/runtime: only runs that have one)."),
+    cursor: str | None = Query(None, max_length=2000, description="next_cursor of the previous page."),
 ):
     now = datetime.now(timezone.utc)
     f = RunFilter(name=name or None, states=tuple(s for s in state if s), worker=worker or None,
                   queue=queue or None, since=resolve(request, "since", since, now),
-                  until=resolve(request, "until", until, now))
+                  until=resolve(request, "until", until, now), search=q or None)
     with request.app.state.engine.connect() as conn:
         try:
             check_states(conn, f.all_states())
         except UnknownState as exc:
             raise bad_request(f"state: {exc}") from None
-        runs = list_runs(conn, f, limit=limit)
-    return json_response({"count": len(runs), "results": runs, "next_cursor": None}, request.app.state.settings.tz)
+        try:
+            runs, next_cursor = page_runs(conn, f, limit=limit, sort=sort.value, cursor=cursor or None)
+        except BadCursor as exc:
+            raise bad_request(f"cursor: {exc}") from None
+    return json_response({"count": len(runs), "results": runs, "next_cursor": next_cursor},
+                         request.app.state.settings.tz)
 
 
 @router.get("/tasks/{task_id}", response_model=RunDetail, dependencies=[Depends(allow("viewer"))],
@@ -165,9 +176,16 @@ class TaskResult(BaseModel):
     task_id: str
     state: str
     ready: bool
-    result: Any = Field(None, description="The return value (JSON), or {type, message} of the exception.")
+    result: Any = Field(None, description="A success's return value (JSON), redacted.")
+    exception: str | None = Field(None, description='A failure\'s "Type: message".')
     traceback: str | None = None
-    date_done: datetime | None = None
+    date_done: str | None = Field(None, description="When the backend stored it (ISO 8601 UTC).")
+    name: str | None = None
+    args: Any = None
+    kwargs: Any = None
+    worker: str | None = None
+    retries: int | None = None
+    queue: str | None = None
 
 
 class Sent(BaseModel):
@@ -182,24 +200,35 @@ class Sent(BaseModel):
                         200: {"model": Sent, "description": "with wait: the task finished within the timeout"}},
              summary="Send a task by name (args, kwargs, queue, countdown or eta, expires, priority; optional wait)")
 def send_task(request: Request, body: SendRequest):
-    from monitor.http.sending import result_of, results_app, send
+    from monitor.broker.control import send_task as send, wait_result
+    from monitor.http.replaying import client
 
+    app = client(request)
     if body.wait:
-        results_app(request)  # 503 before sending when there is no backend to wait on
+        require_backend(app)  # before sending: there is no backend to wait on
     with audited(request, "task.send", body.task_name) as entry:
-        task_id = send(request, body.task_name, args=body.args, kwargs=body.kwargs, queue=body.queue,
-                       countdown=body.countdown, eta=body.eta, expires=body.expires, priority=body.priority)
+        task_id = send(app, body.task_name, body.args, body.kwargs, queue=body.queue, countdown=body.countdown,
+                       eta=body.eta, expires=body.expires, priority=body.priority)
         entry.detail = {"task_id": task_id, "queue": body.queue}
-    result = result_of(request, task_id, wait=body.timeout) if body.wait else None
+    result = wait_result(app, task_id, timeout=body.timeout).as_dict() if body.wait else None
     status = 200 if result is not None and result["ready"] else 202
     return json_response({"task_id": task_id, "task_name": body.task_name, "queue": body.queue, "result": result},
                          request.app.state.settings.tz, status=status)
+
+
+def require_backend(app) -> None:
+    if not app.conf.result_backend:
+        raise Problem(503, "No result backend", "no result backend is configured: set result_backend "
+                                                "(TASKMON_RESULT_BACKEND) to the app's result backend")
 
 
 @router.get("/tasks/{task_id}/result", response_model=TaskResult, dependencies=[Depends(allow("viewer"))],
             responses=responses(401, 403, 422, 503),
             summary="The task's state and result from the result backend (PENDING: the backend knows nothing of it)")
 def task_result(request: Request, task_id: str = TASK_ID):
-    from monitor.http.sending import result_of
+    from monitor.broker.control import read_result
+    from monitor.http.replaying import client
 
-    return json_response(result_of(request, task_id), request.app.state.settings.tz)
+    app = client(request)
+    require_backend(app)
+    return json_response(read_result(app, task_id).as_dict(), request.app.state.settings.tz)

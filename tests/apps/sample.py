@@ -75,3 +75,9 @@ def fragile(flag_path, n):
     if Path(flag_path).read_text().strip() == "broken":
         raise RuntimeError("dependency is down")
     return n * 2
+
+
+@app.task(name="sample.ping")
+def ping():
+    """A task that only answers: the round trip of `taskmon ping --task sample.ping`."""
+    return "pong"
