@@ -47,7 +47,7 @@ def bench(tmp_path_factory):
             started.append(worker)
             worker.wait_ready()
         tokens = {role: taskmon("token", "create", "--name", f"{role}-1", "--role", role, db_url=db_url)
-                  for role in ("viewer", "operator")}
+                  for role in ("viewer", "operator", "admin")}
         server = ServeProcess(db_url, redis.url, "--timezone", ZONE, logdir=tmp)
         started.append(server)
         server.wait_ready()
@@ -189,7 +189,7 @@ def test_payloads_in_args_exception_hostname_and_queue_are_text_on_every_page(be
     assert rows[task_id]["worker"] == XSS_HOST and rows[task_id]["queue"] == XSS_QUEUE
     log_in(page.page, bench["url"], bench["tokens"]["operator"])
     pages = ("/", "/workers", "/queues", "/dead-letters", "/alerts", "/schedule", "/tasks",
-             "/tasks?q=" + quote(json.dumps("args:" + PAYLOAD)), f"/tasks/{task_id}")
+             "/tasks?q=" + quote(json.dumps("args:" + PAYLOAD)), f"/tasks/{task_id}", "/workers/" + quote(XSS_HOST))
     for path in pages:
         response = page.page.goto(bench["url"] + path)
         assert response.status == 200, path
@@ -198,7 +198,7 @@ def test_payloads_in_args_exception_hostname_and_queue_are_text_on_every_page(be
         assert page.page.locator("img[src=x]").count() == 0, path
         assert page.page.locator("script:not([src])").count() == 0, path
         body = page.page.locator("main").inner_text()
-        if path == "/workers":
+        if path.startswith("/workers"):
             assert XSS_HOST in body
         if path in ("/", "/queues"):
             assert XSS_QUEUE in body
@@ -273,4 +273,25 @@ def test_dead_letters_preview_a_bulk_replay_before_sending_it(bench, page):
     assert answer["dry_run"] is True and task_id in {r["task_id"] for r in answer["replayed"]}
     assert all(r["new_task_id"] is None for r in answer["replayed"])
     assert len(_runs(bench)) == before  # nothing was sent
+    page.quiet()
+
+
+def test_a_worker_answers_live_and_only_an_admin_gets_its_controls(bench, page):
+    log_in(page.page, bench["url"], bench["tokens"]["operator"])
+    page.page.goto(bench["url"] + "/workers")
+    page.page.click('#workers a:text("w1@taskmon-demo")')
+    page.page.wait_for_url("**/workers/w1%40taskmon-demo")
+    assert "stats" in page.page.locator("#live").inner_text()
+    assert page.page.locator("#controls").count() == 0  # operators do not control workers
+    page.page.context.clear_cookies()
+    log_in(page.page, bench["url"], bench["tokens"]["admin"])
+    page.page.goto(bench["url"] + "/workers/w1%40taskmon-demo")
+    page.page.fill('#controls form[action$="/pool/grow"] input[name=n]', "1")
+    page.page.click('#controls form[action$="/pool/grow"] button')
+    reply = page.page.locator("#control-reply")
+    reply.wait_for(state="visible")
+    answer = json.loads(reply.inner_text())
+    assert answer["worker"] == "w1@taskmon-demo" and answer["command"] == "pool_grow", answer
+    page.page.click('#controls form[action$="/pool/shrink"] button')
+    page.page.wait_for_function("document.querySelector('#control-reply').textContent.includes('pool_shrink')")
     page.quiet()
