@@ -28,6 +28,7 @@ import httpx  # noqa: E402
 
 from bench.startup import history_file  # noqa: E402
 from monitor.redis_server import RedisServer, free_port  # noqa: E402
+from storage.db import make_engine, upgrade  # noqa: E402
 
 PAGES = [
     ("Overview, 1h window", "/?window=1h"),
@@ -57,6 +58,9 @@ def main() -> None:
 
     path = history_file(ROOT / "bench" / "results" / f"startup_{args.rows}.db", args.rows, args.rebuild)
     db = f"sqlite:///{path}"
+    engine = make_engine(db)
+    upgrade(engine)  # a file built by an older checkout gets the current schema (its search index too)
+    engine.dispose()
     conn = sqlite3.connect(path)
     conn.execute("DELETE FROM api_tokens WHERE name = 'bench-dashboard'")
     conn.commit()
