@@ -15,7 +15,7 @@ from tests.browser import ServeProcess, taskmon
 @pytest.fixture
 def served(sqlite_store, redis_url, tmp_path):
     tokens = {role: taskmon("token", "create", "--name", f"s-{role}", "--role", role, db_url=sqlite_store)
-              for role in ("viewer", "operator")}
+              for role in ("viewer", "operator", "admin")}
     server = ServeProcess(sqlite_store, redis_url, logdir=tmp_path).wait_ready()
     yield server, tokens, sqlite_store
     server.stop()
@@ -156,3 +156,15 @@ def test_the_server_stops_on_sigterm_while_a_live_stream_is_open(served):
         server.proc.send_signal(signal.SIGTERM)
         server.proc.wait(timeout=15)
         assert time.monotonic() - t0 < 10
+
+
+def test_buttons_show_only_for_the_roles_that_may_use_them(served):
+    server, tokens, _ = served
+    shown = {}
+    for role in ("viewer", "operator", "admin"):
+        with logged_in(server, tokens[role]) as client:
+            shown[role] = {"purge": ">Purge<" in client.get("/queues").text,
+                           "test alert": 'id="test-alert"' in client.get("/alerts").text}
+    assert shown == {"viewer": {"purge": False, "test alert": False},
+                     "operator": {"purge": False, "test alert": True},
+                     "admin": {"purge": True, "test alert": True}}
