@@ -219,6 +219,7 @@ def run_demo(plan: DemoPlan, echo: Callable[[str], None], timezone: str = "UTC")
             if wait_for_http(f"{address}/healthz", server):
                 echo(f"API on {address}/api/v1 (docs {address}/api/v1/docs); demo admin token: {token}")
                 echo(f"  try: curl -H 'Authorization: Bearer {token}' {address}/api/v1/tasks")
+                echo(f"  dashboard: {address}/ (log in with the token)")
             else:
                 echo(f"the API server did not start: see {logs / 'serve.log'}")
             echo(f"worker + beat started (logs in {logs}); sending traffic for {plan.duration:.0f}s, Ctrl-C to stop early")

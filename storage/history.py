@@ -36,6 +36,7 @@ BOOL_FIELDS = ("truncated", "redelivered")
 DECODE = {**{k: to_utc for k in TIME_FIELDS}, **{k: to_bool for k in BOOL_FIELDS}}
 # Keys of the timeline entries of `show`.
 TIMELINE_EVENTS = (("sent", "sent_at"), ("received", "received_at"), ("started", "started_at"), ("finished", "finished_at"))
+CONTAINS_COLUMNS = ("args", "kwargs", "result", "exception")  # RunFilter.contains may look inside these
 MAX_CHAIN = 100  # parent links followed at most (a cycle in bad data must not hang `show`)
 MAX_CHILDREN = 1000
 MAX_PARTS = 32  # list_runs merges at most this many per-(name, state) queries
@@ -55,6 +56,8 @@ class RunFilter:
     until: datetime | None = None  # seen_at < until
     failed: bool = False  # short for states=("FAILURE",), added to any states given
     search: str | None = None  # task id prefix, or text in name, args, kwargs, result, exception (storage.search)
+    # (column, text): the column contains the text, e.g. (("args", "42"),): the dashboard's args:/kwargs:/... qualifiers
+    contains: tuple[tuple[str, str], ...] = ()
 
     def all_states(self) -> tuple[str, ...]:
         states = tuple(s.upper() for s in self.states)
@@ -163,6 +166,12 @@ def conditions(conn_dialect: str, f: RunFilter, exact_name: bool = False, key: s
         sql, p = search_condition(conn_dialect, f.search, f"{key}_search")
         conds.append(sql)
         params.update(p)
+    contains = "instr" if conn_dialect == "sqlite" else "strpos"  # case-sensitive, as the search is
+    for i, (column, text) in enumerate(f.contains):
+        if column not in CONTAINS_COLUMNS:
+            raise ValueError(f"cannot search {column!r}; one of {', '.join(CONTAINS_COLUMNS)}")
+        conds.append(f"{contains}({column}, :{key}_in{i}) > 0")
+        params[f"{key}_in{i}"] = text
     return " AND ".join(conds) or "1 = 1", params
 
 

@@ -44,8 +44,13 @@ def create_token(conn: Connection, now: datetime, name: str, role: str) -> str:
 
 def lookup(conn: Connection, token: str) -> dict[str, Any] | None:
     """The valid (not revoked) token row for a presented token, else None."""
+    return lookup_hash(conn, hash_token(token))
+
+
+def lookup_hash(conn: Connection, token_hash: str) -> dict[str, Any] | None:
+    """The valid token row with this hash (what a dashboard session holds), else None."""
     row = conn.execute(select(api_tokens.c.id, api_tokens.c.name, api_tokens.c.role).where(
-        api_tokens.c.token_hash == hash_token(token), api_tokens.c.revoked_at.is_(None))).mappings().first()
+        api_tokens.c.token_hash == token_hash, api_tokens.c.revoked_at.is_(None))).mappings().first()
     return dict(row) if row else None
 
 

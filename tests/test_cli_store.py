@@ -126,7 +126,10 @@ def test_run_creates_the_directory_and_the_database(tmp_path, redis_url):
             if path.exists():
                 conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
                 try:
-                    revision = conn.execute("SELECT version_num FROM alembic_version").fetchone()[0]
+                    stamped = conn.execute("SELECT version_num FROM alembic_version").fetchone()
+                    if stamped is None:  # the table is there, the migration not yet stamped
+                        continue
+                    revision = stamped[0]
                     heartbeats = conn.execute("SELECT count(*) FROM daemon_status").fetchone()[0]
                 except sqlite3.Error:
                     pass  # not created yet, or being migrated

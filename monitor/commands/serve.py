@@ -19,7 +19,7 @@ from monitor.commands.base import Context, json_option, open_store, settings_opt
 @click.option("--bad-token-limit", default="20/minute", show_default=True, envvar="TASKMON_BAD_TOKEN_LIMIT",
               help="Bad tokens one address may send before it gets 429s (env TASKMON_BAD_TOKEN_LIMIT).")
 def serve_cmd(ctx: Context, host: str, port: int, insecure_no_auth: bool, bad_token_limit: str) -> None:
-    """Serve the REST API (/api/v1, OpenAPI at /api/v1/openapi.json, docs at /api/v1/docs)."""
+    """Serve the REST API (/api/v1, OpenAPI at /api/v1/openapi.json, docs at /api/v1/docs) and the dashboard (/)."""
     from monitor.http.server import ServeError, serve
 
     try:

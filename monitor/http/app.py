@@ -8,6 +8,7 @@ from monitor.broker.control import BadRequest
 from monitor.broker.queues import BrokerError as QueueBrokerError
 from monitor.http import alerts, audit, control, daemon, deadletters, health, problems, queues, schedule, stats, tasks, \
     tokens, workers
+from monitor.http import pages  # the dashboard
 from monitor.http.auth import BadTokenLimiter
 from tasks.replay import BrokerError as SendBrokerError, RecordError
 from tasks.settings import Settings
@@ -43,6 +44,7 @@ def create_app(settings: Settings, engine: Engine, *, insecure_no_auth: bool = F
     app.add_middleware(problems.RejectNul)
     for router in (*ROUTERS, *routers):
         app.include_router(router)
+    pages.install(app)  # the dashboard, on the same app and roles
     return app
 
 

@@ -14,8 +14,9 @@ from limits import parse as parse_limit
 from limits.storage import MemoryStorage
 from limits.strategies import MovingWindowRateLimiter
 
+from monitor.http import session
 from monitor.http.problems import Problem
-from storage.tokens import ROLES, lookup
+from storage.tokens import ROLES, lookup, lookup_hash
 
 bearer = HTTPBearer(auto_error=False, description="A token from `taskmon token create`.")
 
@@ -60,6 +61,9 @@ def authenticate(request: Request, credentials: HTTPAuthorizationCredentials | N
     if state.insecure_no_auth:
         return NO_AUTH
     if credentials is None:
+        principal = session_principal(request)
+        if principal is not None:
+            return principal
         raise _unauthorized("send a token: Authorization: Bearer <token> (`taskmon token create` makes one)")
     address = request.client.host if request.client else "unknown"
     limiter: BadTokenLimiter = state.bad_tokens
@@ -72,6 +76,22 @@ def authenticate(request: Request, credentials: HTTPAuthorizationCredentials | N
                       {"Retry-After": str(limiter.retry_after(address)), "WWW-Authenticate": "Bearer"})
     limiter.hit(address)
     raise _unauthorized("the token is not valid (unknown or revoked)")
+
+
+def session_principal(request: Request) -> Principal | None:
+    """The caller of a dashboard session cookie (monitor.http.session), None without a valid one;
+    a state-changing request without the session's CSRF token is a 403."""
+    current = session.read(request)
+    if current is None:
+        return None
+    with request.app.state.engine.connect() as conn:
+        row = lookup_hash(conn, current.token_hash)
+    if row is None:  # revoked since login
+        return None
+    if not session.csrf_ok(request, current):
+        raise Problem(403, "CSRF token missing", f"a request with the session cookie must send the page's "
+                                                  f"{session.CSRF_HEADER} header")
+    return Principal(row["name"], row["role"])
 
 
 class Allow:

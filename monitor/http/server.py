@@ -9,6 +9,7 @@ from sqlalchemy import Engine
 from tasks.settings import Settings
 
 log = logging.getLogger(__name__)
+GRACEFUL_SHUTDOWN_SECONDS = 3
 NO_AUTH_WARNING = ("WARNING: --insecure-no-auth: the API has no authentication; anyone who can reach "
                    "{address} may read the history, send and revoke tasks and control the workers")
 
@@ -46,9 +47,11 @@ def serve(settings: Settings, engine: Engine, *, host: str, port: int, insecure_
     address = f"http://{host}:{port}"
     if insecure_no_auth:
         echo(NO_AUTH_WARNING.format(address=address))
-    echo(f"taskmon API on {address}/api/v1 (docs {address}/api/v1/docs)")
+    echo(f"taskmon API on {address}/api/v1 (docs {address}/api/v1/docs), dashboard on {address}/")
+    # The dashboard's live streams never end by themselves: on SIGTERM they get a few seconds
+    # (a browser reconnects to the next server), not a wait for every tab to close.
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
-                            proxy_headers=False)
+                            proxy_headers=False, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS)
     try:
         uvicorn.Server(config).run()
     except OSError as exc:  # the port is taken

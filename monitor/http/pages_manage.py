@@ -1,0 +1,65 @@
+"""The Queues, Dead letters, Alerts and Schedule pages.
+
+They read with the storage functions the API's handlers use; their buttons call the API's
+endpoints (bulk replay with its dry run, resolve, test alert, schedule switches and run now)
+with the session cookie, so each action has one implementation, one role check and one audit line.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from fastapi import APIRouter, Query, Request
+
+from monitor.http.pages import page, queue_depths, render
+
+router = APIRouter(include_in_schema=False)
+LETTER_VIEWS = ("open", "replayed", "resolved", "all")
+
+
+@router.get("/queues", dependencies=page("viewer"))
+def queues_page(request: Request):
+    from monitor.http.queues import queue_names
+
+    depths = queue_depths(request.app.state.settings.broker_url, sorted(queue_names(request)))
+    return render(request, "queues.html", queues=depths, now=datetime.now(timezone.utc))
+
+
+@router.get("/dead-letters", dependencies=page("viewer"))
+def dead_letters_page(request: Request, state: str = Query("open"), name: str = Query("", max_length=255),
+                      since: str = Query("", max_length=50)):
+    from monitor.http.params import resolve
+    from storage.deadletters import LETTER_STATES, list_dead_letters
+
+    if state not in LETTER_VIEWS:
+        return render(request, "error.html", status_code=400, title="Bad state",
+                      detail=f"state {state!r}: use one of {', '.join(LETTER_VIEWS)}", back="/dead-letters")
+    from monitor.http.problems import Problem
+
+    try:
+        since_at = resolve(request, "since", since or None)
+    except Problem as exc:
+        return render(request, "error.html", status_code=exc.status, title=exc.title, detail=exc.detail,
+                      back="/dead-letters")
+    with request.app.state.engine.connect() as conn:
+        rows = list_dead_letters(conn, name=name or None, since=since_at,
+                                 states=LETTER_STATES if state == "all" else (state,), limit=500)
+    return render(request, "dead_letters.html", letters=rows, state=state, views=LETTER_VIEWS, name=name, since=since)
+
+
+@router.get("/alerts", dependencies=page("viewer"))
+def alerts_page(request: Request):
+    from storage.alerts import list_alerts
+
+    with request.app.state.engine.connect() as conn:
+        rows = list_alerts(conn, limit=200)
+    return render(request, "alerts.html", alerts=rows)
+
+
+@router.get("/schedule", dependencies=page("viewer"))
+def schedule_page(request: Request):
+    from monitor.http.schedule import _shown
+    from storage.schedules import list_schedules
+
+    with request.app.state.engine.connect() as conn:
+        rows = list_schedules(conn)
+    return render(request, "schedule.html", entries=[_shown(request, r) for r in rows])

@@ -1,0 +1,106 @@
+"""The dashboard's reads and pure parts: the search box, keyset pages, the chart series, SVG escaping."""
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from monitor.http.charts import bar_chart, line_chart
+from monitor.http.search import SearchError, parse_search
+from storage.history import RunFilter, list_runs, page_runs
+from storage.search import BadCursor
+from storage.series import finished_series, queues_seen, worker_counts
+from tests.history_data import insert, now_utc, run
+
+
+def test_the_search_box_reads_flowers_qualifiers_and_free_text():
+    s = parse_search('name:reports.* state:failure,retry args:"2026 11" kwargs:force worker:celery@a boom x')
+    assert (s.name, s.states, s.worker) == ("reports.*", ("FAILURE", "RETRY"), "celery@a")
+    assert s.terms == {"args": "2026 11", "kwargs": "force"} and s.text == "boom x"
+    assert parse_search("").text is None and parse_search("http://x").text == "http://x"
+
+
+@pytest.mark.parametrize("query", ['args:"open', "state:", "name:"])
+def test_a_search_that_cannot_be_read_is_one_clear_error(query):
+    with pytest.raises(SearchError, match="search: "):
+        parse_search(query)
+
+
+@pytest.fixture
+def history(engine):
+    now = now_utc()
+    rows = [run(f"t{i:02d}", "reports.daily" if i % 2 else "billing.charge", "FAILURE" if i % 3 == 0 else "SUCCESS",
+                now - timedelta(minutes=60 - i), runtime=float(i % 7), args=f"({i}, 'needle-{i % 4}')",
+                kwargs="{'user': 'ann'}" if i % 5 == 0 else "{}", result=f"'r{i}'",
+                exception="ValueError('100% wrong_ly')" if i % 3 == 0 else None)
+            for i in range(30)]
+    insert(engine, rows)
+    return engine, now, rows
+
+
+def test_keyset_pages_walk_every_match_once_newest_first(history):
+    engine, _, rows = history
+    seen, cursor = [], None
+    with engine.connect() as conn:
+        while True:
+            page, cursor = page_runs(conn, RunFilter(name="reports.*"), limit=4, cursor=cursor)
+            seen += [r["task_id"] for r in page]
+            if cursor is None:
+                break
+    expected = [r["task_id"] for r in sorted(rows, key=lambda r: r["seen_at"], reverse=True) if r["name"] == "reports.daily"]
+    assert seen == expected
+
+
+def test_field_qualifiers_look_inside_their_own_column_only(history):
+    engine, _, rows = history
+    with engine.connect() as conn:
+        def ids(f):
+            return {r["task_id"] for r in list_runs(conn, f, limit=100)}
+
+        by_args = ids(RunFilter(states=("FAILURE",), contains=(("args", "needle-2"),), search="needle-2"))
+        by_kwargs = ids(RunFilter(contains=(("kwargs", "ann"),)))
+        not_in_result = ids(RunFilter(contains=(("result", "needle"),)))
+        literal = ids(RunFilter(contains=(("exception", "100% wrong_ly"),)))
+        wildcard = ids(RunFilter(contains=(("exception", "100_ wrong%ly"),)))
+    assert by_args == {r["task_id"] for r in rows if r["state"] == "FAILURE" and "needle-2" in r["args"]} != set()
+    assert by_kwargs == {r["task_id"] for r in rows if "ann" in r["kwargs"]}
+    assert not_in_result == set()  # "needle" is in args, not in any result
+    assert literal == {r["task_id"] for r in rows if r["exception"]} and wildcard == set()  # % and _ are literal
+    with pytest.raises(ValueError, match="cannot search"):
+        ids(RunFilter(contains=(("task_id; DROP", "x"),)))
+
+
+def test_the_series_counts_completed_and_failed_runs_per_step(history):
+    engine, now, rows = history
+    with engine.connect() as conn:
+        # Steps start 30 s off the minute the runs were seen on: a float's rounding cannot move a run.
+        since = now - timedelta(hours=1, seconds=30)
+        series = finished_series(conn, since, since + timedelta(hours=1), 6)
+    assert sum(series["completed"]) == len(rows) and sum(series["failed"]) == sum(r["state"] == "FAILURE" for r in rows)
+    # Ten minutes per step; the runs are one a minute from 60 minutes ago.
+    assert series["completed"] == [10, 10, 10, 0, 0, 0]
+
+
+def test_a_cursor_of_another_order_is_refused(history):
+    engine, _, _ = history
+    with engine.connect() as conn:
+        _, cursor = page_runs(conn, RunFilter(), limit=2, sort="runtime")
+        with pytest.raises(BadCursor):
+            page_runs(conn, RunFilter(), limit=2, sort="seen", cursor=cursor)
+
+
+def test_chart_labels_are_escaped_text():
+    svg = str(bar_chart("p95", [("<script>alert(1)</script>", 2.0)], unit="s"))
+    assert "<script>" not in svg and "&lt;script&gt;" in svg
+    line = str(line_chart("<b>t</b>", ["<i>"], [("<s>", [1.0, None, 2.0])]))
+    assert "<b>" not in line and "<i>" not in line and line.count("<circle") == 2  # a gap splits the line
+
+
+def test_worker_counts_and_queues_come_from_the_window_only(engine):
+    now = now_utc()
+    insert(engine, [run("a1", "x", "SUCCESS", now - timedelta(minutes=5), runtime=1.0, worker="celery@a", queue="q1"),
+                    run("a2", "x", "FAILURE", now - timedelta(minutes=4), runtime=1.0, worker="celery@a", queue="q2"),
+                    run("b1", "x", "SUCCESS", now - timedelta(days=3), runtime=1.0, worker="celery@b", queue="old")])
+    with engine.connect() as conn:
+        assert worker_counts(conn, now - timedelta(days=1)) == {"celery@a": {"succeeded": 1, "failed": 1, "total": 2}}
+        assert queues_seen(conn, now - timedelta(days=1)) == ["q1", "q2"]
