@@ -126,7 +126,8 @@ def test_run_creates_the_directory_and_the_database(tmp_path, redis_url):
             if path.exists():
                 conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
                 try:
-                    revision = conn.execute("SELECT version_num FROM alembic_version").fetchone()[0]
+                    row = conn.execute("SELECT version_num FROM alembic_version").fetchone()
+                    revision = row[0] if row else None  # the table exists before its row, mid-migration
                     heartbeats = conn.execute("SELECT count(*) FROM daemon_status").fetchone()[0]
                 except sqlite3.Error:
                     pass  # not created yet, or being migrated
