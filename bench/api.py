@@ -13,7 +13,8 @@ request a different id or search text from a list), one client and 32 concurrent
     detail   one task by id              /api/task/info/ID                  /api/v1/tasks/ID
 
 Then the history grows to --big runs (copies of the loaded runs with new ids, one day earlier
-per copy, written by storage.runs.upsert_runs as the daemon writes) and taskmon answers again.
+per copy, inserted by SQLite from the stored rows; the search triggers index them) and taskmon
+answers again.
 
     .venv/bin/python bench/api.py                    # 100,000 tasks, then 1,000,000 runs
     .venv/bin/python bench/api.py --tasks 20000 --big 0 --duration 3
@@ -29,6 +30,7 @@ import platform
 import random
 import re
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -183,7 +185,7 @@ def wrk(url: str, path_list: list[str], clients: int, duration: float, workdir: 
     listing = workdir / "paths.txt"
     listing.write_text("\n".join(path_list) + "\n")
     threads = min(clients, 2)
-    cmd = ["wrk", f"-t{threads}", f"-c{clients}", f"-d{duration}s", "--timeout", "60s", "-s", str(script), url]
+    cmd = ["wrk", f"-t{threads}", f"-c{clients}", f"-d{int(duration)}s", "--timeout", "60s", "-s", str(script), url]
     done = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, BENCH_PATHS=str(listing),
                                                                        BENCH_TOKEN=token), timeout=duration + 120)
     line = next((ln for ln in done.stdout.splitlines() if ln.startswith("BENCH ")), None)
@@ -201,12 +203,25 @@ def wrk(url: str, path_list: list[str], clients: int, duration: float, workdir: 
     }
 
 
+def wait_idle(url: str, token: str) -> float:
+    """Seconds until the server answers one more request (it answers in order: after its backlog)."""
+    started = time.monotonic()
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    with urllib.request.urlopen(req, timeout=600) as resp:
+        resp.read()
+    return time.monotonic() - started
+
+
 def measure(label: str, url: str, kind: str, inputs, duration: float, workdir: Path, token: str = "") -> dict:
+    idle_path = "/healthcheck" if kind == "flower" else "/api/v1/tasks?limit=1"
     out = {}
     for query in QUERIES:
         plist = paths(kind, query, inputs)
         for clients in CLIENTS:
             res = wrk(url, plist, clients, duration, workdir, token)
+            # wrk stops at its deadline with requests still queued in the server: let it finish
+            # them, or the next cell would measure this one's backlog.
+            res["backlog_s"] = round(wait_idle(url + idle_path, token), 1)
             out[f"{query}/{clients}"] = res
             log(f"{label:14} {query:6} c={clients:<2}  {res['rps']:8.1f} req/s  p50 {res['p50_ms']:8.2f} ms  "
                 f"p99 {res['p99_ms']:8.2f} ms  errors {res['errors']}")
@@ -223,43 +238,43 @@ def same_answers(flower_url: str, serve: Serve, inputs, n: int = 20) -> dict:
     return {"search_texts": n, "same_tasks": agree}
 
 
-def grow(db_url: str, total: int, batch: int = 5000) -> float:
-    """Copies of the stored runs (new ids, one day earlier per copy) until the history holds ``total``."""
-    from sqlalchemy import func, select
+def grow(db_path: Path, total: int) -> float:
+    """Copies of the loaded runs until the history holds ``total``: new random ids, every time one day
+    earlier per copy (the time of day and its microseconds kept), inserted by SQLite from the stored
+    rows, so that the copies are rows exactly as the daemon wrote them and the search triggers index
+    them as they index the daemon's writes."""
+    from storage.history import RUN_FIELDS, TIME_FIELDS
 
-    from storage.db import make_engine
-    from storage.history import TIME_FIELDS
-    from storage.runs import upsert_runs
-    from storage.schema import task_runs
-
-    engine = make_engine(db_url)
+    con = sqlite3.connect(db_path, timeout=60)
     started = time.perf_counter()
-    with engine.connect() as conn:
-        base = [dict(r._mapping) for r in conn.execute(select(task_runs))]
-    rng = random.Random(11)
-    have, copy = len(base), 0
+    base = con.execute("SELECT count(*) FROM task_runs").fetchone()[0]
+    have, copy = base, 0
     while have < total:
         copy += 1
-        ids = {r["task_id"]: str(uuid.UUID(int=rng.getrandbits(128), version=4)) for r in base}
-        shift = timedelta(days=copy)
-        rows = []
-        for r in base[:total - have]:
-            row = dict(r, task_id=ids[r["task_id"]])
-            row["root_id"] = ids.get(r["root_id"], r["root_id"])
-            row["parent_id"] = ids.get(r["parent_id"], r["parent_id"])
-            for k in TIME_FIELDS:
-                if row.get(k) is not None:
-                    row[k] = row[k] - shift
-            rows.append(row)
-        for i in range(0, len(rows), batch):
-            with engine.begin() as conn:
-                upsert_runs(conn, rows[i:i + batch])
-        have += len(rows)
+        n = min(base, total - have)
+
+        def expr(column: str) -> str:
+            if column == "task_id":
+                return "new_id"
+            if column == "root_id":  # the loaded tasks are their own roots
+                return "CASE WHEN root_id = task_id THEN new_id ELSE root_id END"
+            if column in TIME_FIELDS:
+                return f"date(substr({column}, 1, 10), '-{copy} days') || substr({column}, 11)"
+            return column
+
+        with con:
+            con.execute(f"WITH src AS MATERIALIZED (SELECT *, lower(hex(randomblob(16))) AS h FROM task_runs "
+                        f"WHERE rowid <= (SELECT min(rowid) FROM task_runs) + {base - 1} LIMIT {n}), "
+                        "ids AS (SELECT *, substr(h, 1, 8) || '-' || substr(h, 9, 4) || '-4' || substr(h, 14, 3) || "
+                        "'-a' || substr(h, 18, 3) || '-' || substr(h, 21, 12) AS new_id FROM src) "
+                        f"INSERT INTO task_runs ({', '.join(RUN_FIELDS)}) "
+                        f"SELECT {', '.join(expr(c) for c in RUN_FIELDS)} FROM ids")
+        have += n
         log(f"history holds {have:,} runs")
-    with engine.begin() as conn:
-        conn.exec_driver_sql("ANALYZE")  # what the tasks app's nightly ANALYZE job does
-        assert conn.execute(select(func.count()).select_from(task_runs)).scalar_one() == total
-    engine.dispose()
+    with con:
+        con.execute("ANALYZE")  # what the tasks app's ANALYZE job does
+    assert con.execute("SELECT count(*) FROM task_runs").fetchone()[0] == total
+    con.close()
     return time.perf_counter() - started
 
 
@@ -281,6 +296,9 @@ def table(results: dict) -> str:
             cells = []
             for c in cols:
                 r = results["runs"][c][f"{query}/{clients}"]
+                if not r["requests"]:
+                    cells.append(f"{'no request answered in ' + str(results['duration_s']) + ' s':>38}")
+                    continue
                 err = f" ({r['errors']} errors)" if r["errors"] else ""
                 cells.append(f"{r['rps']:>14,.1f} {r['p50_ms']:>9.1f} {r['p99_ms']:>9.1f}{err:>6}")
             lines.append(f"{query:8} {clients:>7}  " + "  ".join(f"{c:>40}" for c in cells))
@@ -294,6 +312,9 @@ def targets(results: dict) -> list[str]:
     out = []
     for q in ("list", "filter", "search"):
         b, f = big[f"{q}/1"]["p99_ms"], flower[f"{q}/1"]["p99_ms"]
+        if not big[f"{q}/1"]["requests"] or not flower[f"{q}/1"]["requests"]:
+            out.append(f"{q}: no figures (a server answered no request within the cell's duration)")
+            continue
         out.append(f"{q}: taskmon p99 on {results['big']:,} {b:.1f} ms vs Flower's on {results['tasks']:,} "
                    f"{f:.1f} ms (one client): {'met' if b <= f else 'NOT met'}")
     d = max(big["detail/1"]["p99_ms"], big["detail/32"]["p99_ms"])
@@ -309,16 +330,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tasks", type=int, default=100_000, help="tasks loaded into both (default %(default)s)")
     parser.add_argument("--big", type=int, default=1_000_000, help="taskmon's second history size; 0: skip")
     parser.add_argument("--load-rate", type=float, default=5000, help="events/s while loading (Flower keeps up)")
-    parser.add_argument("--duration", type=float, default=8.0, help="seconds of wrk per query and client count")
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds of wrk per query and client count")
     parser.add_argument("--out", help="JSON file (default bench/results/api-<time>.json)")
     args = parser.parse_args(argv)
     if not shutil.which("wrk"):
         print("wrk is not installed: apt-get install -y wrk", file=sys.stderr)
         return 2
 
+    # SIGTERM (and SIGINT, which a shell ignores in background jobs) stop Flower, the daemon and Redis too.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, _frame: sys.exit(128 + signum))
     started_at = datetime.now(timezone.utc)
     load_before = os.getloadavg()
     workdir = Path(tempfile.mkdtemp(prefix="taskmon-bench-api-"))
+    (workdir / "redis").mkdir()
     server = RedisServer(directory=workdir / "redis").start()
     client = redis.Redis.from_url(server.url)
     client.config_set("client-output-buffer-limit", "pubsub 256mb 128mb 60")  # loading is not the test here
@@ -368,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.big:
             serve.stop()
             serve = None
-            results["grow_seconds"] = round(grow(db_url, args.big), 1)
+            results["grow_seconds"] = round(grow(daemon.path, args.big), 1)
             inputs_big = {**pick_inputs(daemon.path), "skus": inputs["skus"]}
             serve = Serve(db_url, workdir)
             results["runs"]["taskmon_big"] = measure(f"taskmon {args.big // 1000}k", serve.url, "taskmon",
