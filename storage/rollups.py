@@ -1,0 +1,181 @@
+"""Per-minute rollups of ``task_runs``: what statistics read instead of every run of a window.
+
+``run_rollups`` holds, per minute of ``seen_at``, task name, queue and state, the number of runs,
+their retries, the runtime and queue-wait sums and counts, and a fixed histogram of each. It is
+kept by triggers on ``task_runs``, so it equals ``GROUP BY minute, name, queue, state`` over the
+table after every commit, whoever wrote the rows (the daemon's writer, a replay, the detector
+sweep, cleanup) and however often a row changed: a changed row takes its old contribution out and
+puts its new one in, a deleted row takes its contribution out. SQLite fires a trigger per row;
+PostgreSQL one per statement, over its transition tables, so a batch upsert costs one grouped
+upsert of the rollups.
+
+A NULL name or queue is kept as '' (the primary key cannot hold NULL); readers map it back.
+Histogram buckets are Prometheus's default bounds, extended to an hour, so the metrics endpoint
+can serve celery-exporter's histograms from the same counts.
+"""
+from __future__ import annotations
+
+import math
+from datetime import datetime, timedelta
+from typing import Any, Iterable
+
+from sqlalchemy import Connection
+
+# Upper bounds (seconds) of the histogram buckets; a last bucket takes everything above.
+BOUNDS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5,
+                             10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
+N_BUCKETS = len(BOUNDS) + 1
+RUNTIME_BUCKETS = tuple(f"rt_{i:02d}" for i in range(N_BUCKETS))
+WAIT_BUCKETS = tuple(f"qw_{i:02d}" for i in range(N_BUCKETS))
+KEY = ("minute", "name", "queue", "state")
+MEASURES = ("runs", "retries", "runtime_n", "runtime_sum", "wait_n", "wait_sum") + RUNTIME_BUCKETS + WAIT_BUCKETS
+TRIGGERS = ("task_runs_rollup_insert", "task_runs_rollup_update", "task_runs_rollup_delete")
+
+
+def bucket_of(value: float) -> int:
+    """The histogram bucket (0 .. N_BUCKETS-1) of a runtime or queue wait."""
+    for i, bound in enumerate(BOUNDS):
+        if value <= bound:
+            return i
+    return len(BOUNDS)
+
+
+def floor_minute(t: datetime) -> datetime:
+    return t.replace(second=0, microsecond=0)
+
+
+def ceil_minute(t: datetime) -> datetime:
+    down = floor_minute(t)
+    return down if down == t else down + timedelta(minutes=1)
+
+
+# -- the SQL that computes one row's contribution ---------------------------------------------
+
+def _bucket_sql(value: str, i: int) -> str:
+    lower = f" AND {value} > {BOUNDS[i - 1]!r}" if i > 0 else ""
+    upper = f" AND {value} <= {BOUNDS[i]!r}" if i < len(BOUNDS) else ""
+    return f"CASE WHEN {value} IS NOT NULL{lower}{upper} THEN 1 ELSE 0 END"
+
+
+def contribution(row: str, sign: int, dialect: str) -> list[str]:
+    """SQL expressions, in KEY + MEASURES order, of the row alias ``row`` counted with ``sign`` (+1/-1)."""
+    if dialect == "sqlite":
+        minute = f"substr({row}.seen_at, 1, 16) || ':00.000000'"
+    else:
+        minute = f"(date_trunc('minute', {row}.seen_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC')"
+    s = "" if sign > 0 else "-"
+    values = [
+        minute, f"coalesce({row}.name, '')", f"coalesce({row}.queue, '')", f"{row}.state",
+        f"{s}1", f"{s}{row}.retries",
+        f"{s}(CASE WHEN {row}.runtime IS NULL THEN 0 ELSE 1 END)", f"{s}coalesce({row}.runtime, 0)",
+        f"{s}(CASE WHEN {row}.queue_wait IS NULL THEN 0 ELSE 1 END)", f"{s}coalesce({row}.queue_wait, 0)",
+    ]
+    values += [f"{s}({_bucket_sql(f'{row}.runtime', i)})" for i in range(N_BUCKETS)]
+    values += [f"{s}({_bucket_sql(f'{row}.queue_wait', i)})" for i in range(N_BUCKETS)]
+    return values
+
+
+def _upsert_tail() -> str:
+    sets = ", ".join(f"{m} = run_rollups.{m} + excluded.{m}" for m in MEASURES)
+    return f"ON CONFLICT ({', '.join(KEY)}) DO UPDATE SET {sets}"
+
+
+_COLUMNS = ", ".join(KEY + MEASURES)
+# The columns whose change moves a row to another rollup row or changes its measures.
+_WATCHED = ("seen_at", "name", "queue", "state", "retries", "runtime", "queue_wait")
+
+
+def _sqlite_triggers() -> list[str]:
+    def upsert(row: str, sign: int) -> str:
+        return f"INSERT INTO run_rollups ({_COLUMNS}) VALUES ({', '.join(contribution(row, sign, 'sqlite'))}) {_upsert_tail()};"
+
+    changed = " OR ".join(f"OLD.{c} IS NOT NEW.{c}" for c in _WATCHED)
+    return [
+        f"CREATE TRIGGER task_runs_rollup_insert AFTER INSERT ON task_runs BEGIN {upsert('NEW', 1)} END",
+        f"CREATE TRIGGER task_runs_rollup_update AFTER UPDATE ON task_runs WHEN {changed} "
+        f"BEGIN {upsert('OLD', -1)} {upsert('NEW', 1)} END",
+        f"CREATE TRIGGER task_runs_rollup_delete AFTER DELETE ON task_runs BEGIN {upsert('OLD', -1)} END",
+    ]
+
+
+def _pg_function(name: str, parts: Iterable[tuple[str, int]]) -> str:
+    selects = " UNION ALL ".join(
+        f"SELECT {', '.join(contribution('r', sign, 'postgresql'))} FROM {table} AS r" for table, sign in parts)
+    sums = ", ".join(f"sum(c{i})" for i in range(len(KEY), len(KEY) + len(MEASURES)))
+    cols = ", ".join(f"c{i}" for i in range(len(KEY) + len(MEASURES)))
+    nonzero = " OR ".join(f"sum(c{i}) <> 0" for i in range(len(KEY), len(KEY) + len(MEASURES)))
+    # Rows in key order: two writers upserting the same rollup rows lock them in one order.
+    return (
+        f"CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+        f"INSERT INTO run_rollups ({_COLUMNS}) "
+        f"SELECT c0, c1, c2, c3, {sums} FROM ({selects}) AS d({cols}) "
+        f"GROUP BY c0, c1, c2, c3 HAVING {nonzero} ORDER BY c0, c1, c2, c3 {_upsert_tail()}; "
+        f"RETURN NULL; END $$"
+    )
+
+
+def _pg_triggers() -> list[str]:
+    return [
+        _pg_function("taskmon_rollup_insert", [("new_rows", 1)]),
+        _pg_function("taskmon_rollup_update", [("old_rows", -1), ("new_rows", 1)]),
+        _pg_function("taskmon_rollup_delete", [("old_rows", -1)]),
+        "CREATE TRIGGER task_runs_rollup_insert AFTER INSERT ON task_runs REFERENCING NEW TABLE AS new_rows "
+        "FOR EACH STATEMENT EXECUTE FUNCTION taskmon_rollup_insert()",
+        "CREATE TRIGGER task_runs_rollup_update AFTER UPDATE ON task_runs REFERENCING OLD TABLE AS old_rows "
+        "NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION taskmon_rollup_update()",
+        "CREATE TRIGGER task_runs_rollup_delete AFTER DELETE ON task_runs REFERENCING OLD TABLE AS old_rows "
+        "FOR EACH STATEMENT EXECUTE FUNCTION taskmon_rollup_delete()",
+    ]
+
+
+def trigger_ddl(dialect: str) -> list[str]:
+    return _sqlite_triggers() if dialect == "sqlite" else _pg_triggers()
+
+
+def drop_trigger_ddl(dialect: str) -> list[str]:
+    if dialect == "sqlite":
+        return [f"DROP TRIGGER IF EXISTS {t}" for t in TRIGGERS]
+    return [f"DROP TRIGGER IF EXISTS {t} ON task_runs" for t in TRIGGERS] + [
+        f"DROP FUNCTION IF EXISTS taskmon_rollup_{k}()" for k in ("insert", "update", "delete")]
+
+
+def grouped_sql(dialect: str, where: str = "1 = 1") -> str:
+    """``task_runs`` grouped as the rollups group it: the backfill, and the contract tests' reference."""
+    values = contribution("t", 1, dialect)
+    key = ", ".join(values[:len(KEY)])
+    sums = ", ".join(f"sum({v})" for v in values[len(KEY):])
+    return f"SELECT {key}, {sums} FROM task_runs AS t WHERE {where} GROUP BY {key}"
+
+
+def backfill_sql(dialect: str) -> str:
+    return f"INSERT INTO run_rollups ({_COLUMNS}) {grouped_sql(dialect)}"
+
+
+# -- reading -----------------------------------------------------------------------------------
+
+def quantile(buckets: list[int], q: float) -> tuple[float | None, float, float] | None:
+    """(estimate, lower bound, upper bound) of quantile q from bucket counts, as Prometheus's
+    ``histogram_quantile`` interpolates; the estimate is None when it falls in the open last bucket."""
+    total = sum(buckets)
+    if total <= 0:
+        return None
+    rank = q * total
+    seen = 0
+    for i, n in enumerate(buckets):
+        if n and seen + n >= rank:
+            lower = BOUNDS[i - 1] if i > 0 else 0.0
+            if i == len(BOUNDS):
+                return None, lower, math.inf
+            upper = BOUNDS[i]
+            return lower + (upper - lower) * ((rank - seen) / n), lower, upper
+        seen += n
+    return None, BOUNDS[-1], math.inf
+
+
+def read_rollups(conn: Connection, where: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+    """Rollup rows summed per (name, state) over the minutes matching ``where``."""
+    from sqlalchemy import text
+
+    sums = ", ".join(f"sum({m}) AS {m}" for m in MEASURES)
+    sql = f"SELECT name, state, {sums} FROM run_rollups WHERE {where} GROUP BY name, state"
+    return [dict(r) for r in conn.execute(text(sql).bindparams(**params)).mappings()]
