@@ -31,6 +31,14 @@ KEY = ("minute", "name", "queue", "state")
 MEASURES = ("runs", "retries", "runtime_n", "runtime_sum", "wait_n", "wait_sum") + RUNTIME_BUCKETS + WAIT_BUCKETS
 TRIGGERS = ("task_runs_rollup_insert", "task_runs_rollup_update", "task_runs_rollup_delete")
 
+# run_totals: per task name, worker, queue and exception type, what every run stored so far adds
+# up to (the Prometheus counters and histograms). Kept like run_rollups, except that a deleted run
+# takes nothing away: cleanup does not make a counter go down.
+TOTALS_KEY = ("name", "hostname", "queue", "exception")
+TOTALS_COUNTS = ("sent", "received", "started", "succeeded", "failed", "rejected", "revoked", "retried")
+TOTALS_MEASURES = TOTALS_COUNTS + ("runtime_n", "runtime_sum") + RUNTIME_BUCKETS + ("wait_n", "wait_sum") + WAIT_BUCKETS
+TOTALS_TRIGGERS = ("task_runs_totals_insert", "task_runs_totals_update")
+
 
 def bucket_of(value: float) -> int:
     """The histogram bucket (0 .. N_BUCKETS-1) of a runtime or queue wait."""
@@ -85,6 +93,97 @@ _COLUMNS = ", ".join(KEY + MEASURES)
 _WATCHED = ("seen_at", "name", "queue", "state", "retries", "runtime", "queue_wait")
 
 
+def totals_contribution(row: str, sign: int = 1) -> list[str]:
+    """SQL expressions, in TOTALS_KEY + TOTALS_MEASURES order, of the row alias ``row``'s counts
+    with ``sign`` (+1/-1).
+
+    Runtimes count for successful runs, as celery-exporter observes them on task-succeeded;
+    queue waits for every run that has one."""
+    s = "" if sign > 0 else "-"
+    ok = f"{row}.state = 'SUCCESS' AND {row}.runtime IS NOT NULL"
+    runtime = f"(CASE WHEN {ok} THEN {row}.runtime END)"
+    flag = lambda cond: f"{s}(CASE WHEN {cond} THEN 1 ELSE 0 END)"  # noqa: E731
+    values = [
+        f"coalesce({row}.name, '')", f"coalesce({row}.worker, '')", f"coalesce({row}.queue, '')",
+        f"coalesce({row}.exception_type, '')",
+        flag(f"{row}.sent_at IS NOT NULL"), flag(f"{row}.received_at IS NOT NULL"),
+        flag(f"{row}.started_at IS NOT NULL"), flag(f"{row}.state = 'SUCCESS'"),
+        flag(f"{row}.state = 'FAILURE'"), flag(f"{row}.state = 'REJECTED'"), flag(f"{row}.state = 'REVOKED'"),
+        f"{s}{row}.retries",
+        flag(ok), f"{s}coalesce({runtime}, 0)",
+    ]
+    values += [f"{s}({_bucket_sql(runtime, i)})" for i in range(N_BUCKETS)]
+    values += [flag(f"{row}.queue_wait IS NOT NULL"), f"{s}coalesce({row}.queue_wait, 0)"]
+    values += [f"{s}({_bucket_sql(f'{row}.queue_wait', i)})" for i in range(N_BUCKETS)]
+    return values
+
+
+_TOTALS_COLUMNS = ", ".join(TOTALS_KEY + TOTALS_MEASURES)
+
+
+def _totals_upsert_tail() -> str:
+    sets = ", ".join(f"{m} = run_totals.{m} + excluded.{m}" for m in TOTALS_MEASURES)
+    return f"ON CONFLICT ({', '.join(TOTALS_KEY)}) DO UPDATE SET {sets}"
+
+
+def _sqlite_totals_triggers() -> list[str]:
+    def upsert(row: str, sign: int) -> str:
+        values = ", ".join(totals_contribution(row, sign))
+        return f"INSERT INTO run_totals ({_TOTALS_COLUMNS}) VALUES ({values}) {_totals_upsert_tail()};"
+
+    changed = " OR ".join(f"OLD.{c} IS NOT NEW.{c}" for c in _TOTALS_WATCHED)
+    return [
+        f"CREATE TRIGGER task_runs_totals_insert AFTER INSERT ON task_runs BEGIN {upsert('NEW', 1)} END",
+        f"CREATE TRIGGER task_runs_totals_update AFTER UPDATE ON task_runs WHEN {changed} "
+        f"BEGIN {upsert('OLD', -1)} {upsert('NEW', 1)} END",
+    ]
+
+
+def _pg_totals_function(name: str, parts: Iterable[tuple[str, int]]) -> str:
+    k, n = len(TOTALS_KEY), len(TOTALS_KEY) + len(TOTALS_MEASURES)
+    selects = " UNION ALL ".join(
+        f"SELECT {', '.join(totals_contribution('r', sign))} FROM {table} AS r" for table, sign in parts)
+    cols = ", ".join(f"c{i}" for i in range(n))
+    sums = ", ".join(f"sum(c{i})" for i in range(k, n))
+    nonzero = " OR ".join(f"sum(c{i}) <> 0" for i in range(k, n))
+    group = ", ".join(f"c{i}" for i in range(k))
+    return (
+        f"CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+        f"INSERT INTO run_totals ({_TOTALS_COLUMNS}) "
+        f"SELECT {group}, {sums} FROM ({selects}) AS d({cols}) "
+        f"GROUP BY {group} HAVING {nonzero} ORDER BY {group} {_totals_upsert_tail()}; "
+        f"RETURN NULL; END $$"
+    )
+
+
+def _pg_totals_triggers() -> list[str]:
+    return [
+        _pg_totals_function("taskmon_totals_insert", [("new_rows", 1)]),
+        _pg_totals_function("taskmon_totals_update", [("old_rows", -1), ("new_rows", 1)]),
+        "CREATE TRIGGER task_runs_totals_insert AFTER INSERT ON task_runs REFERENCING NEW TABLE AS new_rows "
+        "FOR EACH STATEMENT EXECUTE FUNCTION taskmon_totals_insert()",
+        "CREATE TRIGGER task_runs_totals_update AFTER UPDATE ON task_runs REFERENCING OLD TABLE AS old_rows "
+        "NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION taskmon_totals_update()",
+    ]
+
+
+def totals_grouped_sql() -> str:
+    """``task_runs`` grouped as run_totals groups it: the backfill, and the contract tests' reference."""
+    values = totals_contribution("t")
+    k = len(TOTALS_KEY)
+    key = ", ".join(values[:k])
+    sums = ", ".join(f"sum({v})" for v in values[k:])
+    return f"SELECT {key}, {sums} FROM task_runs AS t GROUP BY {key}"
+
+
+def totals_backfill_sql() -> str:
+    return f"INSERT INTO run_totals ({_TOTALS_COLUMNS}) {totals_grouped_sql()}"
+
+
+_TOTALS_WATCHED = ("name", "worker", "queue", "exception_type", "sent_at", "received_at", "started_at", "state",
+                   "retries", "runtime", "queue_wait")
+
+
 def _sqlite_triggers() -> list[str]:
     def upsert(row: str, sign: int) -> str:
         return f"INSERT INTO run_rollups ({_COLUMNS}) VALUES ({', '.join(contribution(row, sign, 'sqlite'))}) {_upsert_tail()};"
@@ -129,14 +228,17 @@ def _pg_triggers() -> list[str]:
 
 
 def trigger_ddl(dialect: str) -> list[str]:
-    return _sqlite_triggers() if dialect == "sqlite" else _pg_triggers()
+    if dialect == "sqlite":
+        return _sqlite_triggers() + _sqlite_totals_triggers()
+    return _pg_triggers() + _pg_totals_triggers()
 
 
 def drop_trigger_ddl(dialect: str) -> list[str]:
     if dialect == "sqlite":
-        return [f"DROP TRIGGER IF EXISTS {t}" for t in TRIGGERS]
-    return [f"DROP TRIGGER IF EXISTS {t} ON task_runs" for t in TRIGGERS] + [
-        f"DROP FUNCTION IF EXISTS taskmon_rollup_{k}()" for k in ("insert", "update", "delete")]
+        return [f"DROP TRIGGER IF EXISTS {t}" for t in TRIGGERS + TOTALS_TRIGGERS]
+    return [f"DROP TRIGGER IF EXISTS {t} ON task_runs" for t in TRIGGERS + TOTALS_TRIGGERS] + [
+        f"DROP FUNCTION IF EXISTS taskmon_rollup_{k}()" for k in ("insert", "update", "delete")] + [
+        f"DROP FUNCTION IF EXISTS taskmon_totals_{k}()" for k in ("insert", "update")]
 
 
 def grouped_sql(dialect: str, where: str = "1 = 1") -> str:

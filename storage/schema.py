@@ -22,7 +22,7 @@ from sqlalchemy import (
     true,
 )
 
-from storage.rollups import RUNTIME_BUCKETS, WAIT_BUCKETS
+from storage.rollups import RUNTIME_BUCKETS, TOTALS_COUNTS, WAIT_BUCKETS
 from storage.types import Money, UTCDateTime
 
 metadata = MetaData(
@@ -340,4 +340,22 @@ run_rollups = Table(
     Column("wait_n", BigInteger, nullable=False),
     Column("wait_sum", Float, nullable=False),
     *[Column(c, BigInteger, nullable=False) for c in RUNTIME_BUCKETS + WAIT_BUCKETS],
+)
+
+# Per task name, worker, queue and exception type: counts that only grow, kept by triggers
+# (storage/rollups.py); the metrics endpoint's counters and histograms.
+run_totals = Table(
+    "run_totals",
+    metadata,
+    Column("name", String(255), primary_key=True),
+    Column("hostname", String(255), primary_key=True),
+    Column("queue", String(255), primary_key=True),
+    Column("exception", String(255), primary_key=True),
+    *[Column(c, BigInteger, nullable=False) for c in TOTALS_COUNTS],
+    Column("runtime_n", BigInteger, nullable=False),
+    Column("runtime_sum", Float, nullable=False),
+    *[Column(c, BigInteger, nullable=False) for c in RUNTIME_BUCKETS],
+    Column("wait_n", BigInteger, nullable=False),
+    Column("wait_sum", Float, nullable=False),
+    *[Column(c, BigInteger, nullable=False) for c in WAIT_BUCKETS],
 )

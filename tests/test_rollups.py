@@ -13,7 +13,7 @@ from monitor.detectors import TaskVerdict
 from monitor.ingest.buffer import Batch, Taken
 from monitor.ingest.writer import Writer
 from storage.detection import apply_verdict
-from storage.rollups import KEY, MEASURES, grouped_sql
+from storage.rollups import KEY, MEASURES, TOTALS_KEY, TOTALS_MEASURES, grouped_sql, totals_grouped_sql
 from storage.schema import task_runs
 from tasks.cleanup import cleanup_task_history
 from tests.eventgen import T0, lifecycle
@@ -35,12 +35,30 @@ def rollups(conn):
     return out
 
 
-def assert_consistent(engine):
+def totals(conn, sql=None):
+    k = len(TOTALS_KEY)
+    sql = sql or f"SELECT {', '.join(TOTALS_KEY + TOTALS_MEASURES)} FROM run_totals"
+    out = {}
+    for r in conn.exec_driver_sql(sql).all():
+        values = tuple(round(float(v), 6) for v in r[k:])
+        if any(values):
+            out[tuple(r[:k])] = values
+    return out
+
+
+def assert_consistent(engine, *, deleted=False):
     with engine.connect() as conn:
         expected = grouped(conn, engine.dialect.name)
         actual = rollups(conn)
+        expected_totals = totals(conn, totals_grouped_sql())
+        actual_totals = totals(conn)
     assert expected, "the history is empty: nothing was compared"
     assert actual == expected
+    if not deleted:
+        assert actual_totals == expected_totals
+    else:  # cleanup takes nothing from the totals: they stay at least what is left
+        for key, values in expected_totals.items():
+            assert all(a >= e for a, e in zip(actual_totals[key], values)), key
 
 
 def scripted(rng):
@@ -98,11 +116,14 @@ def test_rollups_equal_the_grouped_history_through_random_orders_cleanup_and_ove
     with engine.connect() as conn:
         total = conn.execute(text("SELECT count(*) FROM task_runs")).scalar()
     now = datetime.fromtimestamp(T0, timezone.utc) + timedelta(days=30, minutes=5)
+    with engine.connect() as conn:
+        totals_before = totals(conn)
     cleanup_task_history(engine, now=now, days=30, max_records=0, chunk_size=7)
-    assert_consistent(engine)
+    assert_consistent(engine, deleted=True)
     cleanup_task_history(engine, now=now, days=0, max_records=total // 3, chunk_size=7)
-    assert_consistent(engine)
+    assert_consistent(engine, deleted=True)
     with engine.connect() as conn:
         left = conn.execute(text("SELECT count(*) FROM task_runs")).scalar()
         assert 0 < left < total
         assert conn.execute(text("SELECT sum(runs) FROM run_rollups")).scalar() == left
+        assert totals(conn) == totals_before

@@ -1,4 +1,4 @@
-"""run_rollups: per-minute rollups of task_runs, kept by triggers, filled from the history
+"""run_rollups and run_totals: per-minute rollups and ever-growing totals of task_runs, kept by triggers
 
 Revision ID: 0010_rollups
 Revises: 0008
@@ -6,7 +6,8 @@ Revises: 0008
 import sqlalchemy as sa
 from alembic import op
 
-from storage.rollups import RUNTIME_BUCKETS, WAIT_BUCKETS, backfill_sql, drop_trigger_ddl, trigger_ddl
+from storage.rollups import (RUNTIME_BUCKETS, TOTALS_COUNTS, WAIT_BUCKETS, backfill_sql, drop_trigger_ddl,
+                             totals_backfill_sql, trigger_ddl)
 from storage.types import UTCDateTime
 
 revision = "0010_rollups"
@@ -30,9 +31,24 @@ def upgrade() -> None:
         sa.Column("wait_sum", sa.Float, nullable=False),
         *[sa.Column(c, sa.BigInteger, nullable=False) for c in RUNTIME_BUCKETS + WAIT_BUCKETS],
     )
+    op.create_table(
+        "run_totals",
+        sa.Column("name", sa.String(255), primary_key=True),
+        sa.Column("hostname", sa.String(255), primary_key=True),
+        sa.Column("queue", sa.String(255), primary_key=True),
+        sa.Column("exception", sa.String(255), primary_key=True),
+        *[sa.Column(c, sa.BigInteger, nullable=False) for c in TOTALS_COUNTS],
+        sa.Column("runtime_n", sa.BigInteger, nullable=False),
+        sa.Column("runtime_sum", sa.Float, nullable=False),
+        *[sa.Column(c, sa.BigInteger, nullable=False) for c in RUNTIME_BUCKETS],
+        sa.Column("wait_n", sa.BigInteger, nullable=False),
+        sa.Column("wait_sum", sa.Float, nullable=False),
+        *[sa.Column(c, sa.BigInteger, nullable=False) for c in WAIT_BUCKETS],
+    )
     bind = op.get_bind()
     # exec_driver_sql: the SQL holds ':00' literals that text() would take for parameters.
     bind.exec_driver_sql(backfill_sql(bind.dialect.name))
+    bind.exec_driver_sql(totals_backfill_sql())
     for ddl in trigger_ddl(bind.dialect.name):
         bind.exec_driver_sql(ddl)
 
@@ -41,4 +57,5 @@ def downgrade() -> None:
     bind = op.get_bind()
     for ddl in drop_trigger_ddl(bind.dialect.name):
         bind.exec_driver_sql(ddl)
+    op.drop_table("run_totals")
     op.drop_table("run_rollups")
