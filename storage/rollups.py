@@ -68,7 +68,7 @@ def _bucket_sql(value: str, i: int) -> str:
 def contribution(row: str, sign: int, dialect: str) -> list[str]:
     """SQL expressions, in KEY + MEASURES order, of the row alias ``row`` counted with ``sign`` (+1/-1)."""
     if dialect == "sqlite":
-        minute = f"substr({row}.seen_at, 1, 16) || ':00.000000'"
+        minute = f"substr({row}.seen_at, 1, 16) || ':' || '00.000000'"  # no ':00' for text() to bind
     else:
         minute = f"(date_trunc('minute', {row}.seen_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC')"
     s = "" if sign > 0 else "-"
