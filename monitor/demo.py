@@ -124,6 +124,46 @@ def send_traffic(app, plan: DemoPlan, stop: threading.Event, sent: dict[str, int
         stop.wait(interval)
 
 
+def demo_token(engine) -> str:
+    """A new admin token for this demo run (each run its own name: the history file may be an old one)."""
+    from datetime import datetime, timezone
+
+    from storage.tokens import create_token
+
+    now = datetime.now(timezone.utc)
+    with engine.begin() as conn:
+        return create_token(conn, now, f"demo-admin-{now:%Y%m%d-%H%M%S-%f}", "admin")
+
+
+def api_port(preferred: int = 5555) -> int:
+    """Flower's port when it is free, else any free one."""
+    import socket
+
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", preferred))
+        except OSError:
+            return free_port()
+    return preferred
+
+
+def wait_for_http(url: str, proc: subprocess.Popen, timeout: float = 30.0) -> bool:
+    """Whether the server at ``url`` answered before ``timeout`` (False: it exited or stayed silent)."""
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            urllib.request.urlopen(url, timeout=1).close()
+            return True
+        except urllib.error.HTTPError:  # an answer (/healthz is 503 until the daemon's first heartbeat)
+            return True
+        except OSError:
+            time.sleep(0.2)
+    return False
+
+
 def summarize(engine, tz, smtp: "SmtpSink", echo: Callable[[str], None]) -> None:
     from monitor.commands.history_render import history_table
     from storage.history import list_runs, state_counts
@@ -170,6 +210,17 @@ def run_demo(plan: DemoPlan, echo: Callable[[str], None], timezone: str = "UTC")
             processes.start([sys.executable, "-m", "celery", "-A", "tasks", "worker", "-B", "-E", "-Q", QUEUES,
                              "-c", "2", "-l", "info", "-n", "demo@%h",
                              "--schedule", str(logs / "celerybeat-schedule")], env, logs / "worker.log")
+            port = api_port()
+            token = demo_token(engine)
+            server = processes.start([sys.executable, "-m", "cli", "serve", "--port", str(port),
+                                      "--db", settings.database_url], env,
+                                     logs / "serve.log")
+            address = f"http://127.0.0.1:{port}"
+            if wait_for_http(f"{address}/healthz", server):
+                echo(f"API on {address}/api/v1 (docs {address}/api/v1/docs); demo admin token: {token}")
+                echo(f"  try: curl -H 'Authorization: Bearer {token}' {address}/api/v1/tasks")
+            else:
+                echo(f"the API server did not start: see {logs / 'serve.log'}")
             echo(f"worker + beat started (logs in {logs}); sending traffic for {plan.duration:.0f}s, Ctrl-C to stop early")
             from tasks.application import make_app
 

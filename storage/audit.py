@@ -27,6 +27,15 @@ def record(conn: Connection, now: datetime, action: str, target: str | None = No
     ))
 
 
-def recent(conn: Connection, limit: int = 50) -> list[dict[str, Any]]:
-    rows = conn.execute(select(audit_logs).order_by(audit_logs.c.created_at.desc(), audit_logs.c.id.desc()).limit(limit))
+def recent(conn: Connection, limit: int = 50, *, since: datetime | None = None, actor: str | None = None,
+           action: str | None = None) -> list[dict[str, Any]]:
+    """Newest first, optionally only at or after ``since``, by ``actor``, of ``action``."""
+    query = select(audit_logs)
+    if since is not None:
+        query = query.where(audit_logs.c.created_at >= since)
+    if actor:
+        query = query.where(audit_logs.c.actor == actor)
+    if action:
+        query = query.where(audit_logs.c.action == action)
+    rows = conn.execute(query.order_by(audit_logs.c.created_at.desc(), audit_logs.c.id.desc()).limit(limit))
     return [dict(r) for r in rows.mappings()]

@@ -13,7 +13,10 @@ from datetime import datetime
 from typing import Any
 
 from storage.merge import CELERY_STATES, TASKMON_STATES
+from storage.search import SORTS, BadCursor, decode_cursor, encode_cursor, search_condition
 from storage.sql import bind, dialect, fetch, to_bool, to_utc
+
+__all__ = ["BadCursor", "SORTS"]  # re-exported: callers of list_runs catch and offer these
 
 # Keys of a run in listings (history, tail, show's parent/children), in display order.
 SUMMARY_FIELDS = (
@@ -51,6 +54,7 @@ class RunFilter:
     since: datetime | None = None  # seen_at >= since
     until: datetime | None = None  # seen_at < until
     failed: bool = False  # short for states=("FAILURE",), added to any states given
+    search: str | None = None  # task id prefix, or text in name, args, kwargs, result, exception (storage.search)
 
     def all_states(self) -> tuple[str, ...]:
         states = tuple(s.upper() for s in self.states)
@@ -155,6 +159,10 @@ def conditions(conn_dialect: str, f: RunFilter, exact_name: bool = False, key: s
     if f.until is not None:
         conds.append(f"seen_at < :{key}_until")
         params[f"{key}_until"] = bind(conn_dialect, f.until)
+    if f.search:
+        sql, p = search_condition(conn_dialect, f.search, f"{key}_search")
+        conds.append(sql)
+        params.update(p)
     return " AND ".join(conds) or "1 = 1", params
 
 
@@ -171,34 +179,67 @@ def task_names(conn, pattern: str | None = None) -> list[str]:
     return [r["name"] for r in fetch(conn, sql, params, {})]
 
 
-def list_runs(conn, f: RunFilter = RunFilter(), limit: int = 20) -> list[dict[str, Any]]:
-    """Runs matching ``f``, newest first (by seen_at, then task_id for a stable order).
+def _order(sort: str) -> str:
+    return f"ORDER BY {SORTS[sort]} DESC, task_id DESC"
+
+
+def _after(db: str, sort: str, cursor: str | None) -> tuple[str, dict[str, Any]]:
+    """Runs after the cursor in the sort's order; sorting by started or runtime leaves out runs without one."""
+    column = SORTS[sort]
+    conds, params = ([] if sort == "seen" else [f"{column} IS NOT NULL"]), {}
+    if cursor:
+        params["c_key"], params["c_id"] = decode_cursor(db, sort, cursor)
+        conds.append(f"({column}, task_id) < (:c_key, :c_id)")
+    return " AND ".join(conds), params
+
+
+def list_runs(conn, f: RunFilter = RunFilter(), limit: int = 20, sort: str = "seen",
+              cursor: str | None = None) -> list[dict[str, Any]]:
+    """Runs matching ``f``, newest first (by seen_at, started_at or runtime, then task_id for a stable
+    order), after ``cursor`` (from page_runs); BadCursor for a cursor it did not hand out.
 
     A glob and several states are split into one query per (name, state), each a short walk of
     its (name, seen_at) or (state, seen_at) index, merged; a single condition on a large history
     would otherwise make the database read and sort every matching run to return the newest few.
+    A search finds its candidates in the text index instead, so it is one query.
     """
+    if sort not in SORTS:
+        raise ValueError(f"unknown sort {sort!r}; one of {', '.join(SORTS)}")
+    db = dialect(conn)
+    after, after_params = _after(db, sort, cursor)
     names: list[str | None] = [f.name] if f.name else [None]
-    if f.name and is_glob(f.name):
+    if f.name and is_glob(f.name) and not f.search:
         names = task_names(conn, f.name)
         if not names:
             return []
     states = f.all_states() or (None,)
     parts = [replace(f, name=n, states=(s,) if s else (), failed=False) for n in names for s in states]
-    db = dialect(conn)
-    if len(parts) == 1 or len(parts) > MAX_PARTS:
-        exact = len(parts) == 1
+    order = _order(sort)
+    if len(parts) == 1 or len(parts) > MAX_PARTS or f.search:
+        exact = len(parts) == 1 and not (f.search and f.name and is_glob(f.name))
         cond, params = conditions(db, parts[0] if exact else f, exact_name=exact)
-        sql = f"SELECT {SUMMARY} FROM task_runs WHERE {cond} {NEWEST_FIRST} LIMIT :limit"
+        where = f"{cond} AND {after}" if after else cond
+        sql = f"SELECT {SUMMARY} FROM task_runs WHERE {where} {order} LIMIT :limit"
     else:
         selects, params = [], {}
         for i, part in enumerate(parts):
             cond, p = conditions(db, part, exact_name=True, key=f"p{i}")
-            selects.append(f"SELECT * FROM (SELECT {SUMMARY} FROM task_runs WHERE {cond} {NEWEST_FIRST} "
+            where = f"{cond} AND {after}" if after else cond
+            selects.append(f"SELECT * FROM (SELECT {SUMMARY} FROM task_runs WHERE {where} {order} "
                            f"LIMIT :limit) AS p{i}")
             params.update(p)
-        sql = f"SELECT {SUMMARY} FROM ({' UNION ALL '.join(selects)}) AS runs {NEWEST_FIRST} LIMIT :limit"
-    return fetch(conn, sql, {**params, "limit": limit}, DECODE)
+        sql = f"SELECT {SUMMARY} FROM ({' UNION ALL '.join(selects)}) AS runs {order} LIMIT :limit"
+    return fetch(conn, sql, {**params, **after_params, "limit": limit}, DECODE)
+
+
+def page_runs(conn, f: RunFilter = RunFilter(), limit: int = 50, sort: str = "seen",
+              cursor: str | None = None) -> tuple[list[dict[str, Any]], str | None]:
+    """One page of list_runs and the cursor of the next page (None on the last page)."""
+    runs = list_runs(conn, f, limit=limit + 1, sort=sort, cursor=cursor)
+    if len(runs) <= limit:
+        return runs, None
+    runs = runs[:limit]
+    return runs, encode_cursor(sort, runs[-1])
 
 
 def changed_since(conn, f: RunFilter, after: datetime, until: datetime | None = None,

@@ -80,6 +80,10 @@ task_runs = Table(
     Index(None, "worker", "seen_at"),
     Index(None, "updated_at"),
     Index(None, "finished_at"),
+    Index(None, "started_at"),  # sort=started (migration 0012_history_search)
+    Index(None, "runtime"),  # sort=runtime
+    # Text search (storage.search) uses task_runs_fts on SQLite and a pg_trgm GIN index on PostgreSQL,
+    # both made by migration 0012_history_search and outside this metadata (tests/test_storage_contract.py).
     # Partial (migration 0007): only runs that link to another task take an index entry.
     Index(None, "parent_id", sqlite_where=text("parent_id IS NOT NULL"), postgresql_where=text("parent_id IS NOT NULL")),
     Index(None, "root_id", sqlite_where=text("root_id <> task_id"), postgresql_where=text("root_id <> task_id")),
@@ -176,6 +180,18 @@ audit_logs = Table(
     Column("target", String(255)),
     Column("detail", Text),
     Index(None, "created_at"),
+)
+
+# Bearer tokens of the HTTP API: only a hash is kept, the token is shown once when created.
+api_tokens = Table(
+    "api_tokens",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(255), nullable=False, unique=True),
+    Column("role", String(16), nullable=False),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("revoked_at", UTCDateTime),
 )
 
 # E-mail notifications: one row per message, so a redelivered task never sends it twice.

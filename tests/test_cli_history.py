@@ -68,6 +68,10 @@ def test_history_table_is_newest_first_with_times_in_the_configured_zone(sample)
     (["--queue", "reports"], ["r02", "r01"]),
     (["--since", "45m"], ["r06", "r04", "r03", "r02"]),
     (["--since", "2h", "--until", "35m"], ["r02", "r08", "r07", "r01"]),
+    (["--search", "Error("], ["r04", "r02", "r08"]),
+    (["-q", "r07"], ["r07"]),
+    (["--search", "done", "--name", "reports.*"], ["r01"]),
+    (["--sort", "runtime", "-n", "3"], ["r03", "r01", "r02"]),
 ])
 def test_history_options(sample, args, expected):
     db_url, _ = sample

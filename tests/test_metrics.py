@@ -11,6 +11,7 @@ from sqlalchemy import select
 from monitor.metrics import DEFAULT_BUCKETS
 from monitor.redis_server import free_port
 from storage.schema import task_runs
+from tests.api_fixtures import role_tokens, start_api  # noqa: F401  (fixture)
 from tests.daemon_helpers import running_daemon, wait_for_runs
 from tests.services import need_program
 
@@ -138,3 +139,25 @@ def test_metrics_port_serves_celery_exporter_metrics_that_follow_the_history(
                           for name in ("celery_active_process_count", "celery_active_worker_count")]
     broken = text.replace("# TYPE celery_worker_up gauge", "# TYPE celery_worker_up gauge\ncelery_worker_up{ 1")
     assert subprocess.run([promtool, "check", "metrics"], input=broken, capture_output=True, text=True).returncode == 1
+
+
+def test_serve_mounts_metrics_for_a_viewer_with_each_running_daemon_labelled(
+        redis_url, sqlite_store, start_worker, celery_client, start_api):
+    client = celery_client(redis_url)
+    tokens = role_tokens(sqlite_store)
+    with running_daemon(redis_url, sqlite_store, detect_interval=0) as daemon:
+        worker = start_worker(redis_url)
+        ok = client.send_task("sample.add", (1, 2))
+        wait_for_runs(daemon.engine, [ok.id], {"SUCCESS"}, timeout=30)
+        time.sleep(1.0)  # a heartbeat with the counters after the run
+        server = start_api(sqlite_store, broker_url=redis_url)
+        with server.client() as anonymous:
+            assert anonymous.get("/metrics").status_code == 401
+        with server.client(tokens["viewer"]) as viewer:
+            answer = viewer.get("/metrics")
+    assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/plain")
+    families = list(text_string_to_metric_families(answer.text))
+    key = (("hostname", worker.hostname), ("name", "sample.add"), ("queue_name", "celery"))
+    assert samples(families, "celery_task_succeeded_total")[key] == 1
+    rows = samples(families, "taskmon_rows_written_total")
+    assert list(rows) == [(("daemon", daemon.daemon_id),)] and rows[(("daemon", daemon.daemon_id),)] > 0

@@ -11,6 +11,7 @@ from sqlalchemy import inspect, select
 from storage.db import current_revision, head_revision, make_engine, upgrade
 from storage.runs import get_run, merge_run, upsert_runs, upsert_workers
 from storage.schema import metadata, task_runs, workers
+from storage.search import in_metadata
 
 T0 = datetime(2026, 11, 23, 6, 0, 0, tzinfo=timezone.utc)
 
@@ -29,7 +30,7 @@ def test_upgrade_creates_tables_and_is_idempotent(db_url):
 
 def test_migrations_match_schema_module(engine):
     with engine.connect() as conn:
-        diff = compare_metadata(MigrationContext.configure(conn), metadata)
+        diff = compare_metadata(MigrationContext.configure(conn, opts={"include_object": in_metadata}), metadata)
     assert diff == []
 
 

@@ -26,9 +26,14 @@ def _run_filter(ctx: Context, now, *, since=None, until=None, **fields):
 @time_option("--since", "First seen at or after: ISO 8601 or an age (15m, 2h, 7d).")
 @time_option("--until", "First seen before: ISO 8601 or an age.")
 @click.option("--failed", is_flag=True, help="Short for --state FAILURE.")
+@click.option("--search", "-q", metavar="TEXT",
+              help="Task id prefix, or text in the name, args, kwargs, result or exception (case-sensitive).")
+@click.option("--sort", type=click.Choice(["seen", "started", "runtime"]), default="seen", show_default=True,
+              help="Newest seen, newest started, or longest runtime first (the last two list runs that have one).")
 @json_option
 @click.option("--csv", "as_csv", is_flag=True, help="CSV with a header line.")
-def history_cmd(ctx: Context, limit, name, states, worker, queue, since, until, failed, as_json, as_csv) -> None:
+def history_cmd(ctx: Context, limit, name, states, worker, queue, since, until, failed, search, sort, as_json,
+                as_csv) -> None:
     """List task runs, newest first."""
     from monitor.commands.types import OneLineBadParameter
     from monitor.commands.history_render import history_table
@@ -38,13 +43,13 @@ def history_cmd(ctx: Context, limit, name, states, worker, queue, since, until, 
     if as_json and as_csv:
         raise OneLineBadParameter("use --json or --csv, not both", param_hint="'--csv'")
     f = _run_filter(ctx, utcnow(), name=name, states=states, worker=worker, queue=queue, since=since, until=until,
-                    failed=failed)
+                    failed=failed, search=search or None)
     with read_connection(ctx) as conn:
         try:
             check_states(conn, f.all_states())
         except UnknownState as exc:
             raise OneLineBadParameter(str(exc), param_hint="'--state'") from None
-        runs = list_runs(conn, f, limit=limit)
+        runs = list_runs(conn, f, limit=limit, sort=sort)
     tz = ctx.settings.tz
     if as_json:
         click.echo(to_json(runs, tz))
@@ -113,19 +118,10 @@ def workers_cmd(ctx: Context, as_json) -> None:
     """Workers seen: online, offline, lost or unknown (silent while taskmon was not listening), heartbeat age, load."""
     from monitor.commands.history_render import workers_table
     from monitor.commands.render import to_json
-    from monitor.detectors.lost import watching_since, worker_presence
-    from monitor.health import listening_since
-    from storage.detection import latest_gap_end
-    from storage.health import latest_status
-    from storage.worker_status import list_workers
+    from monitor.worker_list import workers_seen
 
-    now, s = utcnow(), ctx.settings
     with open_store(ctx).connect() as conn:
-        rows = list_workers(conn, now)
-        watch_since = watching_since(listening_since(latest_status(conn), now, s.heartbeat_stale_seconds),
-                                     latest_gap_end(conn))
-    for row in rows:
-        row["state"] = worker_presence(row, now, multiple=s.lost_after_heartbeats, watch_since=watch_since).state
+        rows = workers_seen(conn, utcnow(), ctx.settings)
     if as_json:
         click.echo(to_json(rows, ctx.settings.tz))
     elif rows:

@@ -2,6 +2,7 @@
 from alembic import context
 
 from storage.schema import metadata
+from storage.search import in_metadata
 
 engine = context.config.attributes["engine"]
 
@@ -11,5 +12,6 @@ with engine.begin() as connection:
         target_metadata=metadata,
         render_as_batch=connection.dialect.name == "sqlite",
         transaction_per_migration=True,
+        include_object=in_metadata,
     )
     context.run_migrations()

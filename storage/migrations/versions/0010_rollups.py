@@ -1,7 +1,7 @@
 """run_rollups and run_totals: per-minute rollups and ever-growing totals of task_runs, kept by triggers
 
 Revision ID: 0010_rollups
-Revises: 0008
+Revises: 0012_history_search
 """
 import sqlalchemy as sa
 from alembic import op
@@ -11,7 +11,7 @@ from storage.rollups import (RUNTIME_BUCKETS, TOTALS_COUNTS, WAIT_BUCKETS, backf
 from storage.types import UTCDateTime
 
 revision = "0010_rollups"
-down_revision = "0008"
+down_revision = "0012_history_search"
 branch_labels = None
 depends_on = None
 

@@ -1,0 +1,404 @@
+"""bench/api: the history over HTTP, taskmon's /api/v1/tasks beside Flower's /api/tasks, then taskmon on 1M runs.
+
+One Redis of the bench's own. `celery flower` (a real process, in-memory state) and `taskmon run`
+(a real daemon, into a fresh SQLite file) both subscribe; the ingest bench's generator publishes
+real kombu-format events of --tasks task lifecycles at --load-rate events/s (slow enough for
+Flower to keep everything), and both stores are checked to hold them. Then `taskmon serve` (with a
+viewer token) and Flower answer the same four queries under wrk (HTTP/1.1 keep-alive, each
+request a different id or search text from a list), one client and 32 concurrent clients:
+
+    list     newest 50                   Flower /api/tasks?limit=50         taskmon /api/v1/tasks?limit=50
+    filter   name + state, newest 50     ...&taskname=N&state=FAILURE       ...&name=N&state=FAILURE
+    search   text in args, newest 50     ...&search=args:SKU-01234          ...&q=SKU-01234
+    detail   one task by id              /api/task/info/ID                  /api/v1/tasks/ID
+
+Then the history grows to --big runs (copies of the loaded runs with new ids, one day earlier
+per copy, written by storage.runs.upsert_runs as the daemon writes) and taskmon answers again.
+
+    .venv/bin/python bench/api.py                    # 100,000 tasks, then 1,000,000 runs
+    .venv/bin/python bench/api.py --tasks 20000 --big 0 --duration 3
+
+Prints the table; writes the same as JSON under bench/results/.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import re
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from datetime import datetime, timedelta, timezone
+from importlib import metadata
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(HERE / "ingest"))
+sys.path.insert(0, str(REPO))
+
+import redis  # noqa: E402
+
+import consumers as cons  # noqa: E402
+import generator  # noqa: E402
+
+from monitor.redis_server import RedisServer, free_port  # noqa: E402
+
+QUERIES = ("list", "filter", "search", "detail")
+CLIENTS = (1, 32)
+FILTER_NAME = "billing.tasks.charge_invoice"
+FILTER_STATE = "FAILURE"
+WRK_SCRIPT = """
+local paths = {}
+for line in io.lines(os.getenv("BENCH_PATHS")) do paths[#paths + 1] = line end
+local token = os.getenv("BENCH_TOKEN") or ""
+local i = math.random(#paths)
+request = function()
+  i = i % #paths + 1
+  local headers = {}
+  if token ~= "" then headers["Authorization"] = "Bearer " .. token end
+  return wrk.format("GET", paths[i], headers)
+end
+done = function(summary, latency, requests)
+  io.write(string.format('BENCH {"requests":%d,"duration_us":%d,"status_errors":%d,"connect_errors":%d,' ..
+    '"read_errors":%d,"timeouts":%d,"p50_us":%d,"p99_us":%d,"max_us":%d}\\n', summary.requests, summary.duration,
+    summary.errors.status, summary.errors.connect, summary.errors.read, summary.errors.timeout,
+    latency:percentile(50), latency:percentile(99), latency.max))
+end
+"""
+
+
+def log(msg: str) -> None:
+    print(f"[{datetime.now(timezone.utc):%H:%M:%S}] {msg}", flush=True)
+
+
+def taskmon_cli(*args: str, db_url: str) -> str:
+    done = subprocess.run([*cons.taskmon_command(), *args, "--db", db_url], cwd=REPO, capture_output=True,
+                          text=True, timeout=600)
+    if done.returncode != 0:
+        raise RuntimeError(f"taskmon {' '.join(args)} failed: {done.stderr.strip()}")
+    return done.stdout.strip()
+
+
+def wait_subscribers(client: redis.Redis, n: int, procs, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        subs = [c for c in client.client_list() if int(c.get("psub", 0)) + int(c.get("sub", 0)) > 0]
+        if len(subs) >= n:
+            return
+        for p in procs:
+            if not p.alive():
+                raise RuntimeError(f"{p.key} exited before subscribing:\n{p.log_tail()}")
+        time.sleep(0.1)
+    raise RuntimeError(f"fewer than {n} subscribers after {timeout:.0f}s")
+
+
+def wait_until(what: str, check, timeout: float) -> float:
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if check():
+            return time.monotonic() - start
+        time.sleep(0.5)
+    raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+class Serve:
+    """`taskmon serve` on a free port with a viewer token."""
+
+    def __init__(self, db_url: str, workdir: Path):
+        self.token = taskmon_cli("token", "create", "--name", f"bench-{uuid.uuid4().hex[:6]}", "--role", "viewer",
+                                 db_url=db_url).splitlines()[-1]
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = workdir / f"serve-{self.port}.log"
+        self.proc = subprocess.Popen([*cons.taskmon_command(), "serve", "--port", str(self.port), "--db", db_url],
+                                     cwd=REPO, stdout=open(self.log, "wb"), stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        wait_until("taskmon serve", self._ready, 60)
+
+    def _ready(self) -> bool:
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"taskmon serve exited:\n{self.log.read_text()[-2000:]}")
+        try:
+            return get_json(self.url + "/api/v1/tasks?limit=1", self.token) is not None
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def get_json(url: str, token: str | None = None, timeout: float = 120):
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        return json.loads(resp.read())
+
+
+def pick_inputs(db_path: Path, seed: int = 3) -> dict[str, list[str]]:
+    """Task ids for the detail query and SKUs for the search, drawn from the stored runs."""
+    con = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+    try:
+        ids = [r[0] for r in con.execute("SELECT task_id FROM task_runs ORDER BY random() LIMIT 500")]
+        args = [r[0] for r in con.execute("SELECT args FROM task_runs WHERE args LIKE '%SKU-%' "
+                                          "ORDER BY random() LIMIT 400")]
+    finally:
+        con.close()
+    skus = sorted({m for a in args for m in re.findall(r"SKU-\d{5}", a)})
+    random.Random(seed).shuffle(skus)
+    return {"ids": ids, "skus": skus[:200]}
+
+
+def paths(kind: str, query: str, inputs: dict[str, list[str]]) -> list[str]:
+    if kind == "flower":
+        return {
+            "list": ["/api/tasks?limit=50"],
+            "filter": [f"/api/tasks?limit=50&taskname={FILTER_NAME}&state={FILTER_STATE}"],
+            "search": [f"/api/tasks?limit=50&search=args:{s}" for s in inputs["skus"]],
+            "detail": [f"/api/task/info/{i}" for i in inputs["ids"]],
+        }[query]
+    return {
+        "list": ["/api/v1/tasks?limit=50"],
+        "filter": [f"/api/v1/tasks?limit=50&name={FILTER_NAME}&state={FILTER_STATE}"],
+        "search": [f"/api/v1/tasks?limit=50&q={s}" for s in inputs["skus"]],
+        "detail": [f"/api/v1/tasks/{i}" for i in inputs["ids"]],
+    }[query]
+
+
+def wrk(url: str, path_list: list[str], clients: int, duration: float, workdir: Path, token: str = "") -> dict:
+    script = workdir / "bench.lua"
+    script.write_text(WRK_SCRIPT)
+    listing = workdir / "paths.txt"
+    listing.write_text("\n".join(path_list) + "\n")
+    threads = min(clients, 2)
+    cmd = ["wrk", f"-t{threads}", f"-c{clients}", f"-d{duration}s", "--timeout", "60s", "-s", str(script), url]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, BENCH_PATHS=str(listing),
+                                                                       BENCH_TOKEN=token), timeout=duration + 120)
+    line = next((ln for ln in done.stdout.splitlines() if ln.startswith("BENCH ")), None)
+    if line is None:
+        raise RuntimeError(f"wrk gave no figures: {done.stdout}\n{done.stderr}")
+    raw = json.loads(line[6:])
+    return {
+        "clients": clients,
+        "requests": raw["requests"],
+        "rps": round(raw["requests"] / (raw["duration_us"] / 1e6), 1),
+        "p50_ms": round(raw["p50_us"] / 1000, 2),
+        "p99_ms": round(raw["p99_us"] / 1000, 2),
+        "max_ms": round(raw["max_us"] / 1000, 2),
+        "errors": raw["status_errors"] + raw["connect_errors"] + raw["read_errors"] + raw["timeouts"],
+    }
+
+
+def measure(label: str, url: str, kind: str, inputs, duration: float, workdir: Path, token: str = "") -> dict:
+    out = {}
+    for query in QUERIES:
+        plist = paths(kind, query, inputs)
+        for clients in CLIENTS:
+            res = wrk(url, plist, clients, duration, workdir, token)
+            out[f"{query}/{clients}"] = res
+            log(f"{label:14} {query:6} c={clients:<2}  {res['rps']:8.1f} req/s  p50 {res['p50_ms']:8.2f} ms  "
+                f"p99 {res['p99_ms']:8.2f} ms  errors {res['errors']}")
+    return out
+
+
+def same_answers(flower_url: str, serve: Serve, inputs, n: int = 20) -> dict:
+    """Do Flower and taskmon find the same tasks for the same search texts and the same filter?"""
+    agree = 0
+    for sku in inputs["skus"][:n]:
+        f = set(get_json(f"{flower_url}/api/tasks?limit=1000&search=args:{sku}"))
+        t = {r["task_id"] for r in get_json(f"{serve.url}/api/v1/tasks?limit=1000&q={sku}", serve.token)["results"]}
+        agree += f == t
+    return {"search_texts": n, "same_tasks": agree}
+
+
+def grow(db_url: str, total: int, batch: int = 5000) -> float:
+    """Copies of the stored runs (new ids, one day earlier per copy) until the history holds ``total``."""
+    from sqlalchemy import func, select
+
+    from storage.db import make_engine
+    from storage.history import TIME_FIELDS
+    from storage.runs import upsert_runs
+    from storage.schema import task_runs
+
+    engine = make_engine(db_url)
+    started = time.perf_counter()
+    with engine.connect() as conn:
+        base = [dict(r._mapping) for r in conn.execute(select(task_runs))]
+    rng = random.Random(11)
+    have, copy = len(base), 0
+    while have < total:
+        copy += 1
+        ids = {r["task_id"]: str(uuid.UUID(int=rng.getrandbits(128), version=4)) for r in base}
+        shift = timedelta(days=copy)
+        rows = []
+        for r in base[:total - have]:
+            row = dict(r, task_id=ids[r["task_id"]])
+            row["root_id"] = ids.get(r["root_id"], r["root_id"])
+            row["parent_id"] = ids.get(r["parent_id"], r["parent_id"])
+            for k in TIME_FIELDS:
+                if row.get(k) is not None:
+                    row[k] = row[k] - shift
+            rows.append(row)
+        for i in range(0, len(rows), batch):
+            with engine.begin() as conn:
+                upsert_runs(conn, rows[i:i + batch])
+        have += len(rows)
+        log(f"history holds {have:,} runs")
+    with engine.begin() as conn:
+        conn.exec_driver_sql("ANALYZE")  # what the tasks app's nightly ANALYZE job does
+        assert conn.execute(select(func.count()).select_from(task_runs)).scalar_one() == total
+    engine.dispose()
+    return time.perf_counter() - started
+
+
+def machine() -> dict:
+    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
+    mem = next((int(ln.split()[1]) for ln in open("/proc/meminfo") if ln.startswith("MemTotal")), 0)
+    return {"cpus": os.cpu_count(), "cpu": cpu, "memory_gb": round(mem / 2**20, 1), "python": platform.python_version(),
+            "sqlite": sqlite3.sqlite_version, "flower": metadata.version("flower"),
+            "wrk": subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.split("\n")[0].strip()}
+
+
+def table(results: dict) -> str:
+    cols = [k for k in ("flower", "taskmon", "taskmon_big") if k in results["runs"]]
+    heads = {"flower": f"Flower {results['tasks']:,}", "taskmon": f"taskmon {results['tasks']:,}",
+             "taskmon_big": f"taskmon {results.get('big', 0):,}"}
+    lines = ["query    clients  " + "  ".join(f"{heads[c] + ' req/s  p50  p99 (ms)':>40}" for c in cols)]
+    for query in QUERIES:
+        for clients in CLIENTS:
+            cells = []
+            for c in cols:
+                r = results["runs"][c][f"{query}/{clients}"]
+                err = f" ({r['errors']} errors)" if r["errors"] else ""
+                cells.append(f"{r['rps']:>14,.1f} {r['p50_ms']:>9.1f} {r['p99_ms']:>9.1f}{err:>6}")
+            lines.append(f"{query:8} {clients:>7}  " + "  ".join(f"{c:>40}" for c in cells))
+    return "\n".join(lines)
+
+
+def targets(results: dict) -> list[str]:
+    big, flower = results["runs"].get("taskmon_big"), results["runs"].get("flower")
+    if not big or not flower:
+        return []
+    out = []
+    for q in ("list", "filter", "search"):
+        b, f = big[f"{q}/1"]["p99_ms"], flower[f"{q}/1"]["p99_ms"]
+        out.append(f"{q}: taskmon p99 on {results['big']:,} {b:.1f} ms vs Flower's on {results['tasks']:,} "
+                   f"{f:.1f} ms (one client): {'met' if b <= f else 'NOT met'}")
+    d = max(big["detail/1"]["p99_ms"], big["detail/32"]["p99_ms"])
+    out.append(f"detail: p99 {big['detail/1']['p99_ms']:.1f} ms (1 client), {big['detail/32']['p99_ms']:.1f} ms "
+               f"(32) <= 10 ms: {'met' if d <= 10 else 'NOT met'}")
+    rps = big["list/32"]["rps"]
+    out.append(f"list newest 50 at 32 clients: {rps:,.0f} req/s >= 500: {'met' if rps >= 500 else 'NOT met'}")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--tasks", type=int, default=100_000, help="tasks loaded into both (default %(default)s)")
+    parser.add_argument("--big", type=int, default=1_000_000, help="taskmon's second history size; 0: skip")
+    parser.add_argument("--load-rate", type=float, default=5000, help="events/s while loading (Flower keeps up)")
+    parser.add_argument("--duration", type=float, default=8.0, help="seconds of wrk per query and client count")
+    parser.add_argument("--out", help="JSON file (default bench/results/api-<time>.json)")
+    args = parser.parse_args(argv)
+    if not shutil.which("wrk"):
+        print("wrk is not installed: apt-get install -y wrk", file=sys.stderr)
+        return 2
+
+    started_at = datetime.now(timezone.utc)
+    load_before = os.getloadavg()
+    workdir = Path(tempfile.mkdtemp(prefix="taskmon-bench-api-"))
+    server = RedisServer(directory=workdir / "redis").start()
+    client = redis.Redis.from_url(server.url)
+    client.config_set("client-output-buffer-limit", "pubsub 256mb 128mb 60")  # loading is not the test here
+    flower = cons.Flower(workdir, server.url, free_port())
+    daemon = cons.TaskmonSQLite(workdir, server.url)
+    serve = None
+    results: dict = {"started_at": started_at.isoformat(timespec="seconds"), "tasks": args.tasks, "big": args.big,
+                     "load_rate": args.load_rate, "duration_s": args.duration, "clients": CLIENTS,
+                     "load_generator": "wrk (HTTP/1.1 keep-alive, Lua script cycling through the paths)",
+                     "machine": machine(), "runs": {}}
+    try:
+        n_events = args.tasks * 4
+        log(f"building {n_events:,} events")
+        plan = generator.build_plan(int(n_events * 1.002) + 16, args.load_rate, seed=1)
+        flower.start("flower", len(plan.expected))
+        flower.wait_http()
+        daemon.start("taskmon", len(plan.expected))
+        wait_subscribers(client, 2, (flower, daemon))
+        time.sleep(1.0)
+        log(f"publishing {plan.n_events:,} events ({len(plan.expected):,} tasks) at {args.load_rate:,.0f}/s")
+        pub = generator.publish(server.url, plan, args.load_rate, max_seconds=n_events / args.load_rate * 3 + 60)
+        if pub.zero_receivers:
+            raise RuntimeError(f"{pub.zero_receivers} messages went out with nobody subscribed")
+        target = pub.events - plan.n_heartbeats  # Flower counts task events only
+        wait_until("Flower to read every event", lambda: flower.progress() >= target, 600)
+        wait_until("taskmon to store every task", lambda: daemon.progress() >= len(plan.expected), 600)
+        _, daemon_extra = daemon.stop_and_collect()
+        db_url = daemon.db_url
+        stored = dict(sqlite3.connect(daemon.path).execute("SELECT task_id, state FROM task_runs").fetchall())
+        results["loaded"] = {
+            "tasks": len(plan.expected),
+            "taskmon_correct": sum(stored.get(k) == v for k, v in plan.expected.items()),
+            "published_events": pub.events, "publish_rate": pub.achieved_rate,
+        }
+        inputs = pick_inputs(daemon.path)
+        serve = Serve(db_url, workdir)
+        results["same_answers"] = same_answers(f"http://127.0.0.1:{flower.port}", serve, inputs)
+        log(f"same search answers: {results['same_answers']}")
+        flower_url = f"http://127.0.0.1:{flower.port}"
+        results["runs"]["flower"] = measure(f"Flower {args.tasks // 1000}k", flower_url, "flower", inputs,
+                                            args.duration, workdir)
+        results["runs"]["taskmon"] = measure(f"taskmon {args.tasks // 1000}k", serve.url, "taskmon", inputs,
+                                             args.duration, workdir, serve.token)
+        flower_states, _ = flower.stop_and_collect()
+        results["loaded"]["flower_correct"] = sum(flower_states.get(k) == v for k, v in plan.expected.items())
+        log(f"loaded: {results['loaded']}")
+        if args.big:
+            serve.stop()
+            serve = None
+            results["grow_seconds"] = round(grow(db_url, args.big), 1)
+            inputs_big = {**pick_inputs(daemon.path), "skus": inputs["skus"]}
+            serve = Serve(db_url, workdir)
+            results["runs"]["taskmon_big"] = measure(f"taskmon {args.big // 1000}k", serve.url, "taskmon",
+                                                     inputs_big, args.duration, workdir, serve.token)
+    finally:
+        if serve:
+            serve.stop()
+        for p in (flower, daemon):
+            if p.alive():
+                p.terminate()
+        server.stop()
+    results["load_average"] = {"before": load_before, "after": os.getloadavg()}
+    print()
+    print(f"bench/api: {started_at:%Y-%m-%dT%H:%MZ}, {results['machine']['cpus']} CPUs "
+          f"({results['machine']['cpu']}), python {results['machine']['python']}, sqlite "
+          f"{results['machine']['sqlite']}, flower {results['machine']['flower']}, {results['machine']['wrk']}; "
+          f"load average {load_before[0]:.2f} before, {results['load_average']['after'][0]:.2f} after")
+    print(f"loaded: {results['loaded']}; Flower and taskmon found the same tasks for "
+          f"{results['same_answers']['same_tasks']} of {results['same_answers']['search_texts']} search texts")
+    print(f"wrk {args.duration:.0f} s per cell; requests/s, p50 and p99 latency in ms")
+    print(table(results))
+    for line in targets(results):
+        print("  " + line)
+    out = Path(args.out) if args.out else HERE / "results" / f"api-{started_at:%Y%m%dT%H%M%SZ}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"written: {out}")
+    shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""The API's response types: the OpenAPI document is generated from these."""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel
+
+
+class RunSummary(BaseModel):
+    task_id: str
+    name: str | None
+    state: str
+    worker: str | None
+    queue: str | None
+    seen_at: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    runtime: float | None
+    queue_wait: float | None
+    retries: int | None
+    exception_type: str | None
+    exception: str | None
+    updated_at: datetime | None
+
+
+class RunList(BaseModel):
+    count: int
+    results: list[RunSummary]
+    next_cursor: str | None = None
+
+
+class Run(RunSummary):
+    state_at: datetime | None
+    args: str | None
+    kwargs: str | None
+    result: str | None
+    traceback: str | None
+    routing_key: str | None
+    exchange: str | None
+    root_id: str | None
+    parent_id: str | None
+    eta: datetime | None
+    expires: datetime | None
+    sent_at: datetime | None
+    received_at: datetime | None
+    truncated: bool | None
+    received_attempt: int | None
+    received_first_at: datetime | None
+    redelivered: bool | None
+    stuck_at: datetime | None
+    replay_of: str | None
+
+
+class TimelineStep(BaseModel):
+    event: str
+    at: datetime
+    after: float | None
+
+
+class RunDetail(BaseModel):
+    run: Run
+    timeline: list[TimelineStep]
+    parent: RunSummary | None
+    ancestors: list[RunSummary]
+    missing_parent: str | None
+    root_id: str | None
+    root: RunSummary | None
+    children: list[RunSummary]
+    workflow_size: int
+
+
+JSONValue = Any
