@@ -34,7 +34,7 @@ from storage.db import make_engine, upgrade  # noqa: E402
 from storage.history import RunFilter, list_runs, run_detail  # noqa: E402
 from storage.schema import task_runs  # noqa: E402
 from storage.rollup_stats import rollup_task_stats  # noqa: E402
-from storage.rollups import backfill_sql, drop_trigger_ddl, totals_backfill_sql, trigger_ddl  # noqa: E402
+from storage.rollups import LEVELS, backfill_sql, drop_trigger_ddl, totals_backfill_sql, trigger_ddl  # noqa: E402
 from storage.stats import task_stats  # noqa: E402
 
 # (name, share of runs, median runtime in seconds, queue)
@@ -164,12 +164,15 @@ def load(engine, fill) -> None:
     fill()
     t0 = time.perf_counter()
     with engine.begin() as conn:
-        conn.exec_driver_sql(backfill_sql(dialect))
+        for level in LEVELS:
+            conn.exec_driver_sql(backfill_sql(dialect, level))
         conn.exec_driver_sql(totals_backfill_sql())
         for ddl in trigger_ddl(dialect):
             conn.exec_driver_sql(ddl)
         rollups = conn.exec_driver_sql("SELECT count(*) FROM run_rollups").scalar()
-    print(f"  {dialect}: rollups built in {time.perf_counter() - t0:.0f}s, {rollups:,} rollup rows", file=sys.stderr)
+        hourly = conn.exec_driver_sql("SELECT count(*) FROM run_rollups_hourly").scalar()
+    print(f"  {dialect}: rollups built in {time.perf_counter() - t0:.0f}s, {rollups:,} minute and {hourly:,} hourly rows",
+          file=sys.stderr)
 
 
 def progress(db: str, done: int, total: int) -> None:
@@ -249,7 +252,7 @@ def bench_postgres(admin_url: str, n: int, now: datetime) -> list[tuple[str, flo
         t0 = time.perf_counter()
         load(engine, lambda: fill_postgres(url, generate(n, now), n))
         with engine.begin() as conn:
-            conn.exec_driver_sql("ANALYZE run_rollups")
+            conn.exec_driver_sql("ANALYZE run_rollups; ANALYZE run_rollups_hourly")
         print(f"  postgresql: loaded in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
         return measure(engine, now, pick_show_id(engine))
     finally:

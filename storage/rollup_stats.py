@@ -1,6 +1,6 @@
-"""`stats` from the rollups: run_rollups for the whole minutes of the window, task_runs only for
-the ragged edges (the part of a minute at each end), so the cost follows the number of minutes
-and task names, not the number of runs.
+"""`stats` from the rollups: run_rollups_hourly for the whole hours of the window, run_rollups
+for the whole minutes around them, task_runs only for the ragged edges (the part of a minute at
+each end), so the cost follows the number of hours and task names, not the number of runs.
 
 Counts, states, failure rate and throughput equal the exact ones (storage.stats.task_stats).
 Percentiles (and the maximum) come from the histogram buckets: each is reported as the upper
@@ -17,8 +17,8 @@ from typing import Any
 from sqlalchemy import Connection, text
 
 from storage.history import RunFilter, name_condition
-from storage.rollups import (BOUNDS, MEASURES, RUNTIME_BUCKETS, WAIT_BUCKETS, ceil_minute, floor_minute,
-                             grouped_sql, quantile)
+from storage.rollups import (BOUNDS, LEVELS, MEASURES, RUNTIME_BUCKETS, WAIT_BUCKETS, ceil_hour, ceil_minute,
+                             floor_hour, floor_minute, grouped_sql, quantile)
 from storage.sql import bind
 from storage.stats import PERCENTILES, STATES, read_snapshot
 
@@ -33,42 +33,60 @@ def _add(into: dict, row: dict) -> None:
         into[m] += float(row[m] or 0)
 
 
-def _sums(conn: Connection, f: RunFilter, start: datetime | None, end: datetime) -> dict[tuple, dict]:
-    """{(name, state): summed measures} over the window, from rollups and the edges' runs."""
+def _rollup_rows(conn: Connection, level: str, f: RunFilter, a: datetime, b: datetime,
+                 out: dict[tuple, dict], key: str) -> None:
+    """Add the rollup rows of ``level`` for [a, b) (aligned to the level) into ``out``."""
     dialect = conn.dialect.name
-    out: dict[tuple, dict] = defaultdict(lambda: defaultdict(float))
-    lo = ceil_minute(start) if start is not None else None
-    hi = floor_minute(end)
-    params: dict[str, Any] = {}
-    name_sql = "1 = 1"
+    table, time_col = LEVELS[level]
+    params: dict[str, Any] = {f"{key}_a": bind(dialect, a), f"{key}_b": bind(dialect, b)}
+    conds = [f"{time_col} >= :{key}_a", f"{time_col} < :{key}_b"]
     if f.name:
-        name_sql, params = name_condition(dialect, "name", f.name, "r_name")
-    if lo is None or lo < hi:
-        conds = [name_sql, "minute < :r_hi"]
-        params["r_hi"] = bind(dialect, hi)
-        if lo is not None:
-            conds.append("minute >= :r_lo")
-            params["r_lo"] = bind(dialect, lo)
-        sums = ", ".join(f"sum({m}) AS {m}" for m in MEASURES)
-        sql = f"SELECT name, state, {sums} FROM run_rollups WHERE {' AND '.join(conds)} GROUP BY name, state"
-        for row in conn.execute(text(sql).bindparams(**params)).mappings():
-            _add(out[(row["name"], row["state"])], row)
-        edges = ([(start, lo)] if lo is not None else []) + [(hi, end)]
-    else:
-        edges = [(start, end)]  # the window is within a minute or two: the runs themselves
+        sql, p = name_condition(dialect, "name", f.name, f"{key}_name")
+        conds.append(sql)
+        params.update(p)
+    sums = ", ".join(f"sum({m}) AS {m}" for m in MEASURES)
+    sql = f"SELECT name, state, {sums} FROM {table} WHERE {' AND '.join(conds)} GROUP BY name, state"
+    for row in conn.execute(text(sql).bindparams(**params)).mappings():
+        _add(out[(row["name"], row["state"])], row)
+
+
+def _run_rows(conn: Connection, f: RunFilter, a: datetime, b: datetime, out: dict[tuple, dict], key: str) -> None:
+    """Add the runs first seen in [a, b), grouped as the rollups group them, into ``out``."""
+    dialect = conn.dialect.name
+    params = {f"{key}_a": bind(dialect, a), f"{key}_b": bind(dialect, b)}
+    where = f"t.seen_at >= :{key}_a AND t.seen_at < :{key}_b"
+    if f.name:
+        sql, p = name_condition(dialect, "t.name", f.name, f"{key}_name")
+        where += f" AND {sql}"
+        params.update(p)
     columns = ["minute", "name", "queue", "state", *MEASURES]
-    for i, (a, b) in enumerate(edges):
-        if a >= b:
-            continue
-        edge_params = {f"e{i}_a": bind(dialect, a), f"e{i}_b": bind(dialect, b)}
-        where = f"t.seen_at >= :e{i}_a AND t.seen_at < :e{i}_b"
-        if f.name:
-            sql, p = name_condition(dialect, "t.name", f.name, f"e{i}_name")
-            where += f" AND {sql}"
-            edge_params.update(p)
-        for values in conn.execute(text(grouped_sql(dialect, where)).bindparams(**edge_params)).all():
-            row = dict(zip(columns, values))
-            _add(out[(row["name"], row["state"])], row)
+    for values in conn.execute(text(grouped_sql(dialect, where)).bindparams(**params)).all():
+        row = dict(zip(columns, values))
+        _add(out[(row["name"], row["state"])], row)
+
+
+def _sums(conn: Connection, f: RunFilter, start: datetime | None, end: datetime) -> dict[tuple, dict]:
+    """{(name, state): summed measures} over [start, end): hourly rollups for the whole hours,
+    minute rollups for the whole minutes around them, the runs for the seconds at each end."""
+    out: dict[tuple, dict] = defaultdict(lambda: defaultdict(float))
+    far_past = datetime(1970, 1, 1, tzinfo=timezone.utc)
+    a = start if start is not None else far_past
+    m_lo, m_hi = ceil_minute(a), floor_minute(end)
+    if m_lo >= m_hi:  # within a minute or two: the runs themselves
+        _run_rows(conn, f, a, end, out, "r0")
+        return out
+    h_lo, h_hi = ceil_hour(m_lo), floor_hour(m_hi)
+    if h_lo < h_hi:
+        _rollup_rows(conn, "hour", f, h_lo, h_hi, out, "h")
+        minute_spans = [(m_lo, h_lo), (h_hi, m_hi)]
+    else:
+        minute_spans = [(m_lo, m_hi)]
+    for i, (x, y) in enumerate(minute_spans):
+        if x < y:
+            _rollup_rows(conn, "minute", f, x, y, out, f"m{i}")
+    for i, (x, y) in enumerate(((a, m_lo), (m_hi, end))):
+        if x < y:
+            _run_rows(conn, f, x, y, out, f"r{i + 1}")
     return out
 
 

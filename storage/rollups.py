@@ -52,6 +52,15 @@ def floor_minute(t: datetime) -> datetime:
     return t.replace(second=0, microsecond=0)
 
 
+def floor_hour(t: datetime) -> datetime:
+    return t.replace(minute=0, second=0, microsecond=0)
+
+
+def ceil_hour(t: datetime) -> datetime:
+    down = floor_hour(t)
+    return down if down == t else down + timedelta(hours=1)
+
+
 def ceil_minute(t: datetime) -> datetime:
     down = floor_minute(t)
     return down if down == t else down + timedelta(minutes=1)
@@ -65,12 +74,17 @@ def _bucket_sql(value: str, i: int) -> str:
     return f"CASE WHEN {value} IS NOT NULL{lower}{upper} THEN 1 ELSE 0 END"
 
 
-def contribution(row: str, sign: int, dialect: str) -> list[str]:
+# Rollup levels: (table, time column). The hourly level keeps long windows to a few rows per hour.
+LEVELS = {"minute": ("run_rollups", "minute"), "hour": ("run_rollups_hourly", "hour")}
+
+
+def contribution(row: str, sign: int, dialect: str, level: str = "minute") -> list[str]:
     """SQL expressions, in KEY + MEASURES order, of the row alias ``row`` counted with ``sign`` (+1/-1)."""
-    if dialect == "sqlite":
-        minute = f"substr({row}.seen_at, 1, 16) || ':' || '00.000000'"  # no ':00' for text() to bind
+    if dialect == "sqlite":  # ':' apart, so that text() sees no ':00' parameter
+        minute = (f"substr({row}.seen_at, 1, 16) || ':' || '00.000000'" if level == "minute"
+                  else f"substr({row}.seen_at, 1, 13) || ':' || '00:00.000000'")
     else:
-        minute = f"(date_trunc('minute', {row}.seen_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC')"
+        minute = f"(date_trunc('{level}', {row}.seen_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC')"
     s = "" if sign > 0 else "-"
     values = [
         minute, f"coalesce({row}.name, '')", f"coalesce({row}.queue, '')", f"{row}.state",
@@ -83,12 +97,17 @@ def contribution(row: str, sign: int, dialect: str) -> list[str]:
     return values
 
 
-def _upsert_tail() -> str:
-    sets = ", ".join(f"{m} = run_rollups.{m} + excluded.{m}" for m in MEASURES)
-    return f"ON CONFLICT ({', '.join(KEY)}) DO UPDATE SET {sets}"
+def _upsert_tail(level: str = "minute") -> str:
+    table, time_col = LEVELS[level]
+    sets = ", ".join(f"{m} = {table}.{m} + excluded.{m}" for m in MEASURES)
+    return f"ON CONFLICT ({', '.join((time_col,) + KEY[1:])}) DO UPDATE SET {sets}"
 
 
-_COLUMNS = ", ".join(KEY + MEASURES)
+def _columns(level: str = "minute") -> str:
+    return ", ".join((LEVELS[level][1],) + KEY[1:] + MEASURES)
+
+
+_COLUMNS = _columns()
 # The columns whose change moves a row to another rollup row or changes its measures.
 _WATCHED = ("seen_at", "name", "queue", "state", "retries", "runtime", "queue_wait")
 
@@ -186,7 +205,10 @@ _TOTALS_WATCHED = ("name", "worker", "queue", "exception_type", "sent_at", "rece
 
 def _sqlite_triggers() -> list[str]:
     def upsert(row: str, sign: int) -> str:
-        return f"INSERT INTO run_rollups ({_COLUMNS}) VALUES ({', '.join(contribution(row, sign, 'sqlite'))}) {_upsert_tail()};"
+        return " ".join(
+            f"INSERT INTO {LEVELS[level][0]} ({_columns(level)}) "
+            f"VALUES ({', '.join(contribution(row, sign, 'sqlite', level))}) {_upsert_tail(level)};"
+            for level in LEVELS)
 
     changed = " OR ".join(f"OLD.{c} IS NOT NEW.{c}" for c in _WATCHED)
     return [
@@ -198,19 +220,21 @@ def _sqlite_triggers() -> list[str]:
 
 
 def _pg_function(name: str, parts: Iterable[tuple[str, int]]) -> str:
-    selects = " UNION ALL ".join(
-        f"SELECT {', '.join(contribution('r', sign, 'postgresql'))} FROM {table} AS r" for table, sign in parts)
     sums = ", ".join(f"sum(c{i})" for i in range(len(KEY), len(KEY) + len(MEASURES)))
     cols = ", ".join(f"c{i}" for i in range(len(KEY) + len(MEASURES)))
     nonzero = " OR ".join(f"sum(c{i}) <> 0" for i in range(len(KEY), len(KEY) + len(MEASURES)))
-    # Rows in key order: two writers upserting the same rollup rows lock them in one order.
-    return (
-        f"CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
-        f"INSERT INTO run_rollups ({_COLUMNS}) "
-        f"SELECT c0, c1, c2, c3, {sums} FROM ({selects}) AS d({cols}) "
-        f"GROUP BY c0, c1, c2, c3 HAVING {nonzero} ORDER BY c0, c1, c2, c3 {_upsert_tail()}; "
-        f"RETURN NULL; END $$"
-    )
+    statements = []
+    for level, (rollup_table, _) in LEVELS.items():
+        selects = " UNION ALL ".join(
+            f"SELECT {', '.join(contribution('r', sign, 'postgresql', level))} FROM {table} AS r"
+            for table, sign in parts)
+        # Rows in key order: two writers upserting the same rollup rows lock them in one order.
+        statements.append(
+            f"INSERT INTO {rollup_table} ({_columns(level)}) "
+            f"SELECT c0, c1, c2, c3, {sums} FROM ({selects}) AS d({cols}) "
+            f"GROUP BY c0, c1, c2, c3 HAVING {nonzero} ORDER BY c0, c1, c2, c3 {_upsert_tail(level)};")
+    return (f"CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            f"{' '.join(statements)} RETURN NULL; END $$")
 
 
 def _pg_triggers() -> list[str]:
@@ -241,16 +265,16 @@ def drop_trigger_ddl(dialect: str) -> list[str]:
         f"DROP FUNCTION IF EXISTS taskmon_totals_{k}()" for k in ("insert", "update")]
 
 
-def grouped_sql(dialect: str, where: str = "1 = 1") -> str:
+def grouped_sql(dialect: str, where: str = "1 = 1", level: str = "minute") -> str:
     """``task_runs`` grouped as the rollups group it: the backfill, and the contract tests' reference."""
-    values = contribution("t", 1, dialect)
+    values = contribution("t", 1, dialect, level)
     key = ", ".join(values[:len(KEY)])
     sums = ", ".join(f"sum({v})" for v in values[len(KEY):])
     return f"SELECT {key}, {sums} FROM task_runs AS t WHERE {where} GROUP BY {key}"
 
 
-def backfill_sql(dialect: str) -> str:
-    return f"INSERT INTO run_rollups ({_COLUMNS}) {grouped_sql(dialect)}"
+def backfill_sql(dialect: str, level: str = "minute") -> str:
+    return f"INSERT INTO {LEVELS[level][0]} ({_columns(level)}) {grouped_sql(dialect, level=level)}"
 
 
 # -- reading -----------------------------------------------------------------------------------

@@ -358,6 +358,23 @@ run_rollups = Table(
     *[Column(c, BigInteger, nullable=False) for c in RUNTIME_BUCKETS + WAIT_BUCKETS],
 )
 
+# The same per hour: long windows read a few rows per hour instead of sixty.
+run_rollups_hourly = Table(
+    "run_rollups_hourly",
+    metadata,
+    Column("hour", UTCDateTime, primary_key=True),
+    Column("name", String(255), primary_key=True),
+    Column("queue", String(255), primary_key=True),
+    Column("state", String(16), primary_key=True),
+    Column("runs", BigInteger, nullable=False),
+    Column("retries", BigInteger, nullable=False),
+    Column("runtime_n", BigInteger, nullable=False),
+    Column("runtime_sum", Float, nullable=False),
+    Column("wait_n", BigInteger, nullable=False),
+    Column("wait_sum", Float, nullable=False),
+    *[Column(c, BigInteger, nullable=False) for c in RUNTIME_BUCKETS + WAIT_BUCKETS],
+)
+
 # Per task name, worker, queue and exception type: counts that only grow, kept by triggers
 # (storage/rollups.py); the metrics endpoint's counters and histograms.
 run_totals = Table(

@@ -13,20 +13,21 @@ from monitor.detectors import TaskVerdict
 from monitor.ingest.buffer import Batch, Taken
 from monitor.ingest.writer import Writer
 from storage.detection import apply_verdict
-from storage.rollups import KEY, MEASURES, TOTALS_KEY, TOTALS_MEASURES, grouped_sql, totals_grouped_sql
+from storage.rollups import KEY, LEVELS, MEASURES, TOTALS_KEY, TOTALS_MEASURES, grouped_sql, totals_grouped_sql
 from storage.schema import task_runs
 from tasks.cleanup import cleanup_task_history
 from tests.eventgen import T0, lifecycle
 
 
-def grouped(conn, dialect):
+def grouped(conn, dialect, level="minute"):
     return {tuple(r[:len(KEY)]): tuple(round(float(v), 6) for v in r[len(KEY):])
-            for r in conn.exec_driver_sql(grouped_sql(dialect)).all()}
+            for r in conn.exec_driver_sql(grouped_sql(dialect, level=level)).all()}
 
 
-def rollups(conn):
-    cols = ", ".join(KEY + MEASURES)
-    rows = conn.execute(text(f"SELECT {cols} FROM run_rollups")).all()
+def rollups(conn, level="minute"):
+    table, time_col = LEVELS[level]
+    cols = ", ".join((time_col,) + KEY[1:] + MEASURES)
+    rows = conn.execute(text(f"SELECT {cols} FROM {table}")).all()
     out = {}
     for r in rows:
         values = tuple(round(float(v), 6) for v in r[len(KEY):])
@@ -50,10 +51,13 @@ def assert_consistent(engine, *, deleted=False):
     with engine.connect() as conn:
         expected = grouped(conn, engine.dialect.name)
         actual = rollups(conn)
+        expected_hourly = grouped(conn, engine.dialect.name, "hour")
+        actual_hourly = rollups(conn, "hour")
         expected_totals = totals(conn, totals_grouped_sql())
         actual_totals = totals(conn)
     assert expected, "the history is empty: nothing was compared"
     assert actual == expected
+    assert actual_hourly == expected_hourly
     if not deleted:
         assert actual_totals == expected_totals
     else:  # cleanup takes nothing from the totals: they stay at least what is left

@@ -1,4 +1,4 @@
-"""run_rollups and run_totals: per-minute rollups and ever-growing totals of task_runs, kept by triggers
+"""run_rollups, run_rollups_hourly and run_totals: rollups and ever-growing totals of task_runs, kept by triggers
 
 Revision ID: 0010_rollups
 Revises: 0012_history_search
@@ -6,7 +6,7 @@ Revises: 0012_history_search
 import sqlalchemy as sa
 from alembic import op
 
-from storage.rollups import (RUNTIME_BUCKETS, TOTALS_COUNTS, WAIT_BUCKETS, backfill_sql, drop_trigger_ddl,
+from storage.rollups import (LEVELS, RUNTIME_BUCKETS, TOTALS_COUNTS, WAIT_BUCKETS, backfill_sql, drop_trigger_ddl,
                              totals_backfill_sql, trigger_ddl)
 from storage.types import UTCDateTime
 
@@ -16,10 +16,10 @@ branch_labels = None
 depends_on = None
 
 
-def upgrade() -> None:
+def _rollup_table(table: str, time_col: str) -> None:
     op.create_table(
-        "run_rollups",
-        sa.Column("minute", UTCDateTime, primary_key=True),
+        table,
+        sa.Column(time_col, UTCDateTime, primary_key=True),
         sa.Column("name", sa.String(255), primary_key=True),
         sa.Column("queue", sa.String(255), primary_key=True),
         sa.Column("state", sa.String(16), primary_key=True),
@@ -31,6 +31,11 @@ def upgrade() -> None:
         sa.Column("wait_sum", sa.Float, nullable=False),
         *[sa.Column(c, sa.BigInteger, nullable=False) for c in RUNTIME_BUCKETS + WAIT_BUCKETS],
     )
+
+
+def upgrade() -> None:
+    for table, time_col in LEVELS.values():
+        _rollup_table(table, time_col)
     op.create_table(
         "run_totals",
         sa.Column("name", sa.String(255), primary_key=True),
@@ -47,7 +52,8 @@ def upgrade() -> None:
     )
     bind = op.get_bind()
     # exec_driver_sql: the SQL holds ':00' literals that text() would take for parameters.
-    bind.exec_driver_sql(backfill_sql(bind.dialect.name))
+    for level in LEVELS:
+        bind.exec_driver_sql(backfill_sql(bind.dialect.name, level))
     bind.exec_driver_sql(totals_backfill_sql())
     for ddl in trigger_ddl(bind.dialect.name):
         bind.exec_driver_sql(ddl)
@@ -58,4 +64,5 @@ def downgrade() -> None:
     for ddl in drop_trigger_ddl(bind.dialect.name):
         bind.exec_driver_sql(ddl)
     op.drop_table("run_totals")
+    op.drop_table("run_rollups_hourly")
     op.drop_table("run_rollups")
