@@ -33,6 +33,8 @@ from sqlalchemy.engine import make_url  # noqa: E402
 from storage.db import make_engine, upgrade  # noqa: E402
 from storage.history import RunFilter, list_runs, run_detail  # noqa: E402
 from storage.schema import task_runs  # noqa: E402
+from storage.rollup_stats import rollup_task_stats  # noqa: E402
+from storage.rollups import LEVELS, backfill_sql, drop_trigger_ddl, totals_backfill_sql, trigger_ddl  # noqa: E402
 from storage.stats import task_stats  # noqa: E402
 
 # (name, share of runs, median runtime in seconds, queue)
@@ -152,6 +154,27 @@ def fill_postgres(url, rows, n: int) -> None:
         conn.execute("ANALYZE task_runs")  # what autovacuum does after a load this size
 
 
+def load(engine, fill) -> None:
+    """Bulk-load with the rollup triggers off, then fill the rollups in one grouped statement each
+    (as migration 0010 does for an existing history) and put the triggers back."""
+    dialect = engine.dialect.name
+    with engine.begin() as conn:
+        for ddl in drop_trigger_ddl(dialect):
+            conn.exec_driver_sql(ddl)
+    fill()
+    t0 = time.perf_counter()
+    with engine.begin() as conn:
+        for level in LEVELS:
+            conn.exec_driver_sql(backfill_sql(dialect, level))
+        conn.exec_driver_sql(totals_backfill_sql())
+        for ddl in trigger_ddl(dialect):
+            conn.exec_driver_sql(ddl)
+        rollups = conn.exec_driver_sql("SELECT count(*) FROM run_rollups").scalar()
+        hourly = conn.exec_driver_sql("SELECT count(*) FROM run_rollups_hourly").scalar()
+    print(f"  {dialect}: rollups built in {time.perf_counter() - t0:.0f}s, {rollups:,} minute and {hourly:,} hourly rows",
+          file=sys.stderr)
+
+
 def progress(db: str, done: int, total: int) -> None:
     print(f"\r  {db}: {done:,}/{total:,} runs", end="" if done < total else "\n", file=sys.stderr, flush=True)
 
@@ -169,6 +192,7 @@ def timed(fn, repeat: int = REPEAT) -> float:
 
 def measure(engine, now: datetime, show_id: str) -> list[tuple[str, float]]:
     since_24h = now - timedelta(hours=24)
+    since_30d = now - timedelta(days=30)
     cases = [
         ("history --limit 10", lambda c: list_runs(c, RunFilter(), 10)),
         ("history --limit 10 --name tasks.data.export_data", lambda c: list_runs(c, RunFilter(name="tasks.data.export_data"), 10)),
@@ -180,7 +204,10 @@ def measure(engine, now: datetime, show_id: str) -> list[tuple[str, float]]:
         ("history --limit 10 --worker celery@worker-3 --since 7d",
          lambda c: list_runs(c, RunFilter(worker="celery@worker-3", since=now - timedelta(days=7)), 10)),
         ("show TASK_ID", lambda c: run_detail(c, show_id)),
-        ("stats --since 24h", lambda c: task_stats(c, RunFilter(since=since_24h), now)),
+        ("stats --since 24h --exact (task_runs alone)", lambda c: task_stats(c, RunFilter(since=since_24h), now)),
+        ("stats --since 24h (rollups + edges)", lambda c: rollup_task_stats(c, RunFilter(since=since_24h), now)),
+        ("stats --since 30d --exact (task_runs alone)", lambda c: task_stats(c, RunFilter(since=since_30d), now)),
+        ("stats --since 30d (rollups + edges)", lambda c: rollup_task_stats(c, RunFilter(since=since_30d), now)),
     ]
     out = []
     with engine.connect() as conn:
@@ -202,9 +229,9 @@ def bench_sqlite(n: int, now: datetime) -> list[tuple[str, float]]:
         path = Path(tmp) / "bench.db"
         engine = make_engine(f"sqlite:///{path}")
         upgrade(engine)
-        engine.dispose()
         t0 = time.perf_counter()
-        fill_sqlite(path, generate(n, now), n)
+        load(engine, lambda: fill_sqlite(path, generate(n, now), n))
+        engine.dispose()
         print(f"  sqlite: loaded in {time.perf_counter() - t0:.0f}s, {path.stat().st_size / 2**20:.0f} MiB", file=sys.stderr)
         engine = make_engine(f"sqlite:///{path}")
         try:
@@ -223,7 +250,10 @@ def bench_postgres(admin_url: str, n: int, now: datetime) -> list[tuple[str, flo
     try:
         upgrade(engine)
         t0 = time.perf_counter()
-        fill_postgres(url, generate(n, now), n)
+        load(engine, lambda: fill_postgres(url, generate(n, now), n))
+        with engine.begin() as conn:
+            for table in ("run_rollups", "run_rollups_hourly", "run_totals"):
+                conn.exec_driver_sql(f"ANALYZE {table}")
         print(f"  postgresql: loaded in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
         return measure(engine, now, pick_show_id(engine))
     finally:

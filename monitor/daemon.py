@@ -181,8 +181,22 @@ class Daemon:
         self.heartbeats.start()
         self.supervisor.watch("heartbeat", self.heartbeats)
         self.watchdog.start()
+        self._start_metrics()
         log.info("taskmon daemon %s: sources %s, database %s", self.daemon_id, ",".join(self.source_names),
                  self.engine.url.render_as_string(hide_password=True))
+
+    def _start_metrics(self) -> None:
+        """Prometheus metrics on a port of the daemon's own when metrics_port is set."""
+        self.metrics_server = None
+        if self.settings.metrics_port:
+            from monitor.metrics import start_metrics_server
+
+            self.metrics_server, _ = start_metrics_server(self.engine, self.settings, self.live_metrics)
+
+    def live_metrics(self) -> dict:
+        """The daemon's own counters for its metrics port: they start at 0 with each process."""
+        return {"daemon_id": self.daemon_id, "counters": self.counters(), "writer_lag": round(self.writer.lag(), 3),
+                "per_source": {s.name: s.counters.get("events_received") for s in self.sources}}
 
     def _start_detectors(self) -> None:
         """Detector sweeps every detect_interval seconds, each followed by the alert rules' evaluation,
@@ -312,6 +326,8 @@ class Daemon:
 
     def shutdown(self) -> int:
         self.stop_event.set()
+        if getattr(self, "metrics_server", None) is not None:
+            self.metrics_server.shutdown()
         deadline = time.monotonic() + self.settings.stop_timeout
 
         def remaining() -> float:

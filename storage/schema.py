@@ -5,6 +5,7 @@ Migrations in ``storage/migrations`` create exactly these; docs/schema.md docume
 from __future__ import annotations
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     Column,
     Date,
@@ -21,6 +22,7 @@ from sqlalchemy import (
     true,
 )
 
+from storage.rollups import RUNTIME_BUCKETS, TOTALS_COUNTS, WAIT_BUCKETS
 from storage.types import Money, UTCDateTime
 
 metadata = MetaData(
@@ -336,4 +338,57 @@ alerts = Table(
     Index(None, "created_at"),
     Index(None, "status", "next_attempt_at"),
     Index(None, "group_key"),
+)
+
+# Per minute of seen_at, task name, queue and state: kept equal to a GROUP BY over task_runs by
+# triggers (storage/rollups.py), read by statistics and the metrics endpoint.
+run_rollups = Table(
+    "run_rollups",
+    metadata,
+    Column("minute", UTCDateTime, primary_key=True),
+    Column("name", String(255), primary_key=True),
+    Column("queue", String(255), primary_key=True),
+    Column("state", String(16), primary_key=True),
+    Column("runs", BigInteger, nullable=False),
+    Column("retries", BigInteger, nullable=False),
+    Column("runtime_n", BigInteger, nullable=False),
+    Column("runtime_sum", Float, nullable=False),
+    Column("wait_n", BigInteger, nullable=False),
+    Column("wait_sum", Float, nullable=False),
+    *[Column(c, BigInteger, nullable=False) for c in RUNTIME_BUCKETS + WAIT_BUCKETS],
+)
+
+# The same per hour: long windows read a few rows per hour instead of sixty.
+run_rollups_hourly = Table(
+    "run_rollups_hourly",
+    metadata,
+    Column("hour", UTCDateTime, primary_key=True),
+    Column("name", String(255), primary_key=True),
+    Column("queue", String(255), primary_key=True),
+    Column("state", String(16), primary_key=True),
+    Column("runs", BigInteger, nullable=False),
+    Column("retries", BigInteger, nullable=False),
+    Column("runtime_n", BigInteger, nullable=False),
+    Column("runtime_sum", Float, nullable=False),
+    Column("wait_n", BigInteger, nullable=False),
+    Column("wait_sum", Float, nullable=False),
+    *[Column(c, BigInteger, nullable=False) for c in RUNTIME_BUCKETS + WAIT_BUCKETS],
+)
+
+# Per task name, worker, queue and exception type: counts that only grow, kept by triggers
+# (storage/rollups.py); the metrics endpoint's counters and histograms.
+run_totals = Table(
+    "run_totals",
+    metadata,
+    Column("name", String(255), primary_key=True),
+    Column("hostname", String(255), primary_key=True),
+    Column("queue", String(255), primary_key=True),
+    Column("exception", String(255), primary_key=True),
+    *[Column(c, BigInteger, nullable=False) for c in TOTALS_COUNTS],
+    Column("runtime_n", BigInteger, nullable=False),
+    Column("runtime_sum", Float, nullable=False),
+    *[Column(c, BigInteger, nullable=False) for c in RUNTIME_BUCKETS],
+    Column("wait_n", BigInteger, nullable=False),
+    Column("wait_sum", Float, nullable=False),
+    *[Column(c, BigInteger, nullable=False) for c in WAIT_BUCKETS],
 )

@@ -85,6 +85,11 @@ class Settings:
     alert_retry_max_delay: float = 600.0
     alert_max_retries: int = 500
     alert_resend_after: float = 900.0
+    # Prometheus metrics (monitor/metrics)
+    metrics_port: int = 0
+    metrics_host: str = "0.0.0.0"
+    metrics_label_limit: int = 500
+    broker_global_keyprefix: str = ""
 
     @property
     def tz(self) -> ZoneInfo:
@@ -150,6 +155,11 @@ DESCRIPTIONS: dict[str, str] = {
     "alert_max_retries": "Retries of an alert e-mail before it stays failed (500 x 600 s: about 3.5 days)",
     "alert_resend_after": "The daemon sends the alert task again for a pending or failed alert whose retry is "
                           "this many seconds overdue (a lost task message)",
+    "metrics_port": "Port on which the daemon serves Prometheus metrics at /metrics; 0: off",
+    "metrics_host": "Address the daemon's metrics port listens on",
+    "metrics_label_limit": "Most task names (and exception types) the metrics label; the rest are \"other\", counted",
+    "broker_global_keyprefix": "The Redis transport's global_keyprefix, if the app sets one: queue lengths read the "
+                               "prefixed keys",
 }
 
 SECRET_FIELDS = {"smtp_password"}
@@ -322,7 +332,8 @@ def validate(s: Settings) -> Settings:
 
 
 # Integer settings with bounds: (name, lowest, highest).
-RANGES = (("batch_size", 1, 100_000), ("buffer_events", 1000, 10_000_000), ("prepare_processes", 0, 8))
+RANGES = (("batch_size", 1, 100_000), ("buffer_events", 1000, 10_000_000), ("prepare_processes", 0, 8),
+          ("metrics_port", 0, 65535), ("metrics_label_limit", 1, 100_000))
 
 
 def _check_url(name: str, url: str, schemes: set[str] | None) -> None:

@@ -63,6 +63,7 @@ CASES = [
     ("GET", "/api/v1/tokens", "/api/v1/tokens", None, "admin", 200),
     ("POST", "/api/v1/tokens", "/api/v1/tokens", lambda r: {"name": f"made-by-{r}", "role": "viewer"}, "admin", 201),
     ("DELETE", "/api/v1/tokens/{name}", "/api/v1/tokens/made-by-{role}", None, "admin", 204),
+    ("GET", "/metrics", "/metrics", None, "viewer", 200),
 ]
 
 

@@ -181,19 +181,23 @@ def test_stats_table_has_a_row_per_name_and_totals(sample):
     lines = out.strip().splitlines()
     assert lines[0].startswith("runs first seen")
     assert lines[1].split()[:4] == ["TASK", "TOTAL", "OK", "FAIL"]
-    assert [line.split()[0] for line in lines[3:]] == ["billing.charge", "mail.send", "reports.daily", "TOTAL"]
-    assert lines[-1].split()[1:5] == ["8", "3", "2", "1"]
+    assert [line.split()[0] for line in lines[3:-1]] == ["billing.charge", "mail.send", "reports.daily", "TOTAL"]
+    assert lines[-2].split()[1:5] == ["8", "3", "2", "1"]
+    assert lines[-1].startswith("percentiles and max are histogram bucket bounds")
+    exact = ok(taskmon(db_url, "stats", "--exact")).strip().splitlines()
+    assert exact[-1].split()[1:5] == ["8", "3", "2", "1"]
+    assert "bucket bounds" not in exact[-1]
 
 
 def test_stats_since_and_name(sample):
     db_url, _ = sample
     out = ok(taskmon(db_url, "stats", "--since", "45m", "--name", "*.charge"))
-    assert [line.split()[0] for line in out.strip().splitlines()[3:]] == ["billing.charge", "TOTAL"]
+    assert [line.split()[0] for line in out.strip().splitlines()[3:-1]] == ["billing.charge", "TOTAL"]
 
 
 def test_stats_json_has_stable_keys(sample):
     db_url, _ = sample
-    stats = json.loads(ok(taskmon(db_url, "stats", "--json", "--name", "reports.*")))
+    stats = json.loads(ok(taskmon(db_url, "stats", "--json", "--exact", "--name", "reports.*")))
     assert list(stats) == ["since", "until", "window_seconds", "tasks", "totals"]
     (reports,) = stats["tasks"]
     assert list(reports) == STAT_KEYS and list(stats["totals"]) == STAT_KEYS
@@ -201,6 +205,14 @@ def test_stats_json_has_stable_keys(sample):
                                        "REJECTED", "OTHER"]
     assert list(reports["runtime"]) == ["p50", "p95", "p99", "max"] and list(reports["queue_wait"]) == ["p50", "p95", "p99"]
     assert reports["failure_rate"] == 0.5 and reports["runtime"]["p50"] == 1.5 and reports["runtime"]["max"] == 2.0
+    # From the rollups: the same counts; percentiles and max are the bounds of their histogram bucket.
+    rolled = json.loads(ok(taskmon(db_url, "stats", "--json", "--name", "reports.*")))
+    assert list(rolled) == ["since", "until", "window_seconds", "percentiles", "tasks", "totals"]
+    assert rolled["percentiles"] == "buckets"
+    (r,) = rolled["tasks"]
+    assert r["states"] == reports["states"] and r["failure_rate"] == 0.5
+    assert r["runtime"]["p50"] == 1.0 and r["runtime"]["bounds"]["p50"] == [0.75, 1.0]  # runs of 1 s and 2 s
+    assert r["runtime"]["max"] == 2.5 and r["runtime"]["bounds"]["max"] == [1.0, 2.5]
 
 
 def test_stats_on_an_empty_database_and_a_bad_since(engine, db_url):

@@ -5,6 +5,7 @@ from decimal import Decimal
 
 import pytest
 
+from storage.rollups import BOUNDS, bucket_of
 from storage.runs import upsert_workers
 from tests.history_data import insert, reporting_history
 from tests.services import REPO
@@ -73,6 +74,40 @@ def expected_results(today: datetime) -> dict[str, list[tuple]]:
             (f"{day(1)} 03:00:00", 1, 1), (f"{day(1)} 01:00:00", 3, 1), (f"{day(2)} 02:00:00", 1, 1),
             (f"{day(2)} 01:00:00", 4, 1), (old_finish, 1, 1),
         ],
+        **expected_from_rollups(today),
+    }
+
+
+def expected_from_rollups(today: datetime) -> dict[str, list[tuple]]:
+    """The rollup recipes' results computed in Python from the runs themselves (weeks and the
+    latest run's hour depend on today's date)."""
+    runs = reporting_history(today)
+    hours: dict[str, list[int]] = {}
+    for r in runs:
+        if r["seen_at"] >= today - timedelta(days=30):
+            h = hours.setdefault(r["seen_at"].strftime("%Y-%m-%d %H:00:00"), [0, 0])
+            h[0] += 1
+            h[1] += r["state"] == "FAILURE"
+    weeks: dict[tuple, list[float]] = {}
+    for r in runs:
+        if r.get("runtime") is not None:
+            monday = (r["seen_at"] - timedelta(days=r["seen_at"].weekday())).strftime("%Y-%m-%d")
+            weeks.setdefault((monday, r["name"]), []).append(r["runtime"])
+    p95 = []
+    for (week, name), values in sorted(weeks.items()):
+        ranked = sorted(bucket_of(v) for v in values)
+        i = ranked[-(-95 * len(values) // 100) - 1]  # the bucket of the ceil(0.95 n)-th runtime
+        p95.append((week, name, len(values), BOUNDS[i] if i < len(BOUNDS) else None))
+    day = lambda n: (today - timedelta(days=n)).strftime("%Y-%m-%d")  # noqa: E731
+    a, b, c = "reports.daily", "billing.charge", "mail.send"
+    return {
+        "Throughput per hour for a month, from the rollups": [(h, n, f) for h, (n, f) in sorted(hours.items())],
+        "Failure rate per task per day, from the rollups": [
+            (day(2), b, 2, 0, 0.0), (day(2), c, 1, 1, 1.0), (day(2), a, 2, 1, 0.5),
+            (day(1), b, 2, 2, 1.0), (day(1), c, 3, 0, 0.0), (day(1), a, 1, 0, 0.0),
+            (day(0), c, 1, 0, None),
+        ],
+        "p95 runtime per week, from the histogram buckets": p95,
     }
 
 

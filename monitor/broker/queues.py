@@ -27,12 +27,14 @@ def redis_key(queue: str, priority: int) -> str:
     return f"{queue}{REDIS_PRIORITY_SEP}{priority}" if priority else queue
 
 
-def queue_depths(broker_url: str, queues: Iterable[str]) -> list[dict[str, Any]]:
-    """Messages waiting in each queue, by name; unknown broker kinds are a BrokerError."""
+def queue_depths(broker_url: str, queues: Iterable[str], key_prefix: str = "") -> list[dict[str, Any]]:
+    """Messages waiting in each queue, by name; unknown broker kinds are a BrokerError.
+
+    ``key_prefix``: the Redis transport's ``global_keyprefix``, which kombu puts before every key."""
     names = sorted(set(queues))
     scheme = urlsplit(broker_url).scheme.split("+", 1)[0]
     if scheme in ("redis", "rediss"):
-        return _redis_depths(broker_url, names)
+        return _redis_depths(broker_url, names, key_prefix)
     if scheme in ("amqp", "amqps", "pyamqp"):
         return _amqp_depths(broker_url, names)
     raise BrokerError(f"cannot read queue depths from a {scheme}:// broker; taskmon reads redis:// and amqp://")
@@ -43,7 +45,7 @@ def _unreachable(url: str, exc: Exception) -> BrokerError:
     return BrokerError(f"cannot reach the broker at {mask_url(url)}: {reason}; start it or set TASKMON_BROKER_URL")
 
 
-def _redis_depths(url: str, names: list[str]) -> list[dict[str, Any]]:
+def _redis_depths(url: str, names: list[str], prefix: str = "") -> list[dict[str, Any]]:
     import redis
 
     client = redis.Redis.from_url(url, socket_connect_timeout=TIMEOUT, socket_timeout=TIMEOUT)
@@ -51,7 +53,7 @@ def _redis_depths(url: str, names: list[str]) -> list[dict[str, Any]]:
         with client.pipeline(transaction=False) as pipe:
             for name in names:
                 for pri in REDIS_PRIORITIES:
-                    pipe.llen(redis_key(name, pri))
+                    pipe.llen(prefix + redis_key(name, pri))
             lengths = pipe.execute(raise_on_error=False)
     except redis.RedisError as exc:
         raise _unreachable(url, exc) from None

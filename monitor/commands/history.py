@@ -96,21 +96,27 @@ def show_cmd(ctx: Context, task_id, as_json) -> None:
 @settings_options
 @time_option("--since", "Runs first seen at or after: ISO 8601 or an age (24h, 7d); default: all history.")
 @click.option("--name", metavar="GLOB", help="Task name or glob (* ? [...]).")
+@click.option("--exact", is_flag=True,
+              help="Read every run for exact percentiles; default: the per-minute rollups, percentiles as bucket bounds.")
 @json_option
-def stats_cmd(ctx: Context, since, name, as_json) -> None:
+def stats_cmd(ctx: Context, since, name, exact, as_json) -> None:
     """Per task name: counts by state, failure rate, throughput, runtime and queue-wait percentiles."""
     from monitor.commands.history_render import stats_table
     from monitor.commands.render import to_json
+    from storage.rollup_stats import rollup_task_stats
     from storage.stats import task_stats
 
     now = utcnow()
     f = _run_filter(ctx, now, since=since, name=name)
     with open_store(ctx).connect() as conn:
-        stats = task_stats(conn, f, now)
+        stats = task_stats(conn, f, now) if exact else rollup_task_stats(conn, f, now)
     if as_json:
         click.echo(to_json(stats, ctx.settings.tz))
     elif stats["tasks"]:
         click.echo(stats_table(stats, ctx.settings.tz))
+        if stats.get("percentiles") == "buckets":
+            click.echo("percentiles and max are histogram bucket bounds (the value is at most this); "
+                       "--exact reads every run")
     else:
         click.echo("no task runs match")
 

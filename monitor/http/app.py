@@ -6,8 +6,8 @@ from sqlalchemy import Engine
 
 from monitor.broker.control import BadRequest
 from monitor.broker.queues import BrokerError as QueueBrokerError
-from monitor.http import alerts, audit, control, daemon, deadletters, health, problems, queues, schedule, stats, tasks, \
-    tokens, workers
+from monitor.http import alerts, audit, control, daemon, deadletters, health, metrics, problems, queues, schedule, \
+    stats, tasks, tokens, workers
 from monitor.http import pages  # the dashboard
 from monitor.http.auth import BadTokenLimiter
 from tasks.replay import BrokerError as SendBrokerError, RecordError
@@ -15,7 +15,7 @@ from tasks.settings import Settings
 
 API_PREFIX = "/api/v1"
 ROUTERS = (health.router, tasks.router, stats.router, workers.router, queues.router, deadletters.router,
-           alerts.router, schedule.router, daemon.router, audit.router, tokens.router, control.router)
+           alerts.router, schedule.router, daemon.router, audit.router, tokens.router, control.router, metrics.router)
 # What a broker that went away raises, in each module that talks to it: each a 503 with its message.
 BROKER_ERRORS = (QueueBrokerError, SendBrokerError, RecordError)
 DEFAULT_BAD_TOKEN_LIMIT = "20/minute"
