@@ -22,7 +22,7 @@ from typing import Iterable
 
 from sqlalchemy import Connection
 
-STAGING = "taskmon_runs_staging"
+STAGING = "pg_temp.taskmon_runs_staging"  # pg_temp: never a table of the schema
 STAGE_ROWS = 8192  # rows per COPY + INSERT ... SELECT (a batch is one transaction of such steps)
 _READY = "taskmon_runs_staging_ready"  # key in the pooled connection's info: the temp table exists
 
