@@ -24,7 +24,7 @@ from sqlalchemy import Connection
 
 STAGING = "pg_temp.taskmon_runs_staging"  # pg_temp: never a table of the schema
 STAGE_ROWS = 8192  # rows per COPY + INSERT ... SELECT (a batch is one transaction of such steps)
-_READY = "taskmon_runs_staging_ready"  # key in the pooled connection's info: the temp table exists
+_TYPES = "taskmon_runs_staging_types"  # key in the pooled connection's info: the staged columns' type oids
 
 
 @functools.lru_cache(maxsize=4)
@@ -39,14 +39,21 @@ def merge_from_staging_sql(upsert_sql: str, names: tuple[str, ...]) -> str:
     return f"{head} SELECT {cols} FROM {STAGING} ORDER BY task_id ON CONFLICT {rest}"
 
 
-def _ensure_staging(conn: Connection) -> None:
-    info = conn.connection.info  # lives as long as the DBAPI connection, as the temp table does
-    if info.get(_READY):
-        return
-    # LIKE: the same types and limits as task_runs, so a value the table would refuse is refused here.
-    conn.exec_driver_sql(f"CREATE TEMPORARY TABLE IF NOT EXISTS {STAGING} (LIKE task_runs INCLUDING DEFAULTS) "
-                         "ON COMMIT DELETE ROWS")
-    info[_READY] = True
+def _staging(cursor, info: dict, names: tuple[str, ...]) -> list[int]:
+    """Create the staging table if this connection has none; the type oids of ``names`` in it.
+
+    Every call: a transaction that created it and then rolled back (a refused batch) took it along.
+    LIKE: the same types and limits as task_runs, so a value the table would refuse is refused here.
+    """
+    cursor.execute(f"CREATE TEMPORARY TABLE IF NOT EXISTS {STAGING} (LIKE task_runs INCLUDING DEFAULTS) "
+                   "ON COMMIT DELETE ROWS")
+    oids = info.get(_TYPES)
+    if oids is None:
+        cursor.execute(f"SELECT attname, atttypid FROM pg_attribute WHERE attrelid = '{STAGING}'::regclass "
+                       "AND attnum > 0 AND NOT attisdropped")
+        by_name = dict(cursor.fetchall())
+        oids = info[_TYPES] = [int(by_name[n]) for n in names]
+    return oids
 
 
 def copy_merge(conn: Connection, upsert_sql: str, names: tuple[str, ...], key_at: int | str,
@@ -58,17 +65,19 @@ def copy_merge(conn: Connection, upsert_sql: str, names: tuple[str, ...], key_at
     """
     import psycopg  # here: only PostgreSQL's writer needs it
 
-    _ensure_staging(conn)
     merge = merge_from_staging_sql(upsert_sql, names)
-    copy_sql = f"COPY {STAGING} ({', '.join(names)}) FROM STDIN"
+    copy_sql = f"COPY {STAGING} ({', '.join(names)}) FROM STDIN (FORMAT BINARY)"
     cursor = conn.connection.driver_connection.cursor()
-    statement = copy_sql
+    statement = "CREATE TEMPORARY TABLE"
     try:
+        # The info of the pooled connection: it lives as long as the DBAPI connection.
+        oids = _staging(cursor, conn.connection.info, names)
         groups = _groups(chunks, STAGE_ROWS, key_at)
         group = next(groups, None)
         while group is not None:
             statement = copy_sql
             with cursor.copy(copy_sql) as copy:
+                copy.set_types(oids)  # binary: no text formatting and parsing of every value
                 for values in group:
                     copy.write_row(values.values() if isinstance(values, dict) else values)
             statement = merge

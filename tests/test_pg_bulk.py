@@ -99,6 +99,11 @@ def test_a_value_over_a_column_limit_is_refused_alone_and_counted_the_rest_of_th
     assert all(row["state"] == "SUCCESS" and row["result"] == "'ok'" for row in stored.values())
     assert writer.counters.get("malformed.db_rejected") == 1
     assert writer.counters.get("events_written") == 41 and acked == [1]
+
+    # The refused transaction took the connection's staging table with it: the next batch makes another.
+    again = [dict(done, task_id=f"next-{i:02}", name="sample.add") for i in range(5)]
+    assert writer.commit(Prepared(prepare_runs(engine.dialect, again), [], [], [], 5))
+    assert len(stored_runs(engine)) == 45 and writer.counters.get("malformed.db_rejected") == 1
     engine.dispose()
 
 
