@@ -97,6 +97,14 @@ class Consumer:
     def rss(self) -> dict[str, int]:
         return proc_status(self.proc.pid) if self.alive() else {}
 
+    def cpu_pids(self) -> list[int]:
+        """The processes whose CPU time is this consumer's: its own and its descendants (taskmon's helper)."""
+        return [self.proc.pid, *descendants(self.proc.pid)] if self.alive() else []
+
+    def server_pids(self) -> list[int]:
+        """Server processes working for this consumer alone (PostgreSQL's backends of its database)."""
+        return []
+
     def terminate(self, timeout: float = 20.0) -> int | None:
         if self.proc is None:
             return None
@@ -212,6 +220,19 @@ class TaskmonPostgres(Taskmon):
         self._admin(f'DROP DATABASE IF EXISTS "{self.dbname}"')
         self._admin(f'CREATE DATABASE "{self.dbname}"')
         return make_url(self.admin_url).set(database=self.dbname).render_as_string(hide_password=False)
+
+    def server_pids(self) -> list[int]:
+        # The bench's own progress connection (this process's) is left out: it serves the bench.
+        import psycopg
+
+        from cpu import backend_pids
+
+        try:
+            if self.conn is None:
+                self.conn = psycopg.connect(self._dsn(self.dbname), autocommit=True)
+            return backend_pids(self.conn, self.dbname)
+        except psycopg.Error:
+            return []
 
     def query(self, sql: str) -> list[tuple]:
         import psycopg
