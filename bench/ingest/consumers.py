@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -147,9 +148,11 @@ class Taskmon(Consumer):
         if rows:
             counters = json.loads(rows[0][0])
         gaps = self.query("SELECT reason, COALESCE(events_lost, 0) FROM receiver_gaps")
+        # The stored status is the last heartbeat's; the daemon logs its final count as it stops.
+        stopped = re.search(r"stopped: (\d+) events received", self.log_tail(20_000))
         return states, {
             "exit_code": code,
-            "events_received": counters.get("events_received"),
+            "events_received": int(stopped.group(1)) if stopped else counters.get("events_received"),
             "events_dropped": counters.get("events_dropped", 0),
             "reconnects": counters.get("pubsub.disconnects", 0),
             "gaps": [f"{reason}:{lost}" for reason, lost in gaps],

@@ -127,15 +127,17 @@ class Step:
     peak_rss_mb: float | None = None
     idle_rss_mb: float | None = None  # sustained runs: VmRSS --rss-idle seconds after the drain
     load_before: float = 0.0
+    handled: int = 0  # events the consumer received (its own count; Flower: task events), <= events if cut
     cpu_s: float | None = None  # user+sys of the consumer's processes from publishing to drained
     server_cpu_s: float | None = None  # PostgreSQL: of the backends serving the consumer's database
     notes: list[str] = field(default_factory=list)
 
     def cpu_per_million(self) -> float | None:
-        """CPU seconds (consumer + its server backends) per 1,000,000 events."""
-        if self.cpu_s is None or not self.events:
+        """CPU seconds (consumer + its server backends) per 1,000,000 events it handled."""
+        handled = self.handled or self.events
+        if self.cpu_s is None or not handled:
             return None
-        return round((self.cpu_s + (self.server_cpu_s or 0.0)) * 1e6 / self.events, 1)
+        return round((self.cpu_s + (self.server_cpu_s or 0.0)) * 1e6 / handled, 1)
 
     @property
     def delivered_pct(self) -> float:
@@ -214,7 +216,7 @@ def run_step(consumer: cons.Consumer, gen: GeneratorProcess, plan: dict, rate: i
             step.notes.append("generator hit its time limit")
         target = consumer.target({"events": published["events"], "tasks": step.tasks,
                                   "heartbeats": plan["heartbeats"]})
-        step.drain_seconds, _ = drain(consumer, target, args.settle, args.drain_timeout)
+        step.drain_seconds, progress = drain(consumer, target, args.settle, args.drain_timeout)
         own.sample(consumer.cpu_pids())
         backends.sample(consumer.server_pids())
         step.cpu_s = own.seconds()
@@ -231,6 +233,9 @@ def run_step(consumer: cons.Consumer, gen: GeneratorProcess, plan: dict, rate: i
         step.subscriber_cut = not (first_subscribers & set(subscribers(client)))
         step.redis_cutoffs = redis_cutoffs(server.directory / "redis.log") - cutoffs_before
         states, extra = consumer.stop_and_collect()
+        # What it spent its CPU on: a subscriber Redis cut off handled fewer events than were published.
+        step.handled = int(extra.get("events_received") or (progress if isinstance(consumer, cons.Flower) else 0)
+                           or step.events)
         step.reconnects = int(extra.get("reconnects") or 0)
         step.events_dropped = int(extra.get("events_dropped") or 0)
         if extra.get("gaps"):
