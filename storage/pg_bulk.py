@@ -7,7 +7,8 @@ merges them with the very SET clause of storage.runs' upsert (``excluded`` is th
 the SQL twin of storage.merge.merge_run is the one merge, whichever path wrote the row.
 
 - The staging table is TEMPORARY (private to the connection: several daemons on one server never
-  see each other's rows) and ON COMMIT DELETE ROWS; it is created once per pooled connection.
+  see each other's rows), made if missing at each write (a refused batch's rollback takes it
+  along) and emptied after each merge.
 - The INSERT is an ordinary row-level insert-or-update: triggers on task_runs fire for every row.
 - Rows are merged in task_id order, so concurrent writers take row locks in the same order and
   wait for each other instead of deadlocking; ON CONFLICT re-reads the committed row it waited for.
