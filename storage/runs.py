@@ -106,16 +106,25 @@ def execute_runs(conn: Connection, prepared: PreparedRuns, updated_at: datetime 
     sql = _compiled_upsert(conn.dialect)[0]
     bound = None if updated_at is None else bind_time(updated_at, row_plan(conn.dialect).times_as_text)
     at = prepared.stamp_at
-    for params in prepared.params_by_chunk():
-        if bound is not None:
-            for values in params:
-                values[at] = bound
+    if conn.dialect.name == "postgresql" and prepared.rows > 1:
+        from storage.pg_bulk import copy_merge  # COPY + one merging INSERT ... SELECT per batch
+
+        copy_merge(conn, sql, row_plan(conn.dialect).names, prepared.key_at, _stamped(prepared.params_by_chunk(), at, bound))
+        return prepared.rows
+    for params in _stamped(prepared.params_by_chunk(), at, bound):
         if conn.dialect.name == "sqlite":
             _execute_multirow(conn, sql, params)
         else:  # psycopg pipelines executemany: one round trip per chunk
             conn.exec_driver_sql(sql, [tuple(v) for v in params] if conn.dialect.positional else params)
     return prepared.rows
 
+
+def _stamped(chunks: Iterator[list], at: int | str, bound) -> Iterator[list]:
+    for params in chunks:
+        if bound is not None:
+            for values in params:
+                values[at] = bound
+        yield params
 
 
 def _execute_multirow(conn: Connection, sql: str, params: list) -> None:

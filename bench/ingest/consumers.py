@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -97,6 +98,14 @@ class Consumer:
     def rss(self) -> dict[str, int]:
         return proc_status(self.proc.pid) if self.alive() else {}
 
+    def cpu_pids(self) -> list[int]:
+        """The processes whose CPU time is this consumer's: its own and its descendants (taskmon's helper)."""
+        return [self.proc.pid, *descendants(self.proc.pid)] if self.alive() else []
+
+    def server_pids(self) -> list[int]:
+        """Server processes working for this consumer alone (PostgreSQL's backends of its database)."""
+        return []
+
     def terminate(self, timeout: float = 20.0) -> int | None:
         if self.proc is None:
             return None
@@ -139,9 +148,11 @@ class Taskmon(Consumer):
         if rows:
             counters = json.loads(rows[0][0])
         gaps = self.query("SELECT reason, COALESCE(events_lost, 0) FROM receiver_gaps")
+        # The stored status is the last heartbeat's; the daemon logs its final count as it stops.
+        stopped = re.search(r"stopped: (\d+) events received", self.log_tail(20_000))
         return states, {
             "exit_code": code,
-            "events_received": counters.get("events_received"),
+            "events_received": int(stopped.group(1)) if stopped else counters.get("events_received"),
             "events_dropped": counters.get("events_dropped", 0),
             "reconnects": counters.get("pubsub.disconnects", 0),
             "gaps": [f"{reason}:{lost}" for reason, lost in gaps],
@@ -212,6 +223,19 @@ class TaskmonPostgres(Taskmon):
         self._admin(f'DROP DATABASE IF EXISTS "{self.dbname}"')
         self._admin(f'CREATE DATABASE "{self.dbname}"')
         return make_url(self.admin_url).set(database=self.dbname).render_as_string(hide_password=False)
+
+    def server_pids(self) -> list[int]:
+        # The bench's own progress connection (this process's) is left out: it serves the bench.
+        import psycopg
+
+        from cpu import backend_pids
+
+        try:
+            if self.conn is None:
+                self.conn = psycopg.connect(self._dsn(self.dbname), autocommit=True)
+            return backend_pids(self.conn, self.dbname)
+        except psycopg.Error:
+            return []
 
     def query(self, sql: str) -> list[tuple]:
         import psycopg

@@ -112,8 +112,13 @@ def pack_publish(channel: bytes, payload: bytes) -> bytes:
     return b"*3\r\n$7\r\nPUBLISH\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(channel), channel, len(payload), payload)
 
 
-def build_plan(n_events: int, rate: float, *, db: int = 0, workers: int = 8, seed: int = 0) -> Plan:
-    """About ``n_events`` events (4 per task, plus heartbeats) on a simulated clock at ``rate``/s."""
+def build_plan(n_events: int, rate: float, *, db: int = 0, workers: int = 8, seed: int = 0,
+               single: bool = False) -> Plan:
+    """About ``n_events`` events (4 per task, plus heartbeats) on a simulated clock at ``rate``/s.
+
+    ``single``: every worker event in a message of its own (task.received, ...), as a worker
+    without prefork's buffering sends them, instead of task.multi messages of 1-10.
+    """
     rng = random.Random(seed)
     t0 = time.time()
     duration = n_events / rate
@@ -174,6 +179,11 @@ def build_plan(n_events: int, rate: float, *, db: int = 0, workers: int = 8, see
         stream.sort(key=lambda pair: pair[0])
         j = 0
         while j < len(stream):
+            if single:
+                at, ev = stream[j]
+                messages.append((at, ev["type"].replace("-", "."), worker, ev, 1))
+                j += 1
+                continue
             size = rng.randint(1, 10)
             chunk = stream[j:j + size]
             j += size

@@ -5,7 +5,10 @@ then, one consumer at a time (each in its own process), the bench starts the con
 until Redis shows it subscribed, publishes the messages at the rate, waits (bounded) for the
 consumer to drain, and counts the tasks that reached their correct final state in the store
 (taskmon) or in memory (the peers). A rate is lossless for a consumer when every task did.
-Finally taskmon -> SQLite takes 1,000,000 events and its RSS is read from /proc.
+Every step reads the CPU seconds (user+sys, /proc) the consumer's processes spent from the
+start of publishing to the drain, and for PostgreSQL those of the server backends serving its
+database (pg_stat_activity by database). Finally each taskmon consumer takes 1,000,000 events
+at each --rss-rates rate and its RSS is read from /proc.
 
     /tmp/venvb/bin/python bench/ingest/run.py            # the full run (about 15 minutes)
     /tmp/venvb/bin/python bench/ingest/run.py --rates 10000,30000 --events 100000 --consumers taskmon-sqlite
@@ -39,6 +42,7 @@ sys.path.insert(0, str(HERE))
 
 import consumers as cons  # noqa: E402
 import generator  # noqa: E402
+from cpu import CpuMeter  # noqa: E402
 
 from monitor.redis_server import RedisServer  # noqa: E402
 
@@ -83,8 +87,8 @@ class GeneratorProcess:
         self.proc = ctx.Process(target=_generator_loop, args=(child, redis_url), name="bench-generator", daemon=True)
         self.proc.start()
 
-    def build(self, events: int, rate: float, seed: int) -> dict:
-        self.conn.send(("build", {"n_events": events, "rate": rate, "seed": seed}))
+    def build(self, events: int, rate: float, seed: int, single: bool = False) -> dict:
+        self.conn.send(("build", {"n_events": events, "rate": rate, "seed": seed, "single": single}))
         return self.conn.recv()
 
     def publish(self, rate: float, max_seconds: float) -> dict:
@@ -123,7 +127,17 @@ class Step:
     peak_rss_mb: float | None = None
     idle_rss_mb: float | None = None  # sustained runs: VmRSS --rss-idle seconds after the drain
     load_before: float = 0.0
+    handled: int = 0  # events the consumer received (its own count; Flower: task events), <= events if cut
+    cpu_s: float | None = None  # user+sys of the consumer's processes from publishing to drained
+    server_cpu_s: float | None = None  # PostgreSQL: of the backends serving the consumer's database
     notes: list[str] = field(default_factory=list)
+
+    def cpu_per_million(self) -> float | None:
+        """CPU seconds (consumer + its server backends) per 1,000,000 events it handled."""
+        handled = self.handled or self.events
+        if self.cpu_s is None or not handled:
+            return None
+        return round((self.cpu_s + (self.server_cpu_s or 0.0)) * 1e6 / handled, 1)
 
     @property
     def delivered_pct(self) -> float:
@@ -192,6 +206,9 @@ def run_step(consumer: cons.Consumer, gen: GeneratorProcess, plan: dict, rate: i
         first_subscribers = wait_subscribed(client, consumer)
         time.sleep(args.warmup)
         planned = plan["events"] / rate
+        own, backends = CpuMeter(), CpuMeter()
+        own.start(consumer.cpu_pids())
+        backends.start(consumer.server_pids())
         published = gen.publish(rate, max_seconds=3 * planned + 10)
         step.events, step.achieved_rate = published["events"], published["achieved_rate"]
         step.unheard_messages = published["zero_receivers"]
@@ -199,7 +216,11 @@ def run_step(consumer: cons.Consumer, gen: GeneratorProcess, plan: dict, rate: i
             step.notes.append("generator hit its time limit")
         target = consumer.target({"events": published["events"], "tasks": step.tasks,
                                   "heartbeats": plan["heartbeats"]})
-        step.drain_seconds, _ = drain(consumer, target, args.settle, args.drain_timeout)
+        step.drain_seconds, progress = drain(consumer, target, args.settle, args.drain_timeout)
+        own.sample(consumer.cpu_pids())
+        backends.sample(consumer.server_pids())
+        step.cpu_s = own.seconds()
+        step.server_cpu_s = backends.seconds() if isinstance(consumer, cons.TaskmonPostgres) else None
         if step.drain_seconds is not None:
             step.drain_seconds = round(step.drain_seconds, 1)
         mem = consumer.rss()
@@ -212,6 +233,9 @@ def run_step(consumer: cons.Consumer, gen: GeneratorProcess, plan: dict, rate: i
         step.subscriber_cut = not (first_subscribers & set(subscribers(client)))
         step.redis_cutoffs = redis_cutoffs(server.directory / "redis.log") - cutoffs_before
         states, extra = consumer.stop_and_collect()
+        # What it spent its CPU on: a subscriber Redis cut off handled fewer events than were published.
+        step.handled = int(extra.get("events_received") or (progress if isinstance(consumer, cons.Flower) else 0)
+                           or step.events)
         step.reconnects = int(extra.get("reconnects") or 0)
         step.events_dropped = int(extra.get("events_dropped") or 0)
         if extra.get("gaps"):
@@ -232,12 +256,13 @@ def run_step(consumer: cons.Consumer, gen: GeneratorProcess, plan: dict, rate: i
     return step
 
 
-def rss_run(consumer: cons.TaskmonSQLite, gen: GeneratorProcess, rate: int, server: RedisServer,
+def rss_run(consumer: cons.Taskmon, gen: GeneratorProcess, plan: dict, rate: int, server: RedisServer,
             client: redis.Redis, args) -> dict:
-    """taskmon -> SQLite takes --rss-events events at ``rate``; VmRSS/VmHWM after it drained."""
-    plan = gen.build(args.rss_events, rate, seed=999)
+    """taskmon takes --rss-events events at ``rate``; VmRSS/VmHWM after it drained, CPU per 1M events."""
     step = run_step(consumer, gen, plan, rate, server, client, args, idle_rss=args.rss_idle)
-    return {"events": step.events, "rate": rate, "achieved_rate": step.achieved_rate,
+    return {"consumer": consumer.key, "label": consumer.label, "cpu_per_million": step.cpu_per_million(),
+            "cpu_s": step.cpu_s, "server_cpu_s": step.server_cpu_s,
+            "events": step.events, "rate": rate, "achieved_rate": step.achieved_rate,
             "tasks": step.tasks, "delivered": step.delivered, "lossless": step.lossless,
             "idle_rss_mb": step.idle_rss_mb, "idle_seconds": args.rss_idle,
             "drain_seconds": step.drain_seconds, "rss_mb": step.rss_mb, "peak_rss_mb": step.peak_rss_mb,
@@ -318,8 +343,9 @@ def kept_up(step: Step, max_drain: float) -> bool:
 def tables(steps: list[Step], rates: list[int], order: list[str], max_drain: float) -> str:
     labels = {s.consumer: s.label for s in steps}
     out = ["| consumer | " + " | ".join(f"{fmt_rate(r)}/s" for r in rates)
-           + f" | highest lossless | lossless and drained <= {max_drain:g} s |",
-           "| --- | " + " | ".join("---:" for _ in rates) + " | ---: | ---: |"]
+           + f" | highest lossless | lossless and drained <= {max_drain:g} s | CPU s per 1M events "
+           f"({' / '.join(fmt_rate(r) for r in rates)}) |",
+           "| --- | " + " | ".join("---:" for _ in rates) + " | ---: | ---: | ---: |"]
     for key in order:
         row = {s.target_rate: s for s in steps if s.consumer == key}
         if not row:
@@ -332,22 +358,25 @@ def tables(steps: list[Step], rates: list[int], order: list[str], max_drain: flo
             else:
                 mark = "" if s.lossless else (" (cut)" if s.subscriber_cut or s.redis_cutoffs else "")
                 cells.append(f"{s.delivered_pct:.2f}%{mark}")
+        cpu = " / ".join("-" if row.get(r) is None or row[r].cpu_per_million() is None
+                         else f"{row[r].cpu_per_million():.0f}" for r in rates)
         out.append(f"| {labels[key]} | " + " | ".join(cells) + f" | {highest(row, rates, lambda s: s.lossless)} | "
-                   f"{highest(row, rates, lambda s: kept_up(s, max_drain))} |")
+                   f"{highest(row, rates, lambda s: kept_up(s, max_drain))} | {cpu} |")
     return "\n".join(out)
 
 
 def details(steps: list[Step]) -> str:
     out = ["| consumer | target/s | achieved/s | tasks | final ok | missing | wrong | drain s | cut by Redis "
-           "| unheard msgs | reconnects | dropped | RSS MB (peak) | load |",
-           "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |"]
+           "| unheard msgs | reconnects | dropped | RSS MB (peak) | CPU s (server) | load |",
+           "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for s in steps:
         cut = "yes" if (s.subscriber_cut or s.redis_cutoffs) else "no"
         drain_txt = f"{s.drain_seconds:.1f}" if s.drain_seconds is not None else "never"
         rss = f"{s.rss_mb:.0f} ({s.peak_rss_mb:.0f})" if s.rss_mb is not None else "-"
+        cpu = "-" if s.cpu_s is None else f"{s.cpu_s:.1f}" + (f" ({s.server_cpu_s:.1f})" if s.server_cpu_s is not None else "")
         out.append(f"| {s.label} | {s.target_rate:,} | {s.achieved_rate:,.0f} | {s.tasks:,} | {s.delivered:,} "
                    f"| {s.missing:,} | {s.wrong_state:,} | {drain_txt} | {cut} | {s.unheard_messages:,} "
-                   f"| {s.reconnects} | {s.events_dropped:,} | {rss} | {s.load_before:.2f} |")
+                   f"| {s.reconnects} | {s.events_dropped:,} | {rss} | {cpu} | {s.load_before:.2f} |")
     notes = [f"- {s.label} @ {s.target_rate:,}/s: {'; '.join(s.notes)}" for s in steps if s.notes]
     return "\n".join(out + ([""] + notes if notes else []))
 
@@ -365,11 +394,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--events", type=int, default=300_000, help="events per consumer per rate (default: %(default)s)")
     parser.add_argument("--consumers", default=",".join(ALL_CONSUMERS), help="subset of: " + ", ".join(ALL_CONSUMERS))
     parser.add_argument("--rss-events", type=int, default=1_000_000,
-                        help="events for taskmon's RSS measurement into SQLite; 0 skips it (default: %(default)s)")
+                        help="events of taskmon's sustained runs (each taskmon consumer: RSS, drain, CPU); 0 skips them "
+                             "(default: %(default)s)")
     parser.add_argument("--rss-idle", type=float, default=5.0,
                         help="sustained runs: read VmRSS again this many seconds after the drain (default: %(default)s)")
     parser.add_argument("--rss-rates", default="20000,25000,30000",
-                        help="rates of the sustained taskmon -> SQLite runs, comma-separated (default: %(default)s)")
+                        help="rates of the sustained taskmon runs, comma-separated (default: %(default)s)")
+    parser.add_argument("--sustained-messages", default="multi",
+                        help="message shapes of the sustained runs, comma-separated: multi (task.multi of 1-10 "
+                             "events, as prefork workers send), single (one event per message) (default: %(default)s)")
     parser.add_argument("--postgres", default=os.environ.get("TASKMON_BENCH_POSTGRES_URL",
                                                             "postgresql+psycopg://postgres@127.0.0.1:5432/test"),
                         help="PostgreSQL server to create the bench databases on (default: %(default)s)")
@@ -386,6 +419,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.rates = [int(r) for r in args.rates.split(",") if r.strip()]
     args.rss_rates = [int(r) for r in args.rss_rates.split(",") if r.strip()]
     args.consumers = [c.strip() for c in args.consumers.split(",") if c.strip()]
+    shapes = [m.strip() for m in args.sustained_messages.split(",") if m.strip()]
+    if not shapes or set(shapes) - {"multi", "single"}:
+        parser.error("--sustained-messages takes multi, single or both")
+    args.sustained_messages = [m == "single" for m in shapes]
     unknown = set(args.consumers) - set(ALL_CONSUMERS)
     if unknown:
         parser.error(f"unknown consumers: {', '.join(sorted(unknown))}")
@@ -447,13 +484,23 @@ def main(argv: list[str] | None = None) -> int:
                       f"  peak RSS {step.peak_rss_mb} MB" + (f"  [{'; '.join(step.notes)}]" if step.notes else ""),
                       flush=True)
             del plan
-        for rate in args.rss_rates if args.rss_events else []:
-            print(f"\n== taskmon -> SQLite, {args.rss_events:,} events at {rate:,}/s (sustained; RSS)", flush=True)
-            one = rss_run(cons.TaskmonSQLite(workdir, server.url), gen, rate, server, client, args)
-            rss.append(one)
-            print(f"  final ok {one['delivered']:,}/{one['tasks']:,}, drain {one['drain_seconds']}, "
-                  f"VmRSS {one['rss_mb']} MB ({one['idle_rss_mb']} MB {args.rss_idle:g} s later), "
-                  f"VmHWM {one['peak_rss_mb']} MB", flush=True)
+        sustained = [c for c in consumers if isinstance(c, cons.Taskmon)] or [cons.TaskmonSQLite(workdir, server.url)]
+        sustained_steps = [(rate, single) for rate in (args.rss_rates if args.rss_events else [])
+                           for single in args.sustained_messages]
+        for index, (rate, single) in enumerate(sustained_steps):
+            kind = "one event per message" if single else "task.multi"
+            plan = gen.build(args.rss_events, rate, seed=999 + index // len(args.sustained_messages), single=single)
+            for consumer in sustained:
+                print(f"\n== {consumer.label}, {args.rss_events:,} events at {rate:,}/s, {kind} "
+                      "(sustained; RSS)", flush=True)
+                one = rss_run(consumer, gen, plan, rate, server, client, args)
+                one["messages"] = kind
+                one["message_count"] = plan["messages"]
+                rss.append(one)
+                print(f"  final ok {one['delivered']:,}/{one['tasks']:,}, drain {one['drain_seconds']}, "
+                      f"VmRSS {one['rss_mb']} MB ({one['idle_rss_mb']} MB {args.rss_idle:g} s later), "
+                      f"VmHWM {one['peak_rss_mb']} MB, CPU {one['cpu_per_million']} s per 1M events", flush=True)
+            del plan
     finally:
         gen.close()
         server.close()
@@ -475,13 +522,18 @@ def main(argv: list[str] | None = None) -> int:
         details(steps), "",
     ]
     if rss:
-        report += [f"taskmon -> SQLite, sustained: {args.rss_events:,} events at each rate, RSS read from /proc once "
-                   "drained (or given up on):", ""]
+        report += [f"taskmon, sustained: {args.rss_events:,} events at each rate, RSS (daemon + helper) read from "
+                   "/proc once drained (or given up on); CPU s per 1M events of daemon + helper (+ PostgreSQL's "
+                   "backends serving its database):", ""]
     for one in rss:
-        report += [f"taskmon -> SQLite after {one['events']:,} events at {one['rate']:,}/s (achieved "
+        cpu = one["cpu_per_million"]
+        report += [f"{one['label']} after {one['events']:,} events ({one['messages']}, {one['message_count']:,} "
+                   f"messages) at {one['rate']:,}/s (achieved "
                    f"{one['achieved_rate']:,.0f}/s): VmRSS {one['rss_mb']} MB when drained, {one['idle_rss_mb']} MB "
                    f"{one['idle_seconds']:g} s later, VmHWM (peak) {one['peak_rss_mb']} MB; "
-                   f"final ok {one['delivered']:,}/{one['tasks']:,} tasks"
+                   f"final ok {one['delivered']:,}/{one['tasks']:,} tasks, CPU {cpu} s per 1M events"
+                   + (f" ({one['cpu_s']:.1f} s daemon + {one['server_cpu_s']:.1f} s server)"
+                      if one["server_cpu_s"] is not None else "")
                    + (f", drained {one['drain_seconds']} s after the last event" if one['drain_seconds'] is not None
                       else ", never drained")
                    + (f"; {'; '.join(one['notes'])}" if one['notes'] else "")]
@@ -495,7 +547,8 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(json.dumps({
         "command": command.strip(), "started": started.isoformat(), "finished": finished.isoformat(),
         "machine": facts, "events_per_step": args.events, "rates": args.rates,
-        "steps": [dict(asdict(s), delivered_pct=round(s.delivered_pct, 3)) for s in steps],
+        "steps": [dict(asdict(s), delivered_pct=round(s.delivered_pct, 3), cpu_per_million=s.cpu_per_million())
+                  for s in steps],
         "rss": rss,
     }, indent=2))
     print(f"\nJSON: {out}")

@@ -22,10 +22,14 @@ import tempfile
 import time
 from pathlib import Path
 
+import psycopg
+
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import generator  # noqa: E402
+from consumers import descendants  # noqa: E402
+from cpu import CpuMeter, backend_pids  # noqa: E402
 
 from monitor.ingest.buffer import Batch, EventBuffer, Taken  # noqa: E402
 from monitor.ingest.prepare import Preparer  # noqa: E402
@@ -59,7 +63,6 @@ def main(argv: list[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="taskmon-writer-"))
     dbname = None
     if args.db:
-        import psycopg
         from sqlalchemy.engine import make_url
 
         admin = make_url(args.db).set(drivername="postgresql").render_as_string(hide_password=False)
@@ -90,18 +93,35 @@ def main(argv: list[str] | None = None) -> int:
             # The daemon's way: the writer thread takes from the buffer, its SQL thread commits.
             for i in range(0, len(events), 1000):
                 buffer.put(Batch.encode("bench", events[i:i + 1000]))  # as the sources put them
+            own, server = CpuMeter(), CpuMeter()
+            watch = psycopg.connect(admin.rsplit("/", 1)[0] + f"/{dbname}", autocommit=True) if dbname else None
+            with engine.connect():  # the writer's connection, so its backend is there to sample
+                pass
+            own.start([os.getpid(), *descendants(os.getpid())])
+            server.start(backend_pids(watch, dbname) if watch else [])
             started = time.perf_counter()
             writer.start()
             while writer.counters.get("events_written") < len(events) and writer.is_alive():
                 time.sleep(0.01)
+                if watch and int(time.perf_counter() * 100) % 50 == 0:
+                    server.sample(backend_pids(watch, dbname))
             writer.stop(time.monotonic() + 10)
             writer.join()
+            own.sample([os.getpid(), *descendants(os.getpid())])
+            if watch:
+                server.sample(backend_pids(watch, dbname))
+                watch.close()
         elapsed = time.perf_counter() - started
         counts = writer.counters.snapshot()
         print(f"{len(events):,} events ({counts.get('rows_written', 0):,} rows) into {engine.dialect.name} in "
               f"{elapsed:.2f} s: writer {len(events) / elapsed:,.0f} events/s "
               f"({elapsed / len(events) * 1e6:.1f} us/event); decode alone {len(events) / decode:,.0f} events/s"
               + (" [under cProfile]" if profiler else ""))
+        if not profiler:
+            per = 1e6 / len(events)
+            print(f"CPU per 1M events: writer process + helper {own.seconds() * per:.1f} s"
+                  + (f", PostgreSQL backends {server.seconds() * per:.1f} s, total "
+                     f"{(own.seconds() + server.seconds()) * per:.1f} s" if dbname else ""))
         malformed = {k: v for k, v in counts.items() if k.startswith("malformed")}
         if malformed:
             print(f"malformed: {malformed}")
