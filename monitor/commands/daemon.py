@@ -35,6 +35,7 @@ def run_cmd(ctx: Context, **flags) -> None:
     Exits 0 after SIGTERM/SIGINT, 1 when a thread it cannot keep running died (so that systemd or
     supervisor start it again), 2 on a bad setting.
     """
+    from monitor.cluster import ClusterError
     from monitor.daemon import Daemon
 
     flags["event_sources"] = flags["event_sources"] or None
@@ -45,7 +46,7 @@ def run_cmd(ctx: Context, **flags) -> None:
     engine = create_store(ctx)
     try:
         daemon = Daemon(ctx.settings, engine)
-    except ValueError as exc:
+    except (ValueError, ClusterError) as exc:
         raise SettingsUsageError(str(exc)) from None
     sys.exit(daemon.serve())
 

@@ -1,14 +1,16 @@
 """Events from the durable relay's Redis stream, read with a consumer group.
 
 Entries are acknowledged (XACK) only after the writer committed them, so a daemon killed
-with -9 finds them again as its pending entries on restart; entries left pending by a
-consumer that is gone are claimed (XAUTOCLAIM). Redelivered events merge into the same
-rows, so nothing is stored twice.
+with -9 finds them again as its pending entries on restart (its consumer name is stable);
+entries left pending by a consumer that is gone (another daemon, killed) are claimed
+(XAUTOCLAIM) at connect and every CLAIM_INTERVAL seconds. Redelivered events merge into the
+same rows, so nothing is stored twice. Several daemons share the group, each entry read by one.
 """
 from __future__ import annotations
 
 import logging
 import socket
+import time
 from datetime import datetime, timezone
 
 import redis
@@ -22,6 +24,8 @@ from monitor.sources.relay_gaps import ProducerSweep, gap_from_marker
 log = logging.getLogger(__name__)
 
 GROUP = "taskmon"
+# How often a running daemon claims entries another consumer left pending for longer than claim_idle_ms.
+CLAIM_INTERVAL = 5.0
 
 
 def _id_tuple(entry_id: bytes | str) -> tuple[int, int]:
@@ -37,7 +41,7 @@ class RedisStreamSource(Source):
     gap_reason = "redis_disconnect"
 
     def __init__(self, buffer, broker_url: str, *, stream: str = "taskmon:events", consumer: str | None = None,
-                 count: int = 2000, claim_idle_ms: int = 60_000, **kwargs):
+                 count: int = 2000, claim_idle_ms: int = 15_000, **kwargs):
         super().__init__(buffer, **kwargs)
         self.broker_url = broker_url
         self.stream = stream
@@ -87,10 +91,14 @@ class RedisStreamSource(Source):
                 break
             self._handle(entries)
         self._claim_stale()
+        next_claim = time.monotonic() + CLAIM_INTERVAL
         while not self.stopping.is_set():
             entries = self._read(">", block=1000)
             if entries:
                 self._handle(entries)
+            if time.monotonic() >= next_claim:
+                self._claim_stale()
+                next_claim = time.monotonic() + CLAIM_INTERVAL
             if vanished := self.producers.sweep_if_due():
                 self.counters.incr("stream.relay_vanished", vanished)
 
