@@ -12,6 +12,7 @@ import sys
 import click
 
 from monitor.commands import alerts, daemon, detection, history, tasks_app
+from monitor.commands import cluster
 from monitor.commands.base import Context, settings_options
 from tasks.settings import DESCRIPTIONS
 
@@ -83,7 +84,7 @@ def db_current(ctx: Context) -> None:
         sys.exit(1)
 
 
-for _family in (daemon, history, detection, tasks_app, alerts):
+for _family in (daemon, history, detection, tasks_app, alerts, cluster):
     for _command in _family.COMMANDS:
         cli.add_command(_command)
 

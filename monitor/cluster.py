@@ -152,6 +152,8 @@ class Leadership(Service):
         self._engine = None if self.single else create_engine(
             engine.url, poolclass=NullPool, connect_args=CLIENT_KEEPALIVES)
         self._conn: Connection | None = None
+        if self.single:
+            self.leading.set()  # before the first heartbeat, which records the role
 
     @property
     def role(self) -> str:
@@ -162,7 +164,6 @@ class Leadership(Service):
 
     def run(self) -> None:
         if self.single:
-            self._set(True)
             self.stopping.wait()
             return
         try:

@@ -146,6 +146,7 @@ class Daemon:
         self.leadership = Leadership(engine, on_change=self._role_changed)
         self._downtime_done = False
         self._status_at_start: list[dict] | None = None
+        self._rate_sample, self._rate = (time.monotonic(), 0), 0
         self.broadcaster: EnableEvents | None = None
         self.broadcasts: Periodic | None = None
         self.detector = self.detect_loop = None  # started in start() when detect_interval is set
@@ -282,13 +283,24 @@ class Daemon:
             self.buffer.put_control(gap)
         return True
 
+    def _with_rate(self) -> dict[str, int]:
+        """The counters, and events received per second since the previous heartbeat (`taskmon daemons`)."""
+        counters = self.counters()
+        at, received = time.monotonic(), counters.get("events_received", 0)
+        before_at, before = self._rate_sample
+        if at - before_at > 0.05:
+            self._rate = round((received - before) / (at - before_at))
+            self._rate_sample = (at, received)
+        counters["events_per_second"] = self._rate
+        return counters
+
     def heartbeat(self, stopped: bool = False) -> bool:
         now = datetime.now(timezone.utc)
         try:
             with self.engine.begin() as conn:
                 write_status(conn, daemon_id=self.daemon_id, hostname=socket.gethostname(), pid=os.getpid(),
                              sources=",".join(self.source_names), started_at=self.started_at, heartbeat_at=now,
-                             counters=self.counters(), stopped_at=now if stopped else None,
+                             counters=self._with_rate(), stopped_at=now if stopped else None,
                              source_states={s.name: s.state() for s in self.sources},
                              writer_lag=round(self.writer.lag(), 3), feed_since=None if stopped else self.feed_since(),
                              stop_reason=self.exit_reason if stopped else None,
