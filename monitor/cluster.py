@@ -122,14 +122,16 @@ def cluster_downtime(rows: list[dict], started_at: datetime, slack: float) -> Ga
     """The gap before this daemon started in which no daemon was alive; None when one was.
 
     ``rows``: status rows of the daemons before this one (its own earlier run included). One that
-    started before this daemon and beat (or stopped) at most ``slack`` seconds before its start, or
-    later, was alive then: the cluster was not down, whatever this daemon missed.
+    started before this daemon and beat at most ``slack`` seconds (stopped at most 1 s) before its
+    start, or later, was alive then: the cluster was not down, whatever this daemon missed.
     """
     before = [row for row in rows if row["started_at"] <= started_at]
     if not before:
         return None
     ended, last = max(((row["stopped_at"] or row["heartbeat_at"], row) for row in before), key=lambda p: p[0])
-    if started_at - ended <= timedelta(seconds=slack):
+    covered = max((row["stopped_at"] + timedelta(seconds=1)) if row["stopped_at"]
+                  else row["heartbeat_at"] + timedelta(seconds=slack) for row in before)
+    if covered >= started_at:
         return None
     how = "stopped" if last["stopped_at"] else "last heartbeat"
     return Gap("daemon", "daemon_down", ended, started_at, None,
@@ -164,6 +166,7 @@ class Leadership(Service):
 
     def run(self) -> None:
         if self.single:
+            self.on_change(True)
             self.stopping.wait()
             return
         try:
