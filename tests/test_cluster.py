@@ -211,3 +211,48 @@ def test_two_daemons_on_rabbitmq_lose_nothing_when_the_leader_is_killed(
         amqp_url, pg_url, start_worker, tmp_path, celery_client):
     app = celery_client(amqp_url)
     run_failover(amqp_url, pg_url, tmp_path, app, "amqp", "sample", start_worker, "tests.apps.sample")
+
+
+def test_one_leader_at_a_time_on_postgresql_and_the_next_leads_once_the_first_lets_go(pg_url):
+    from monitor.cluster import Leadership
+
+    engine = make_engine(pg_url)
+    changes = []
+    first = Leadership(engine, poll=0.2, on_change=lambda leading: changes.append(("first", leading)))
+    second = Leadership(engine, poll=0.2, on_change=lambda leading: changes.append(("second", leading)))
+    first.start()
+    try:
+        wait_until(first.is_leader, "the first leads", timeout=10)
+        second.start()
+        time.sleep(1.0)  # five attempts at the lock
+        assert not second.is_leader() and first.is_leader()
+        first.stop()
+        first.join(5)
+        wait_until(second.is_leader, "the second leads once the first's session ended", timeout=5)
+        assert changes == [("first", True), ("first", False), ("second", True)]
+    finally:
+        for one in (first, second):
+            one.stop()
+            one.join(5)
+            one.close()
+        engine.dispose()
+
+
+def test_check_fails_when_no_live_daemon_leads(pg_url):
+    from monitor.health import check
+    from storage.health import write_status
+
+    engine = make_engine(pg_url)
+    upgrade(engine)
+    now = datetime.now(timezone.utc)
+    with engine.begin() as conn:
+        write_status(conn, daemon_id="a", hostname="h", pid=1, sources="stream", started_at=now, heartbeat_at=now,
+                     counters={}, source_states={}, writer_lag=0.0, role="follower")
+    health = check(engine, now, 30, "a")
+    assert not health.ok and "no daemon leads the cluster" in health.reason
+    with engine.begin() as conn:
+        write_status(conn, daemon_id="b", hostname="h", pid=2, sources="stream", started_at=now, heartbeat_at=now,
+                     counters={}, source_states={}, writer_lag=0.0, role="leader")
+    health = check(engine, now, 30, "a")
+    assert health.ok and health.reason.endswith("cluster leader b") and health.leader == "b"
+    engine.dispose()
