@@ -122,12 +122,16 @@ class Daemon:
                              f"({settings.heartbeat_stale_seconds}), or every heartbeat is stale; got {settings.status_interval:g}")
         self.settings = settings
         self.engine = engine
+        self.source_names = resolve_sources(settings.event_sources, settings.broker_url, settings.relay_url)
         self._locks = cluster_locks(settings, engine)  # ClusterError: this daemon may not run
         self.daemon_id = settings.daemon_name or self._locks.name
         tune_allocator()  # before the threads start: see monitor.ingest.memory
         self.buffer = EventBuffer(settings.buffer_events)
-        self.source_names = resolve_sources(settings.event_sources, settings.broker_url, settings.relay_url)
-        self.sources = build_sources(self.source_names, settings, self.buffer, self.daemon_id)
+        try:
+            self.sources = build_sources(self.source_names, settings, self.buffer, self.daemon_id)
+        except ValueError:
+            self._locks.release()
+            raise
         self.reconciler = None
         if settings.result_backend:
             from monitor.ingest.reconcile import Reconciler

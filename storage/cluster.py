@@ -35,6 +35,13 @@ def holds_leader_lock(conn: Connection) -> bool:
         f"AND objid = ({_LOCK_KEY})::oid")).scalar())
 
 
+def serialize_alerts(conn: Connection) -> None:
+    """One alert evaluation at a time (PostgreSQL, until the transaction ends): should a deposed leader
+    not know it yet, the new one waits and then reads what it committed, instead of firing again."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('taskmon.alerts:' || current_schema()))"))
+
+
 def _decode(row) -> dict[str, Any]:
     out = dict(row)
     out["counters"] = orjson.loads(out["counters"])

@@ -111,6 +111,7 @@ class AlertRunner:
                 self.counters.incr("alerts.broker_errors")
                 log.warning("queue_depth rule skipped: %s", exc)
         with self.engine.begin() as conn:
+            cluster_store.serialize_alerts(conn)
             # Dead letters are claimed in the transaction that records their alerts: ones a leader that died
             # wrote but never alerted on are taken here, and none is alerted on twice.
             letters = claim_letters(conn, sweep.dead_letters if sweep is not None else [], now)
