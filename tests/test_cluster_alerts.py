@@ -1,6 +1,5 @@
 """Alerts stay exactly-once when the leader is killed: a real worker, two daemons on PostgreSQL, real SMTP."""
 import json
-import time
 
 import pytest
 from sqlalchemy import func, select

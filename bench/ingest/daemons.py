@@ -8,11 +8,13 @@ daemon process and its helpers, from /proc) per million events.
 """
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import orjson
 import redis
 
 import consumers as cons
@@ -56,12 +58,10 @@ def cpu_seconds(pid: int) -> float:
 
 def stream_entries(plan: generator.Plan) -> list[bytes]:
     """The plan's PUBLISH commands -> the JSON event lists the relay would have written."""
-    import orjson
-
     out = []
     for command in plan.commands:
         # *3 $7 PUBLISH $n channel $m payload: the payload is the last bulk string
-        head, _, rest = command.partition(b"PUBLISH\r\n")
+        _, _, rest = command.partition(b"PUBLISH\r\n")
         length, _, rest = rest[1:].partition(b"\r\n")
         rest = rest[int(length) + 2:]
         length, _, payload = rest[1:].partition(b"\r\n")
@@ -110,12 +110,10 @@ def one_run(n: int, entries: list[bytes], expected: dict[str, str], redis_url: s
     finally:
         for p in procs:
             p.terminate()
-    import json
-
     per_daemon = [json.loads(c)["events_received"] for (c,) in db.query("SELECT counters FROM daemon_status")]
     db.cleanup()
     final_ok = sum(1 for task_id, state in expected.items() if states.get(task_id) == state)
-    events = sum(len(__import__("orjson").loads(e)) for e in entries)
+    events = sum(len(orjson.loads(e)) for e in entries)
     return DaemonsRun(n, events, len(expected), final_ok, pending, final_ok == len(expected) and pending == 0,
                       None if seconds is None else round(seconds, 2),
                       None if seconds is None else round(events / seconds), round(cpu, 2),

@@ -29,8 +29,6 @@ def daemon_rows(rows: list[dict], now, stale_seconds: float) -> list[dict]:
 @click.option("--all", "show_all", is_flag=True, help="Also daemons stopped or silent for over a day.")
 def daemons_cmd(ctx: Context, as_json: bool, show_all: bool) -> None:
     """Every daemon writing this history: id, host, role (leader or follower), sources, rates, heartbeat age."""
-    from datetime import timedelta
-
     from monitor.commands.render import fmt_duration, table, to_json
     from storage.cluster import all_status
 
@@ -38,8 +36,7 @@ def daemons_cmd(ctx: Context, as_json: bool, show_all: bool) -> None:
     with open_store(ctx).connect() as conn:
         rows = daemon_rows(all_status(conn), now, ctx.settings.heartbeat_stale_seconds)
     if not show_all:
-        rows = [r for r in rows if r["state"] == "alive" or now - r["started_at"] < timedelta(days=1)
-                or r["heartbeat_age"] < 86400]
+        rows = [r for r in rows if r["heartbeat_age"] < 86400]
     if as_json:
         click.echo(to_json(rows, ctx.settings.tz))
         return
