@@ -2,8 +2,8 @@
 
 Entries are acknowledged (XACK) only after the writer committed them, so a daemon killed
 with -9 finds them again as its pending entries on restart (its consumer name is stable);
-entries left pending by a consumer that is gone (another daemon, killed) are claimed
-(XAUTOCLAIM) at connect and every CLAIM_INTERVAL seconds. Redelivered events merge into the
+entries left pending by a consumer that is gone (another daemon, killed: silent for
+claim_idle_ms) are claimed (XCLAIM) at connect and every CLAIM_INTERVAL seconds. Redelivered events merge into the
 same rows, so nothing is stored twice. Several daemons share the group, each entry read by one.
 """
 from __future__ import annotations
@@ -109,16 +109,26 @@ class RedisStreamSource(Source):
         return reply[0][1]
 
     def _claim_stale(self) -> None:
-        cursor = "0-0"
-        while not self.stopping.is_set():
-            reply = self.client.xautoclaim(self.stream, GROUP, self.consumer, self.claim_idle_ms, start_id=cursor,
-                                           count=self.count)
-            cursor, entries = reply[0], reply[1]
-            if entries:
-                self.counters.incr("stream.claimed", len(entries))
-                self._handle(entries)
-            if cursor in (b"0-0", "0-0"):
-                return
+        """Take the pending entries of consumers that have been silent for claim_idle_ms: daemons that
+        are gone. A live daemon reads every second, so its entries (and this one's own) stay where they are."""
+        for other in self.client.xinfo_consumers(self.stream, GROUP):
+            name = other["name"].decode() if isinstance(other["name"], bytes) else other["name"]
+            if name == self.consumer or not other["pending"] or other["idle"] < self.claim_idle_ms:
+                continue
+            while not self.stopping.is_set():
+                pending = self.client.xpending_range(self.stream, GROUP, min="-", max="+", count=self.count,
+                                                     consumername=name, idle=self.claim_idle_ms)
+                if not pending:
+                    break
+                entries = [e for e in self.client.xclaim(self.stream, GROUP, self.consumer, self.claim_idle_ms,
+                                                         [p["message_id"] for p in pending]) if e is not None]
+                if entries:
+                    log.warning("claimed %d pending entries of %s, a consumer silent for %.0fs", len(entries), name,
+                                other["idle"] / 1000)
+                    self.counters.incr("stream.claimed", len(entries))
+                    self._handle(entries)
+                if len(pending) < self.count:
+                    break
 
     def _handle(self, entries: list) -> None:
         events: list = []
