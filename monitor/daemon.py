@@ -315,8 +315,11 @@ class Daemon:
             return False
 
     def _beat(self) -> None:
-        """The heartbeat thread's job: the status row, and the rates in the log every log_interval."""
+        """The heartbeat thread's job: the status row, the sources' keepalives, and the rates in the log
+        every log_interval."""
         self.heartbeat()
+        for source in self.sources:
+            source.keepalive()
         since, before = self._last_log
         elapsed = time.monotonic() - since
         if elapsed >= self.settings.log_interval:

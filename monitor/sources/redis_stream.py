@@ -50,6 +50,8 @@ class RedisStreamSource(Source):
         self.claim_idle_ms = claim_idle_ms
         self.client = redis.Redis.from_url(broker_url, socket_timeout=10, socket_connect_timeout=5)
         self.producers = ProducerSweep(self.client, stream)
+        # The heartbeat thread's own connection: a reader blocked on a full buffer makes no Redis calls.
+        self._keepalive_client = redis.Redis.from_url(broker_url, socket_timeout=2, socket_connect_timeout=2)
 
     def unreachable(self, exc: BaseException) -> str:
         return (f"cannot read the relay stream at {mask_url(self.broker_url)} ({exc}); retrying "
@@ -129,6 +131,17 @@ class RedisStreamSource(Source):
                     self._handle(entries)
                 if len(pending) < self.count:
                     break
+
+    def keepalive(self) -> None:
+        """Reading one entry of this consumer's own history refreshes its ``idle`` in the group, so the other
+        daemons do not take it for gone (and claim its pending entries) while its writer is behind."""
+        if not self.connected.is_set():
+            return
+        try:
+            self._keepalive_client.xreadgroup(GROUP, self.consumer, {self.stream: "0"}, count=1)
+        except (redis.RedisError, OSError) as exc:
+            self.counters.incr("stream.keepalive_errors")
+            log.debug("stream keepalive: %s", exc)
 
     def _handle(self, entries: list) -> None:
         events: list = []
