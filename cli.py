@@ -14,6 +14,7 @@ import click
 from monitor.commands import alerts, daemon, detection, history, tasks_app
 from monitor.commands import serve  # the HTTP API and its tokens
 from monitor.commands import broker, schedule_beat  # noqa: F401 - schedule_beat adds schedule run/status
+from monitor.commands import cluster
 from monitor.commands.base import Context, settings_options
 from tasks.settings import DESCRIPTIONS
 
@@ -85,7 +86,7 @@ def db_current(ctx: Context) -> None:
         sys.exit(1)
 
 
-for _family in (daemon, history, detection, tasks_app, alerts, broker, serve):
+for _family in (daemon, history, detection, tasks_app, alerts, broker, serve, cluster):
     for _command in _family.COMMANDS:
         cli.add_command(_command)
 

@@ -7,7 +7,7 @@ import signal
 import socket
 import threading
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import Callable
 
 from sqlalchemy import Engine
@@ -23,7 +23,9 @@ from monitor.supervisor import Periodic, Service, Supervisor
 from tasks.redact import mask_url
 from tasks.settings import Settings
 from storage.errors import first_line
-from storage.health import latest_status, write_status
+from monitor.cluster import Leadership, cluster_downtime, cluster_locks
+from storage.cluster import all_status
+from storage.health import write_status
 from storage.runs import row_plan
 
 log = logging.getLogger(__name__)
@@ -56,33 +58,36 @@ def resolve_sources(names: tuple[str, ...], broker_url: str, relay_url: str = ""
     return tuple(dict.fromkeys(out))
 
 
-def _pubsub(settings: Settings, buffer: EventBuffer) -> Source:
+def _pubsub(settings: Settings, buffer: EventBuffer, name: str) -> Source:
     from monitor.sources.redis_pubsub import RedisPubSubSource
 
     return RedisPubSubSource(buffer, settings.broker_url)
 
 
-def _stream(settings: Settings, buffer: EventBuffer) -> Source:
+def _stream(settings: Settings, buffer: EventBuffer, name: str) -> Source:
     from monitor.sources.redis_stream import RedisStreamSource
 
-    return RedisStreamSource(buffer, settings.relay_url or settings.broker_url, stream=settings.relay_stream)
+    # One consumer per daemon in the group: a restarted daemon (same name) reads its own pending entries.
+    return RedisStreamSource(buffer, settings.relay_url or settings.broker_url, stream=settings.relay_stream,
+                             consumer=f"taskmon-{name}")
 
 
-def _amqp(settings: Settings, buffer: EventBuffer) -> Source:
+def _amqp(settings: Settings, buffer: EventBuffer, name: str) -> Source:
     from monitor.sources.amqp import AmqpSource
 
     return AmqpSource(buffer, settings.broker_url, queue=settings.amqp_queue)
 
 
 # Imported when chosen: kombu, hiredis and the like load only for the sources a daemon reads.
-SOURCES: dict[str, Callable[[Settings, EventBuffer], Source]] = {"pubsub": _pubsub, "stream": _stream, "amqp": _amqp}
+SOURCES: dict[str, Callable[[Settings, EventBuffer, str], Source]] = {"pubsub": _pubsub, "stream": _stream, "amqp": _amqp}
 
 
-def build_sources(names: tuple[str, ...], settings: Settings, buffer: EventBuffer) -> list[Source]:
+def build_sources(names: tuple[str, ...], settings: Settings, buffer: EventBuffer,
+                  daemon_id: str = "") -> list[Source]:
     for name in names:
         if name not in SOURCES:
             raise ValueError(f"unknown source {name!r} (use pubsub, stream, amqp or auto)")
-    return [SOURCES[name](settings, buffer) for name in names]
+    return [SOURCES[name](settings, buffer, daemon_id or socket.gethostname()) for name in names]
 
 
 class EnableEvents:
@@ -117,10 +122,16 @@ class Daemon:
                              f"({settings.heartbeat_stale_seconds}), or every heartbeat is stale; got {settings.status_interval:g}")
         self.settings = settings
         self.engine = engine
+        self.source_names = resolve_sources(settings.event_sources, settings.broker_url, settings.relay_url)
+        self._locks = cluster_locks(settings, engine)  # ClusterError: this daemon may not run
+        self.daemon_id = settings.daemon_name or self._locks.name
         tune_allocator()  # before the threads start: see monitor.ingest.memory
         self.buffer = EventBuffer(settings.buffer_events)
-        self.source_names = resolve_sources(settings.event_sources, settings.broker_url, settings.relay_url)
-        self.sources = build_sources(self.source_names, settings, self.buffer)
+        try:
+            self.sources = build_sources(self.source_names, settings, self.buffer, self.daemon_id)
+        except ValueError:
+            self._locks.release()
+            raise
         self.reconciler = None
         if settings.result_backend:
             from monitor.ingest.reconcile import Reconciler
@@ -130,13 +141,16 @@ class Daemon:
         self.writer = Writer(engine, self.buffer, field_max_bytes=settings.field_max_bytes,
                              batch_size=settings.batch_size, flush_interval=settings.flush_interval,
                              on_gap=self._reconcile if self.reconciler else None, preparer=self.preparer)
-        self.daemon_id = f"{socket.gethostname()}:{os.getpid()}"
         self.started_at = datetime.now(timezone.utc)
         self.stop_event = threading.Event()
         self.exit_reason: str | None = None  # why the daemon stops itself; None: asked to stop
         self.supervisor = Supervisor()
         self.watchdog = Periodic("supervisor", SUPERVISE_INTERVAL, self._supervise)
         self.heartbeats = Periodic("heartbeat", settings.status_interval, self._beat, at_start=True)
+        self.leadership = Leadership(engine, on_change=self._role_changed)
+        self._downtime_done = False
+        self._status_at_start: list[dict] | None = None
+        self._rate_sample, self._rate = (time.monotonic(), 0), 0
         self.broadcaster: EnableEvents | None = None
         self.broadcasts: Periodic | None = None
         self.detector = self.detect_loop = None  # started in start() when detect_interval is set
@@ -146,7 +160,7 @@ class Daemon:
         self._last_log: tuple[float, dict] = (time.monotonic(), {})  # when the rates were last logged, and the counts
 
     def counters(self) -> dict[str, int]:
-        parts = [self.writer.counters, self.preparer.counters, self.supervisor.counters,
+        parts = [self.writer.counters, self.preparer.counters, self.supervisor.counters, self.leadership.counters,
                  *(s.counters for s in self.sources), *(s.counters for s in self._services())]
         if self.detector is not None:
             parts.append(self.detector.counters)
@@ -161,7 +175,7 @@ class Daemon:
                 if s is not None]
 
     def start(self) -> None:
-        self._record_downtime()
+        self._status_at_start = self._read_status()  # before this daemon's first heartbeat replaces its old row
         self.writer.start()
         self.supervisor.watch("writer", self.writer, restart=False)  # it holds uncommitted batches
         for source in self.sources:
@@ -177,6 +191,8 @@ class Daemon:
             self.broadcasts.start()
             self.supervisor.watch("enable-events", self.broadcasts)
         self._start_detectors()
+        self.leadership.start()
+        self.supervisor.watch("leader", self.leadership)
         self._last_log = (time.monotonic(), self.counters())
         self.heartbeats.start()
         self.supervisor.watch("heartbeat", self.heartbeats)
@@ -217,7 +233,10 @@ class Daemon:
         self.supervisor.watch("detect", self.detect_loop)
 
     def _detect_and_alert(self) -> None:
-        """One sweep, then the alert rules on what it found; each logs and counts its own failures."""
+        """One sweep, then the alert rules on what it found; each logs and counts its own failures.
+        Only the cluster's leader sweeps: the others' verdicts and e-mails would be repeats."""
+        if not self.leadership.is_leader():
+            return
         result = self.detector.run()
         if self.alerter is not None:
             self.alerter.run(result)
@@ -255,21 +274,43 @@ class Daemon:
             log.error("%s; stopping (exit 1) so that the service manager starts taskmon again", reason)
             self.stop_event.set()
 
-    def _record_downtime(self) -> None:
-        """A daemon that starts after another one stopped (or died) missed what came between."""
+    def _role_changed(self, leading: bool) -> None:
+        """The leader thread's news; the first time this daemon leads, it accounts for the downtime before it."""
+        self.heartbeat()  # `taskmon daemons` and check show the new role at once
+        if leading and not self._downtime_done:
+            self._downtime_done = self._record_downtime()
+
+    def _read_status(self) -> list[dict] | None:
         try:
             with self.engine.connect() as conn:
-                last = latest_status(conn)
+                return all_status(conn)
         except SQLAlchemyError as exc:
-            log.warning("cannot read the previous daemon status: %s", exc)
-            return
-        if last is None:
-            return
-        ended = last["stopped_at"] or last["heartbeat_at"]
-        if self.started_at - ended > timedelta(seconds=1):
-            how = "stopped" if last["stopped_at"] else "last heartbeat"
-            self.buffer.put_control(Gap("daemon", "daemon_down", ended, self.started_at, None,
-                                        f"previous daemon {last['daemon_id']} {how} at {ended.isoformat()}"))
+            log.warning("cannot read the daemons' status: %s", first_line(exc))
+            return None
+
+    def _record_downtime(self) -> bool:
+        """A gap from when the last daemon stopped (or died) to this one's start, if no daemon was alive between.
+        Returns False when the status rows could not be read (tried again at the next election)."""
+        now = self._read_status()
+        if now is None or self._status_at_start is None:
+            return False
+        rows = {row["daemon_id"]: row for row in self._status_at_start}
+        rows.update((row["daemon_id"], row) for row in now if row["daemon_id"] != self.daemon_id)
+        gap = cluster_downtime(list(rows.values()), self.started_at, self.settings.status_interval + 1)
+        if gap is not None:
+            self.buffer.put_control(gap)
+        return True
+
+    def _with_rate(self) -> dict[str, int]:
+        """The counters, and events received per second since the previous heartbeat (`taskmon daemons`)."""
+        counters = self.counters()
+        at, received = time.monotonic(), counters.get("events_received", 0)
+        before_at, before = self._rate_sample
+        if at - before_at > 0.05:
+            self._rate = round((received - before) / (at - before_at))
+            self._rate_sample = (at, received)
+        counters["events_per_second"] = self._rate
+        return counters
 
     def heartbeat(self, stopped: bool = False) -> bool:
         now = datetime.now(timezone.utc)
@@ -277,18 +318,22 @@ class Daemon:
             with self.engine.begin() as conn:
                 write_status(conn, daemon_id=self.daemon_id, hostname=socket.gethostname(), pid=os.getpid(),
                              sources=",".join(self.source_names), started_at=self.started_at, heartbeat_at=now,
-                             counters=self.counters(), stopped_at=now if stopped else None,
+                             counters=self._with_rate(), stopped_at=now if stopped else None,
                              source_states={s.name: s.state() for s in self.sources},
                              writer_lag=round(self.writer.lag(), 3), feed_since=None if stopped else self.feed_since(),
-                             stop_reason=self.exit_reason if stopped else None)
+                             stop_reason=self.exit_reason if stopped else None,
+                             role=None if stopped else self.leadership.role)
             return True
         except SQLAlchemyError as exc:
             log.warning("cannot write the daemon heartbeat: %s", first_line(exc))
             return False
 
     def _beat(self) -> None:
-        """The heartbeat thread's job: the status row, and the rates in the log every log_interval."""
+        """The heartbeat thread's job: the status row, the sources' keepalives, and the rates in the log
+        every log_interval."""
         self.heartbeat()
+        for source in self.sources:
+            source.keepalive()
         since, before = self._last_log
         elapsed = time.monotonic() - since
         if elapsed >= self.settings.log_interval:
@@ -336,6 +381,9 @@ class Daemon:
         for loop in (self.watchdog, self.heartbeats):  # nothing is restarted from here on
             loop.stop()
             loop.join(remaining())
+        self.leadership.stop()  # a follower may take over while this one flushes
+        self.leadership.join(remaining())
+        self.leadership.close()
         if self.detect_loop is not None:
             self.detect_loop.stop()
             self.detect_loop.join(remaining())  # a sweep under way finishes
@@ -358,6 +406,7 @@ class Daemon:
             self.broadcasts.join(remaining())
             self.broadcaster.close()
         self.heartbeat(stopped=True)
+        self._locks.release()
         counts = self.counters()
         log.warning("stopped: %d events received, %d rows written, %d lost on shutdown",
                     counts.get("events_received", 0), counts.get("rows_written", 0),

@@ -14,7 +14,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from storage.db import DatabaseError, current_revision, head_revision, unreachable_message
-from storage.health import latest_status
+from storage.cluster import all_status
 
 
 @dataclass(frozen=True)
@@ -22,19 +22,41 @@ class Health:
     ok: bool
     reason: str
     status: dict[str, Any] | None = field(default=None)
+    leader: str | None = None  # the cluster leader's daemon_id, when there is one
 
 
-def check(engine: Engine, now: datetime, stale_seconds: float) -> Health:
+def check(engine: Engine, now: datetime, stale_seconds: float, daemon_id: str = "") -> Health:
+    """This daemon (``daemon_id``; empty: the one with the newest heartbeat), and whether the cluster has a leader."""
     try:
         if current_revision(engine) != head_revision():
             return Health(False, "database schema is not current: run `taskmon db upgrade`")
         with engine.connect() as conn:
-            status = latest_status(conn)
+            rows = all_status(conn)
     except (SQLAlchemyError, DatabaseError) as exc:
         return Health(False, unreachable_message(engine, exc))
-    if status is None:
+    if not rows:
         return Health(False, "no taskmon daemon has run against this database: start `taskmon run`")
-    return judge(status, now, stale_seconds)
+    status = next((r for r in rows if r["daemon_id"] == daemon_id), None) if daemon_id else rows[0]
+    if status is None:
+        return Health(False, f"no daemon {daemon_id} has run against this database (daemon_name)")
+    health = judge(status, now, stale_seconds)
+    if not health.ok:
+        return health
+    leader = cluster_leader(rows, now, stale_seconds)
+    if leader is None:
+        return Health(False, f"{health.reason}, but no daemon leads the cluster: detectors and alerts are not "
+                             "running", status)
+    return Health(True, f"{health.reason}; cluster leader {leader['daemon_id']}", status, leader["daemon_id"])
+
+
+def is_alive(status: dict[str, Any], now: datetime, stale_seconds: float) -> bool:
+    return status["stopped_at"] is None and (now - status["heartbeat_at"]).total_seconds() <= stale_seconds
+
+
+def cluster_leader(rows: list[dict[str, Any]], now: datetime, stale_seconds: float) -> dict[str, Any] | None:
+    """The live daemon that says it leads; a row without a role (a daemon before the cluster schema) leads alone."""
+    alive = [r for r in rows if is_alive(r, now, stale_seconds)]
+    return next((r for r in alive if r.get("role") in ("leader", None)), None)
 
 
 def judge(status: dict[str, Any], now: datetime, stale_seconds: float) -> Health:

@@ -29,7 +29,7 @@ def upsert_dead_letters(conn: Connection, letters: Sequence[Mapping[str, Any]], 
     stmt = dialect_insert(conn)(dead_letters)
     old, new = dead_letters.c, stmt.excluded
     sets = {col: new[col] for col in _FROM_DETECTOR}
-    sets.update(state="open", resolved_at=None, resolution=None, updated_at=new.updated_at)
+    sets.update(state="open", resolved_at=None, resolution=None, alerted_at=None, updated_at=new.updated_at)
     rows = [{**{c: letter.get(c) for c in ("task_id", *_FROM_DETECTOR)}, "state": "open", "created_at": now,
              "updated_at": now} for letter in letters]
     conn.execute(stmt.on_conflict_do_update(index_elements=[old.task_id], set_=sets,

@@ -33,17 +33,19 @@ def list_gaps(conn: Connection, limit: int = 100) -> list[dict[str, Any]]:
 def write_status(conn: Connection, *, daemon_id: str, hostname: str, pid: int, sources: str,
                  started_at: datetime, heartbeat_at: datetime, counters: dict, stopped_at: datetime | None = None,
                  source_states: dict[str, dict] | None = None, writer_lag: float | None = None,
-                 feed_since: datetime | None = None, stop_reason: str | None = None) -> None:
+                 feed_since: datetime | None = None, stop_reason: str | None = None,
+                 role: str | None = None) -> None:
     """Insert or refresh the daemon's row; ``source_states``: {source: {"connected", "since", ...}}."""
     values = dict(daemon_id=daemon_id, hostname=hostname, pid=pid, sources=sources, started_at=started_at,
                   heartbeat_at=heartbeat_at, stopped_at=stopped_at, counters=orjson.dumps(counters).decode(),
                   source_states=None if source_states is None else orjson.dumps(source_states).decode(),
-                  writer_lag=writer_lag, feed_since=feed_since, stop_reason=stop_reason)
+                  writer_lag=writer_lag, feed_since=feed_since, stop_reason=stop_reason, role=role)
     stmt = dialect_insert(conn)(daemon_status).values(**values)
     conn.execute(stmt.on_conflict_do_update(
         index_elements=[daemon_status.c.daemon_id],
         set_={k: stmt.excluded[k] for k in ("heartbeat_at", "stopped_at", "counters", "sources", "source_states",
-                                            "writer_lag", "feed_since", "stop_reason")},
+                                            "writer_lag", "feed_since", "stop_reason", "role",
+                                            "started_at", "pid", "hostname")},
     ))
 
 

@@ -139,6 +139,7 @@ daemon_status = Table(
     Column("writer_lag", Float),  # seconds the oldest event received but not committed has waited
     Column("feed_since", UTCDateTime),  # since when every source is connected and the writer caught up
     Column("stop_reason", Text),  # why a daemon stopped itself (a thread that kept dying)
+    Column("role", String(16)),  # leader (runs the detectors and alerts) or follower
     Index(None, "heartbeat_at"),
 )
 
@@ -277,9 +278,11 @@ dead_letters = Table(
     Column("resolution", Text),
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
+    Column("alerted_at", UTCDateTime),  # claimed by an alert evaluation (NULL: not yet)
     Index(None, "dead_at"),
     Index(None, "state", "dead_at"),
     Index(None, "name", "dead_at"),
+    Index("ix_dead_letters_unalerted", "alerted_at", "dead_at"),
 )
 
 # -- alerts -------------------------------------------------------------------------------

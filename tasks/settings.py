@@ -64,6 +64,7 @@ class Settings:
     relay_stream: str = "taskmon:events"
     relay_maxlen: int = 1_000_000
     amqp_queue: str = "taskmon.events"
+    daemon_name: str = ""
     heartbeat_stale_seconds: int = 30
     report_recipients: tuple[str, ...] = ()
     cleanup_chunk_size: int = 5000
@@ -131,6 +132,8 @@ DESCRIPTIONS: dict[str, str] = {
     "relay_stream": "Redis stream the durable relay writes events to",
     "relay_maxlen": "Approximate cap on the relay stream's length (oldest entries trimmed)",
     "amqp_queue": "Durable RabbitMQ queue the daemon binds to the celeryev exchange",
+    "daemon_name": "This daemon's id in daemon_status and its stream consumer name; empty: host-N, the first "
+                   "slot free on this host (stable across restarts)",
     "heartbeat_stale_seconds": "`taskmon check` fails when the daemon's heartbeat is older than this, a source "
                                "has been disconnected or the writer behind for longer",
     "report_recipients": "Comma-separated addresses that receive the scheduled reports; empty: alert_recipients",

@@ -415,6 +415,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=float, default=1.0, help="seconds between subscribing and publishing")
     parser.add_argument("--taskmon-args", default="", help="extra `taskmon run` options, e.g. '--batch-size 20000'")
     parser.add_argument("--out", help="JSON file (default: bench/results/ingest-<time>.json)")
+    parser.add_argument("--daemons", type=int, default=0, metavar="N",
+                        help="instead of the ladder: one daemon, then N, on one relay stream into PostgreSQL "
+                             "(lossless rate and CPU per 1M events; --events sets the events)")
     args = parser.parse_args(argv)
     args.rates = [int(r) for r in args.rates.split(",") if r.strip()]
     args.rss_rates = [int(r) for r in args.rss_rates.split(",") if r.strip()]
@@ -447,6 +450,8 @@ def make_consumers(keys: list[str], workdir: Path, broker_url: str, postgres_url
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.daemons:
+        return daemons_main(args, argv)
     started = datetime.now(timezone.utc)
     load_before = os.getloadavg()
     print(f"bench/ingest: {started:%Y-%m-%d %H:%M:%S} UTC, load average before: "
@@ -553,6 +558,35 @@ def main(argv: list[str] | None = None) -> int:
     }, indent=2))
     print(f"\nJSON: {out}")
     return 0
+
+
+def daemons_main(args: argparse.Namespace, argv: list[str] | None) -> int:
+    """--daemons N: several daemons sharing the relay stream's consumer group (bench/ingest/daemons.py)."""
+    import daemons
+
+    started = datetime.now(timezone.utc)
+    workdir = Path(tempfile.mkdtemp(prefix="taskmon-bench-"))
+    server = RedisServer().start()
+    client = redis.Redis.from_url(server.url)
+    print(f"bench/ingest --daemons {args.daemons}: {started:%Y-%m-%d %H:%M:%S} UTC, load average before: "
+          f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
+    try:
+        facts = machine_facts(client, args.postgres)
+        runs = daemons.run_daemons(args.daemons, args.events, server.url, args.postgres, workdir,
+                                   timeout=args.drain_timeout)
+    finally:
+        server.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+    facts["load_after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    command = "python bench/ingest/run.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    print("\n".join(["", f"## bench/ingest --daemons ({started:%Y-%m-%d %H:%M} UTC)", "",
+                     f"Command: `{command.strip()}`", "", daemons.table(runs), "", "Machine:", facts_text(facts)]))
+    out = Path(args.out) if args.out else REPO / "bench" / "results" / f"ingest-daemons-{started:%Y%m%d-%H%M%S}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"command": command.strip(), "started": started.isoformat(), "machine": facts,
+                               "runs": daemons.as_json(runs)}, indent=2))
+    print(f"\nJSON: {out}")
+    return 0 if all(r.lossless for r in runs) else 1
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from tasks.alert_rules import OCCURRENCE_RULES, recipients, rules_of
 from monitor.ingest.counters import Counters
 from tasks.settings import Settings
 from storage import alerts as store
+from storage import cluster as cluster_store
 from storage.errors import first_line
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,18 @@ QUEUE = "alerts"
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def claim_letters(conn, swept: list[dict], now: datetime) -> list[dict]:
+    """The sweep's dead letters and those left unclaimed by an earlier leader, minus ones already alerted on;
+    all marked claimed (committed with the alerts)."""
+    unclaimed = cluster_store.unalerted_letters(conn, now - cond.STALE_OCCURRENCE)
+    seen = {letter["task_id"] for letter in unclaimed}
+    fresh = [letter for letter in swept if letter["task_id"] not in seen]
+    done = cluster_store.alerted_already(conn, [letter["task_id"] for letter in fresh])
+    letters = unclaimed + [letter for letter in fresh if letter["task_id"] not in done]
+    cluster_store.mark_alerted(conn, [letter["task_id"] for letter in letters], now)
+    return letters
 
 
 def group_from_row(row: dict[str, Any]) -> Group:
@@ -84,7 +97,6 @@ class AlertRunner:
         occurrences = []
         watch_since = sweep.watch_since if sweep is not None else None
         if sweep is not None:
-            occurrences += cond.dead_letter_occurrences(sweep.dead_letters, rules, now)
             occurrences += cond.stuck_occurrences(sweep.stuck, rules, now)
         conditions: list[cond.Condition] = []
         evaluated: list[str] = []
@@ -99,6 +111,11 @@ class AlertRunner:
                 self.counters.incr("alerts.broker_errors")
                 log.warning("queue_depth rule skipped: %s", exc)
         with self.engine.begin() as conn:
+            cluster_store.serialize_alerts(conn)
+            # Dead letters are claimed in the transaction that records their alerts: ones a leader that died
+            # wrote but never alerted on are taken here, and none is alerted on twice.
+            letters = claim_letters(conn, sweep.dead_letters if sweep is not None else [], now)
+            occurrences += cond.dead_letter_occurrences(letters, rules, now)
             groups = {row["group_key"]: group_from_row(row) for row in store.open_groups(conn)}
             conditions += self._stored_conditions(conn, now, evaluated, watch_since)
             covered = {o.task_name for o in occurrences} | {

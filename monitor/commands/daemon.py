@@ -35,6 +35,7 @@ def run_cmd(ctx: Context, **flags) -> None:
     Exits 0 after SIGTERM/SIGINT, 1 when a thread it cannot keep running died (so that systemd or
     supervisor start it again), 2 on a bad setting.
     """
+    from monitor.cluster import ClusterError
     from monitor.daemon import Daemon
 
     flags["event_sources"] = flags["event_sources"] or None
@@ -45,7 +46,7 @@ def run_cmd(ctx: Context, **flags) -> None:
     engine = create_store(ctx)
     try:
         daemon = Daemon(ctx.settings, engine)
-    except ValueError as exc:
+    except (ValueError, ClusterError) as exc:
         raise SettingsUsageError(str(exc)) from None
     sys.exit(daemon.serve())
 
@@ -63,7 +64,8 @@ def check_cmd(ctx: Context, as_json: bool) -> None:
     engine = make_engine(ctx.settings.database_url)
     try:
         require_existing(engine)
-        health = check(engine, datetime.now(timezone.utc), ctx.settings.heartbeat_stale_seconds)
+        health = check(engine, datetime.now(timezone.utc), ctx.settings.heartbeat_stale_seconds,
+                       ctx.settings.daemon_name)
     except DatabaseError as exc:
         health = Health(False, str(exc))
     if as_json:
@@ -75,6 +77,7 @@ def check_cmd(ctx: Context, as_json: bool) -> None:
         click.echo(json.dumps({"ok": health.ok, "reason": health.reason, "daemon_id": status.get("daemon_id"),
                                "heartbeat_at": iso("heartbeat_at"), "sources": status.get("source_states") or {},
                                "writer_lag": status.get("writer_lag"), "feed_since": iso("feed_since"),
+                               "role": status.get("role"), "leader": health.leader,
                                "counters": status.get("counters", {})}, indent=2))
     else:
         click.echo(("OK: " if health.ok else "FAIL: ") + health.reason)

@@ -155,6 +155,10 @@ class Source(Service):
     def after_flush(self) -> None:
         """Called once the writer has flushed its last batch and the reader thread has ended."""
 
+    def keepalive(self) -> None:
+        """Called from the daemon's heartbeat thread: tell the broker this consumer is alive even while its
+        reader waits for buffer space (a shared durable source); never raises."""
+
     def malformed(self, reason: str) -> None:
         self.counters.incr(f"malformed.{reason}")
 

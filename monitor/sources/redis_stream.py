@@ -1,14 +1,16 @@
 """Events from the durable relay's Redis stream, read with a consumer group.
 
 Entries are acknowledged (XACK) only after the writer committed them, so a daemon killed
-with -9 finds them again as its pending entries on restart; entries left pending by a
-consumer that is gone are claimed (XAUTOCLAIM). Redelivered events merge into the same
-rows, so nothing is stored twice.
+with -9 finds them again as its pending entries on restart (its consumer name is stable);
+entries left pending by a consumer that is gone (another daemon, killed: silent for
+claim_idle_ms) are claimed (XCLAIM) at connect and every CLAIM_INTERVAL seconds. Redelivered events merge into the
+same rows, so nothing is stored twice. Several daemons share the group, each entry read by one.
 """
 from __future__ import annotations
 
 import logging
 import socket
+import time
 from datetime import datetime, timezone
 
 import redis
@@ -22,6 +24,8 @@ from monitor.sources.relay_gaps import ProducerSweep, gap_from_marker
 log = logging.getLogger(__name__)
 
 GROUP = "taskmon"
+# How often a running daemon claims entries another consumer left pending for longer than claim_idle_ms.
+CLAIM_INTERVAL = 5.0
 
 
 def _id_tuple(entry_id: bytes | str) -> tuple[int, int]:
@@ -37,7 +41,7 @@ class RedisStreamSource(Source):
     gap_reason = "redis_disconnect"
 
     def __init__(self, buffer, broker_url: str, *, stream: str = "taskmon:events", consumer: str | None = None,
-                 count: int = 2000, claim_idle_ms: int = 60_000, **kwargs):
+                 count: int = 2000, claim_idle_ms: int = 15_000, **kwargs):
         super().__init__(buffer, **kwargs)
         self.broker_url = broker_url
         self.stream = stream
@@ -46,6 +50,8 @@ class RedisStreamSource(Source):
         self.claim_idle_ms = claim_idle_ms
         self.client = redis.Redis.from_url(broker_url, socket_timeout=10, socket_connect_timeout=5)
         self.producers = ProducerSweep(self.client, stream)
+        # The heartbeat thread's own connection: a reader blocked on a full buffer makes no Redis calls.
+        self._keepalive_client = redis.Redis.from_url(broker_url, socket_timeout=2, socket_connect_timeout=2)
 
     def unreachable(self, exc: BaseException) -> str:
         return (f"cannot read the relay stream at {mask_url(self.broker_url)} ({exc}); retrying "
@@ -87,10 +93,14 @@ class RedisStreamSource(Source):
                 break
             self._handle(entries)
         self._claim_stale()
+        next_claim = time.monotonic() + CLAIM_INTERVAL
         while not self.stopping.is_set():
             entries = self._read(">", block=1000)
             if entries:
                 self._handle(entries)
+            if time.monotonic() >= next_claim:
+                self._claim_stale()
+                next_claim = time.monotonic() + CLAIM_INTERVAL
             if vanished := self.producers.sweep_if_due():
                 self.counters.incr("stream.relay_vanished", vanished)
 
@@ -101,16 +111,37 @@ class RedisStreamSource(Source):
         return reply[0][1]
 
     def _claim_stale(self) -> None:
-        cursor = "0-0"
-        while not self.stopping.is_set():
-            reply = self.client.xautoclaim(self.stream, GROUP, self.consumer, self.claim_idle_ms, start_id=cursor,
-                                           count=self.count)
-            cursor, entries = reply[0], reply[1]
-            if entries:
-                self.counters.incr("stream.claimed", len(entries))
-                self._handle(entries)
-            if cursor in (b"0-0", "0-0"):
-                return
+        """Take the pending entries of consumers that have been silent for claim_idle_ms: daemons that
+        are gone. A live daemon reads every second, so its entries (and this one's own) stay where they are."""
+        for other in self.client.xinfo_consumers(self.stream, GROUP):
+            name = other["name"].decode() if isinstance(other["name"], bytes) else other["name"]
+            if name == self.consumer or not other["pending"] or other["idle"] < self.claim_idle_ms:
+                continue
+            while not self.stopping.is_set():
+                pending = self.client.xpending_range(self.stream, GROUP, min="-", max="+", count=self.count,
+                                                     consumername=name, idle=self.claim_idle_ms)
+                if not pending:
+                    break
+                entries = [e for e in self.client.xclaim(self.stream, GROUP, self.consumer, self.claim_idle_ms,
+                                                         [p["message_id"] for p in pending]) if e is not None]
+                if entries:
+                    log.warning("claimed %d pending entries of %s, a consumer silent for %.0fs", len(entries), name,
+                                other["idle"] / 1000)
+                    self.counters.incr("stream.claimed", len(entries))
+                    self._handle(entries)
+                if len(pending) < self.count:
+                    break
+
+    def keepalive(self) -> None:
+        """Reading one entry of this consumer's own history refreshes its ``idle`` in the group, so the other
+        daemons do not take it for gone (and claim its pending entries) while its writer is behind."""
+        if not self.connected.is_set():
+            return
+        try:
+            self._keepalive_client.xreadgroup(GROUP, self.consumer, {self.stream: "0"}, count=1)
+        except (redis.RedisError, OSError) as exc:
+            self.counters.incr("stream.keepalive_errors")
+            log.debug("stream keepalive: %s", exc)
 
     def _handle(self, entries: list) -> None:
         events: list = []

@@ -43,3 +43,8 @@ def fanout_then_die(first: int, then: int):
     for i in range(then):
         add.delay(first + i, 0)
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+@app.task(name="relayed.fail")
+def fail(message="boom"):
+    raise ValueError(message)
