@@ -181,9 +181,9 @@ class TaskmonCollector:
 
     def _inspect(self) -> tuple[dict[str, int], dict[str, int]]:
         """Workers and pool processes consuming each queue, asked of the workers (as celery-exporter does)."""
-        from celery import Celery
+        from tasks.client import client_app
 
-        app = Celery(broker=self.settings.broker_url, set_as_current=False)
+        app = client_app(self.settings.broker_url, name="taskmon-metrics")
         try:
             inspect = app.control.inspect(timeout=INSPECT_TIMEOUT)
             stats = inspect.stats() or {}
