@@ -79,9 +79,10 @@ def test_a_hung_relay_redis_never_slows_delay_and_its_drops_become_a_gap(fresh_r
             with engine.connect() as conn:
                 return [g for g in list_gaps(conn) if g["reason"] == "relay_dropped" and str(os.getpid()) in g["detail"]]
 
-        gaps = wait_until("the relay's drop report in receiver_gaps", dropped_gap)
-        assert [g["events_lost"] for g in gaps] == [dropped] and gaps[0]["source"] == "stream"
-        assert gaps[0]["ended_at"] >= gaps[0]["started_at"]
+        # One report, or several when the relay got a write through between drops: together, every drop.
+        gaps = wait_until("the relay's drop reports in receiver_gaps to add up to its drop count",
+                          lambda: (found := dropped_gap()) and sum(g["events_lost"] for g in found) == dropped and found)
+        assert all(g["source"] == "stream" and g["ended_at"] >= g["started_at"] for g in gaps)
 
         # The worker's relay held its events (its buffer is large) and wrote them once Redis answered.
         rows = wait_for_runs(engine, ids, {"SUCCESS"}, timeout=60)
@@ -100,7 +101,7 @@ def test_a_hung_relay_redis_never_slows_delay_and_its_drops_become_a_gap(fresh_r
             return counters if counters.get("stream.relay_dropped") == dropped else None
 
         counters = wait_until("taskmon check --json to count the relay's drops", check_counters, timeout=20)
-        assert counters["stream.relay_gaps"] == 1
+        assert counters["stream.relay_gaps"] == len(gaps)
         assert relay.close()
     finally:
         daemon.terminate()
