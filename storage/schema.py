@@ -82,8 +82,8 @@ task_runs = Table(
     Index(None, "finished_at"),
     Index(None, "started_at"),  # sort=started (migration 0012_history_search)
     Index(None, "runtime"),  # sort=runtime
-    # Text search (storage.search) uses task_runs_fts on SQLite and a pg_trgm GIN index on PostgreSQL,
-    # both made by migration 0012_history_search and outside this metadata (tests/test_storage_contract.py).
+    # Text search (storage.search) uses a pg_trgm GIN index on PostgreSQL (SQLite scans),
+    # made by migration 0012_history_search and outside this metadata (tests/test_storage_contract.py).
     # Partial (migration 0007): only runs that link to another task take an index entry.
     Index(None, "parent_id", sqlite_where=text("parent_id IS NOT NULL"), postgresql_where=text("parent_id IS NOT NULL")),
     Index(None, "root_id", sqlite_where=text("root_id <> task_id"), postgresql_where=text("root_id <> task_id")),

@@ -1,10 +1,10 @@
 """Text search in the history and the opaque cursor of keyset pagination.
 
 A search text matches a run whose task id starts with it, or whose name, args, kwargs, result or
-exception contains it (case-sensitive, like the name globs). Both databases answer from an index
-(migration 0012_history_search): SQLite from the FTS5 trigram table, PostgreSQL from the pg_trgm
-GIN index; texts shorter than a trigram, or a PostgreSQL without pg_trgm, scan. Either way the
-rows are the same.
+exception contains it (case-sensitive, like the name globs). PostgreSQL answers from the pg_trgm GIN
+index of migration 0012_history_search (texts shorter than a trigram, or a server without pg_trgm,
+scan); SQLite scans newest first, because an FTS5 index kept by triggers cost its writer too much
+per event. Either way the rows are the same.
 """
 from __future__ import annotations
 
@@ -20,7 +20,6 @@ MAX_SEARCH = 500  # characters; longer texts are refused by the callers' validat
 # The indexed expression of migration 0012_history_search, character for character.
 PG_SEARCH_TEXT = ("(COALESCE(task_id, '') || E'\\n' || COALESCE(name, '') || E'\\n' || COALESCE(args, '') || E'\\n' "
                   "|| COALESCE(kwargs, '') || E'\\n' || COALESCE(result, '') || E'\\n' || COALESCE(exception, ''))")
-TRIGRAM = 3
 
 # sort name -> (column, decode of the cursor's key)
 SORTS = {"seen": "seen_at", "started": "started_at", "runtime": "runtime"}
@@ -44,10 +43,6 @@ def search_condition(conn_dialect: str, text: str, key: str) -> tuple[str, dict[
         # its last character bumped.
         params[f"{key}_hi"] = text[:-1] + chr(min(ord(text[-1]) + 1, 0x10FFFF))
         id_range = f"task_id >= :{key}_q AND task_id < :{key}_hi AND {prefix}"
-        if len(text) >= TRIGRAM:
-            params[f"{key}_match"] = '"' + text.replace('"', '""') + '"'
-            return (f"task_runs.rowid IN (SELECT rowid FROM task_runs WHERE {id_range} UNION ALL "
-                    f"SELECT rowid FROM task_runs_fts WHERE task_runs_fts MATCH :{key}_match)", params)
         contains = " OR ".join(f"instr({c}, :{key}_q) > 0" for c in SEARCHED)
         return f"(({id_range}) OR {contains})", params
     params[f"{key}_like"] = _like_pattern(text)
@@ -84,8 +79,6 @@ def decode_cursor(conn_dialect: str, sort: str, cursor: str) -> tuple[Any, str]:
 
 
 def in_metadata(obj, name, type_, reflected, compare_to) -> bool:
-    """Alembic's include_object: the search index objects are made by hand in migration 0012, not
-    from storage.schema, so comparing the schema with a database leaves them out."""
-    if type_ == "table" and name and name.startswith("task_runs_fts"):
-        return False
+    """Alembic's include_object: the PostgreSQL search index is made by hand in migration 0012, not
+    from storage.schema, so comparing the schema with a database leaves it out."""
     return not (type_ == "index" and name == "ix_task_runs_search_trgm")

@@ -1,9 +1,7 @@
 """task_runs: text search over name, args, kwargs, result and exception; started_at and runtime indexes
 
-SQLite: an FTS5 table with the trigram tokenizer (substring search, case-sensitive) whose content
-is task_runs itself, kept by triggers. The update trigger fires only when a searched column really
-changes: the writer's upsert sets every column on every event, and most events change none of them.
-PostgreSQL: a pg_trgm GIN index over the same columns joined by a newline, which serves
+SQLite: no search index (an FTS5 trigram table kept by triggers tripled the writer's cost per
+event); the search scans. PostgreSQL: a pg_trgm GIN index over the same columns joined by a newline, which serves
 ``LIKE '%text%'``. When pg_trgm cannot be created (not installed, or no right to create it) the
 migration logs why and goes on: search then scans, with the same results, only slower.
 storage.search writes the queries that use them.
@@ -24,28 +22,10 @@ depends_on = None
 log = logging.getLogger(__name__)
 
 COLUMNS = ("name", "args", "kwargs", "result", "exception")
-FTS = "task_runs_fts"
 # Frozen copy of storage.search.PG_SEARCH_TEXT: the query must name the indexed expression exactly.
 PG_SEARCH_TEXT = ("(COALESCE(task_id, '') || E'\\n' || COALESCE(name, '') || E'\\n' || COALESCE(args, '') || E'\\n' "
                   "|| COALESCE(kwargs, '') || E'\\n' || COALESCE(result, '') || E'\\n' || COALESCE(exception, ''))")
 PG_INDEX = "ix_task_runs_search_trgm"
-
-
-def _sqlite_up() -> None:
-    cols = ", ".join(COLUMNS)
-    new = ", ".join(f"new.{c}" for c in COLUMNS)
-    old = ", ".join(f"old.{c}" for c in COLUMNS)
-    changed = " OR ".join(f"old.{c} IS NOT new.{c}" for c in COLUMNS)
-    op.execute(f"CREATE VIRTUAL TABLE {FTS} USING fts5({cols}, content='task_runs', content_rowid='rowid', "
-               "tokenize='trigram case_sensitive 1')")
-    op.execute(f"CREATE TRIGGER {FTS}_insert AFTER INSERT ON task_runs BEGIN "
-               f"INSERT INTO {FTS}(rowid, {cols}) VALUES (new.rowid, {new}); END")
-    op.execute(f"CREATE TRIGGER {FTS}_delete AFTER DELETE ON task_runs BEGIN "
-               f"INSERT INTO {FTS}({FTS}, rowid, {cols}) VALUES ('delete', old.rowid, {old}); END")
-    op.execute(f"CREATE TRIGGER {FTS}_update AFTER UPDATE OF {cols} ON task_runs WHEN {changed} BEGIN "
-               f"INSERT INTO {FTS}({FTS}, rowid, {cols}) VALUES ('delete', old.rowid, {old}); "
-               f"INSERT INTO {FTS}(rowid, {cols}) VALUES (new.rowid, {new}); END")
-    op.execute(f"INSERT INTO {FTS}({FTS}) VALUES ('rebuild')")
 
 
 def _pg_up() -> None:
@@ -68,9 +48,7 @@ def _pg_up() -> None:
 
 
 def upgrade() -> None:
-    if op.get_bind().dialect.name == "sqlite":
-        _sqlite_up()
-    else:
+    if op.get_bind().dialect.name != "sqlite":
         _pg_up()
     op.create_index("ix_task_runs_started_at", "task_runs", ["started_at"])
     op.create_index("ix_task_runs_runtime", "task_runs", ["runtime"])
@@ -79,9 +57,5 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_index("ix_task_runs_runtime", table_name="task_runs")
     op.drop_index("ix_task_runs_started_at", table_name="task_runs")
-    if op.get_bind().dialect.name == "sqlite":
-        for suffix in ("insert", "delete", "update"):
-            op.execute(f"DROP TRIGGER IF EXISTS {FTS}_{suffix}")
-        op.execute(f"DROP TABLE IF EXISTS {FTS}")
-    else:
+    if op.get_bind().dialect.name != "sqlite":
         op.execute(f"DROP INDEX IF EXISTS {PG_INDEX}")
