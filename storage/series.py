@@ -1,10 +1,62 @@
-"""Runs per time step over a window: the overview's throughput and failure-rate charts."""
+"""Runs per time step over a window: the overview's throughput and failure-rate charts.
+
+The overview reads the rollups (storage/rollups.py): steps that start and end on whole minutes
+(or whole hours) are sums of run_rollups (or run_rollups_hourly) rows, so a 30-day chart reads a
+few rows per hour and task name, not every run. finished_series reads the runs themselves.
+"""
 from __future__ import annotations
 
 from datetime import datetime, timedelta
 from typing import Any
 
+from storage.rollups import LEVELS
 from storage.sql import bind, dialect, fetch
+
+MINUTE, HOUR = timedelta(minutes=1), timedelta(hours=1)
+
+
+def _epoch(db: str, column: str) -> str:
+    """``column`` (a time) as whole seconds since 1970 in SQL."""
+    if db == "sqlite":
+        return f"CAST(strftime('%s', {column}) AS INTEGER)"
+    return f"CAST(extract(epoch from {column}) AS BIGINT)"
+
+
+def rollup_series(conn, end: datetime, step: timedelta, steps: int) -> dict[str, Any]:
+    """finished_series's answer for the ``steps`` steps of ``step`` that end at ``end``, from the rollups.
+
+    ``end`` and ``step`` must be whole minutes (whole hours read the hourly level): then every
+    step is a sum of whole rollup rows and the counts are exact. The rollups hold the current
+    minute and hour as they fill, so a step that ends after now counts what has run so far.
+    """
+    on_hour = end == end.replace(minute=0, second=0, microsecond=0)
+    level = "hour" if on_hour and step % HOUR == timedelta(0) else "minute"
+    if step <= timedelta(0) or step % MINUTE or end != end.replace(second=0, microsecond=0):
+        raise ValueError(f"the rollups answer steps of whole minutes ending on a whole minute; got {step} ending {end}")
+    table, column = LEVELS[level]
+    db = dialect(conn)
+    since = end - step * steps
+    seconds = int(step.total_seconds())
+    index = f"({_epoch(db, column)} - :since_s) / :step_s"  # integers: exact, no rounding at a boundary
+    sql = (f"SELECT {index} AS i, sum(CASE WHEN state = 'FAILURE' THEN runs ELSE 0 END) AS failed, "
+           f"sum(runs) AS completed FROM {table} WHERE {column} >= :since AND {column} < :end "
+           "AND state IN ('SUCCESS', 'FAILURE') GROUP BY 1")
+    rows = fetch(conn, sql, {"since": bind(db, since), "end": bind(db, end), "since_s": int(since.timestamp()),
+                             "step_s": seconds}, {})
+    completed, failed = [0] * steps, [0] * steps
+    for r in rows:
+        i = int(r["i"])
+        if 0 <= i < steps:
+            completed[i] += int(r["completed"])
+            failed[i] += int(r["failed"])
+    starts = [since + step * i for i in range(steps)]
+    return {"starts": starts, "step_seconds": float(seconds), "completed": completed, "failed": failed}
+
+
+def rollup_state_counts(conn) -> dict[str, int]:
+    """storage.history.state_counts's answer (runs per state, whole history) from the hourly rollups."""
+    rows = fetch(conn, "SELECT state, sum(runs) AS n FROM run_rollups_hourly GROUP BY state HAVING sum(runs) > 0", {}, {})
+    return {r["state"]: int(r["n"]) for r in sorted(rows, key=lambda r: r["state"])}
 
 
 def finished_series(conn, since: datetime, until: datetime, steps: int) -> dict[str, Any]:

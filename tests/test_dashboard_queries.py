@@ -9,7 +9,8 @@ from monitor.http.charts import bar_chart, line_chart
 from monitor.http.search import SearchError, parse_search
 from storage.history import RunFilter, list_runs, page_runs
 from storage.search import BadCursor
-from storage.series import finished_series, queues_seen, worker_counts
+from storage.history import state_counts
+from storage.series import finished_series, queues_seen, rollup_series, rollup_state_counts, worker_counts
 from tests.history_data import insert, now_utc, run
 
 
@@ -79,6 +80,30 @@ def test_the_series_counts_completed_and_failed_runs_per_step(history):
     assert sum(series["completed"]) == len(rows) and sum(series["failed"]) == sum(r["state"] == "FAILURE" for r in rows)
     # Ten minutes per step; the runs are one a minute from 60 minutes ago.
     assert series["completed"] == [10, 10, 10, 0, 0, 0]
+
+
+def test_the_rollup_series_equals_the_series_of_the_runs_on_minute_and_hour_steps(engine):
+    now = now_utc()
+    end = now.replace(minute=0, second=0) + timedelta(hours=1)
+    # Runs on and around the step boundaries, three days of them, some changed and deleted later.
+    rows = [run(f"b{i:03d}", f"n{i % 3}", ("FAILURE", "SUCCESS", "STARTED")[i % 3],
+                end - timedelta(minutes=37 * i, seconds=(0, 1, 59)[i % 3]), runtime=0.5) for i in range(120)]
+    insert(engine, rows)
+    insert(engine, [dict(rows[2], state="SUCCESS")])  # STARTED -> SUCCESS moves it into the counts
+    with engine.begin() as conn:
+        conn.exec_driver_sql("DELETE FROM task_runs WHERE task_id = 'b003'")
+    with engine.connect() as conn:
+        for step, steps in ((timedelta(minutes=2), 30), (timedelta(minutes=48), 30), (timedelta(hours=6), 12)):
+            fast = rollup_series(conn, end, step, steps)
+            exact = finished_series(conn, end - step * steps, end, steps)
+            assert fast["completed"] == exact["completed"] and fast["failed"] == exact["failed"], step
+            assert fast["starts"] == exact["starts"]
+        completed = {r["task_id"] for r in rows if r["state"] != "STARTED"
+                     and end - timedelta(hours=72) <= r["seen_at"] < end}
+        assert sum(rollup_series(conn, end, timedelta(hours=6), 12)["completed"]) == len(completed - {"b003"} | {"b002"})
+        assert rollup_state_counts(conn) == state_counts(conn)
+        with pytest.raises(ValueError, match="whole minutes"):
+            rollup_series(conn, end + timedelta(seconds=30), timedelta(minutes=2), 30)
 
 
 def test_a_cursor_of_another_order_is_refused(history):

@@ -33,7 +33,10 @@ NAV = (("overview", "/", "Overview"), ("tasks", "/tasks", "Tasks"), ("workers", 
 # The overview's windows: label -> length.
 WINDOWS = {"1h": timedelta(hours=1), "6h": timedelta(hours=6), "24h": timedelta(days=1), "7d": timedelta(days=7),
            "30d": timedelta(days=30)}
-CHART_STEPS = 30
+# The charts' steps per window: whole minutes, or whole hours from a day up, so each step is a sum
+# of whole rollup rows (storage.series.rollup_series).
+CHART_STEPS = {"1h": (timedelta(minutes=2), 30), "6h": (timedelta(minutes=12), 30),
+               "24h": (timedelta(minutes=48), 30), "7d": (timedelta(hours=6), 28), "30d": (timedelta(days=1), 30)}
 
 templates = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=True, trim_blocks=True,
                         lstrip_blocks=True)
@@ -131,11 +134,19 @@ def logout(request: Request):
 QUEUES_SEEN = timedelta(days=1)  # the overview's queue depths: queues that had runs in the last day
 
 
-def overview_data(engine, settings, now: datetime, window: timedelta) -> dict[str, Any]:
+def chart_end(now: datetime, step: timedelta) -> datetime:
+    """Where the charts' last step ends: the next whole hour for steps of whole hours, else the next whole minute."""
+    from storage.rollups import ceil_hour, ceil_minute
+
+    return ceil_hour(now) if step % timedelta(hours=1) == timedelta(0) else ceil_minute(now)
+
+
+def overview_data(engine, settings, now: datetime, window: str) -> dict[str, Any]:
     """Everything the overview shows, read through the storage functions the CLI uses.
 
-    The reads are independent, so they run at once on connections of their own: the page waits
-    for the slowest read, not for their sum.
+    Counts, charts and per-name statistics come from the rollups, so a 30-day window costs about
+    what a 1-hour one does. The reads are independent, so they run at once on connections of
+    their own: the page waits for the slowest read, not for their sum.
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -144,11 +155,12 @@ def overview_data(engine, settings, now: datetime, window: timedelta) -> dict[st
     from storage.alerts import list_alerts
     from storage.deadletters import count_dead_letters
     from storage.health import latest_status, list_gaps
-    from storage.history import RunFilter, state_counts
-    from storage.series import finished_series, queues_seen
-    from storage.stats import task_stats
+    from storage.history import RunFilter
+    from storage.rollup_stats import rollup_task_stats
+    from storage.series import queues_seen, rollup_series, rollup_state_counts
 
-    since = now - window
+    since = now - WINDOWS[window]
+    step, steps = CHART_STEPS[window]
 
     def rest(conn) -> dict[str, Any]:
         status = latest_status(conn)
@@ -158,8 +170,8 @@ def overview_data(engine, settings, now: datetime, window: timedelta) -> dict[st
                 "alerts": list_alerts(conn, since=since, limit=10),
                 "queue_names": queues_seen(conn, now - QUEUES_SEEN)}
 
-    reads = {"counts": state_counts, "stats": lambda conn: task_stats(conn, RunFilter(since=since), now),
-             "series": lambda conn: finished_series(conn, since, now, CHART_STEPS), "rest": rest}
+    reads = {"counts": rollup_state_counts, "stats": lambda conn: rollup_task_stats(conn, RunFilter(since=since), now),
+             "series": lambda conn: rollup_series(conn, chart_end(now, step), step, steps), "rest": rest}
 
     def read(fn):
         with engine.connect() as conn:
@@ -178,20 +190,21 @@ def overview(request: Request, window: str = Query("1h")):
                       detail=f"window {window!r}: use one of {', '.join(WINDOWS)}")
     settings = request.app.state.settings
     now = datetime.now(timezone.utc)
-    data = overview_data(request.app.state.engine, settings, now, WINDOWS[window])
+    data = overview_data(request.app.state.engine, settings, now, window)
     series, tz = data["series"], settings.tz
     fmt = "%H:%M" if WINDOWS[window] <= timedelta(days=1) else "%m-%d %H:%M"
     labels = [s.astimezone(tz).strftime(fmt) for s in series["starts"]]
-    per_min = 60 / series["step_seconds"]
+    # Per minute of each step that has passed: the last step is still filling.
+    minutes = [max(min(series["step_seconds"], (now - s).total_seconds()), 1.0) / 60 for s in series["starts"]]
     throughput = charts.line_chart("completed runs per minute", labels,
-                                   [("completed/min", [c * per_min for c in series["completed"]])])
+                                   [("completed/min", [c / m for c, m in zip(series["completed"], minutes)])])
     failure = charts.line_chart("failure rate", labels,
                                 [("failed %", [100 * f / c if c else None
                                                for f, c in zip(series["failed"], series["completed"])])], unit="%")
     slowest = sorted((t for t in data["stats"]["tasks"] if t["runtime"]["p95"] is not None),
                      key=lambda t: -t["runtime"]["p95"])[:10]
-    p95 = charts.bar_chart("runtime p95 per task name", [(t["name"] or "-", t["runtime"]["p95"]) for t in slowest],
-                           unit="s")
+    p95 = charts.bar_chart("runtime p95 per task name (the upper bound of its histogram bucket)",
+                           [(t["name"] or "-", t["runtime"]["p95"]) for t in slowest], unit="s")
     return render(request, "overview.html", window=window, windows=list(WINDOWS), now=now,
                   throughput=throughput, failure=failure, p95=p95,
                   queues=queue_depths(settings.broker_url, data.pop("queue_names")), **data)
