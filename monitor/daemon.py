@@ -154,6 +154,7 @@ class Daemon:
         self.broadcaster: EnableEvents | None = None
         self.broadcasts: Periodic | None = None
         self.detector = self.detect_loop = None  # started in start() when detect_interval is set
+        self.queue_sampler = None  # started in start() when queue_sample_interval is set
         self.alerter = None  # evaluates the alert rules after each sweep
         self._feed_lock = threading.Lock()
         self._caught_up_since: datetime | None = None
@@ -171,8 +172,8 @@ class Daemon:
         return out
 
     def _services(self) -> list[Service]:
-        return [s for s in (self.reconciler, self.broadcasts, self.detect_loop, self.heartbeats, self.watchdog)
-                if s is not None]
+        return [s for s in (self.reconciler, self.broadcasts, self.detect_loop, self.queue_sampler,
+                            self.heartbeats, self.watchdog) if s is not None]
 
     def start(self) -> None:
         self._status_at_start = self._read_status()  # before this daemon's first heartbeat replaces its old row
@@ -191,6 +192,7 @@ class Daemon:
             self.broadcasts.start()
             self.supervisor.watch("enable-events", self.broadcasts)
         self._start_detectors()
+        self._start_queue_sampler()
         self.leadership.start()
         self.supervisor.watch("leader", self.leadership)
         self._last_log = (time.monotonic(), self.counters())
@@ -231,6 +233,16 @@ class Daemon:
         self.detect_loop = Periodic("detect", self.settings.detect_interval, self._detect_and_alert)
         self.detect_loop.start()
         self.supervisor.watch("detect", self.detect_loop)
+
+    def _start_queue_sampler(self) -> None:
+        """Queue depths every queue_sample_interval seconds, stored by the leader only (monitor.queue_sampler)."""
+        if self.settings.queue_sample_interval:
+            from monitor.queue_sampler import QueueSampler
+
+            self.queue_sampler = QueueSampler(self.engine, self.settings.broker_url,
+                                              self.settings.queue_sample_interval, self.leadership.is_leader)
+            self.queue_sampler.start()
+            self.supervisor.watch("queue-depths", self.queue_sampler)
 
     def _detect_and_alert(self) -> None:
         """One sweep, then the alert rules on what it found; each logs and counts its own failures.
@@ -391,6 +403,8 @@ class Daemon:
             self.alerter.close()
         if self.broadcasts is not None:
             self.broadcasts.stop()
+        if self.queue_sampler is not None:
+            self.queue_sampler.stop()
         for source in self.sources:
             source.stop()
         for source in self.sources:

@@ -122,6 +122,20 @@ receiver_gaps = Table(
     Index(None, "started_at"),
 )
 
+# Messages waiting per queue, sampled by the cluster's leader every queue_sample_interval
+# seconds: the Queues page's depth history. Cleanup removes samples older than retention_days.
+queue_depths = Table(
+    "queue_depths",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("sampled_at", UTCDateTime, nullable=False),
+    Column("queue", String(255), nullable=False),
+    Column("messages", BigInteger),
+    Column("consumers", Integer),
+    Index(None, "queue", "sampled_at"),
+    Index(None, "sampled_at"),
+)
+
 # One row per running (or last run) daemon: its heartbeat and counters, read by `taskmon check`.
 daemon_status = Table(
     "daemon_status",

@@ -10,16 +10,9 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from storage.rollups import LEVELS
-from storage.sql import bind, dialect, fetch
+from storage.sql import bind, dialect, epoch_seconds, fetch
 
 MINUTE, HOUR = timedelta(minutes=1), timedelta(hours=1)
-
-
-def _epoch(db: str, column: str) -> str:
-    """``column`` (a time) as whole seconds since 1970 in SQL."""
-    if db == "sqlite":
-        return f"CAST(strftime('%s', {column}) AS INTEGER)"
-    return f"CAST(extract(epoch from {column}) AS BIGINT)"
 
 
 def rollup_series(conn, end: datetime, step: timedelta, steps: int) -> dict[str, Any]:
@@ -37,7 +30,7 @@ def rollup_series(conn, end: datetime, step: timedelta, steps: int) -> dict[str,
     db = dialect(conn)
     since = end - step * steps
     seconds = int(step.total_seconds())
-    index = f"({_epoch(db, column)} - :since_s) / :step_s"  # integers: exact, no rounding at a boundary
+    index = f"({epoch_seconds(db, column)} - :since_s) / :step_s"  # integers: exact, no rounding at a boundary
     sql = (f"SELECT {index} AS i, sum(CASE WHEN state = 'FAILURE' THEN runs ELSE 0 END) AS failed, "
            f"sum(runs) AS completed FROM {table} WHERE {column} >= :since AND {column} < :end "
            "AND state IN ('SUCCESS', 'FAILURE') GROUP BY 1")

@@ -27,6 +27,14 @@ def bind(conn_dialect: str, value: datetime) -> Any:
     return bind_time(value, as_text=conn_dialect == "sqlite")
 
 
+def epoch_seconds(conn_dialect: str, column: str) -> str:
+    """SQL for ``column`` (a stored time) as whole seconds since 1970, rounded down: steps of a
+    series are integer divisions of it, exact at every boundary."""
+    if conn_dialect == "sqlite":
+        return f"CAST(strftime('%s', {column}) AS INTEGER)"
+    return f"CAST(floor(extract(epoch from {column})) AS BIGINT)"
+
+
 def to_utc(value) -> datetime | None:
     """A stored time read back: UTC text (SQLite) or a datetime, as a UTC-aware datetime."""
     if value is None:

@@ -1,4 +1,4 @@
-"""Cleanup jobs: task history by age and count, audit logs, old notifications, expired results.
+"""Cleanup jobs: task history by age and count, queue-depth samples, audit logs, old notifications, expired results.
 
 Every deletion goes through storage.retention in short per-chunk transactions. A dry run counts
 exactly what a real run would delete, in the same order (age first, then the count cap).
@@ -16,7 +16,7 @@ from sqlalchemy import Engine, Table, and_, create_engine, inspect, not_, or_
 from tasks.settings import Settings
 from storage.audit import record
 from storage.retention import beyond_newest, count_where, delete_in_chunks
-from storage.schema import audit_logs, notifications, task_runs
+from storage.schema import audit_logs, notifications, queue_depths, task_runs
 from tasks.policies import BadInput, DefaultTask
 
 log = logging.getLogger(__name__)
@@ -85,6 +85,13 @@ def cleanup_task_history(engine: Engine, *, now: datetime, days: int, max_record
                     chunk_size=chunk_size, dry_run=dry_run, on_chunk=on_chunk)
 
 
+def cleanup_queue_depths(engine: Engine, *, now: datetime, days: int, chunk_size: int, dry_run: bool = False,
+                         on_chunk: OnChunk | None = None) -> list[Deletion]:
+    """Queue-depth samples older than ``days``: they follow the task history's retention."""
+    return _cleanup(engine, queue_depths, queue_depths.c.sampled_at, now=now, days=days, keep=0,
+                    chunk_size=chunk_size, dry_run=dry_run, on_chunk=on_chunk)
+
+
 def cleanup_audit_logs(engine: Engine, *, now: datetime, days: int, max_records: int = 0, chunk_size: int,
                        dry_run: bool = False, on_chunk: OnChunk | None = None) -> list[Deletion]:
     return _cleanup(engine, audit_logs, audit_logs.c.created_at, now=now, days=days, keep=max_records,
@@ -144,6 +151,8 @@ def run_cleanup(engine: Engine, settings: Settings, backend, *, now: datetime, d
         *cleanup_task_history(engine, now=now, days=pick(days, settings.retention_days),
                               max_records=pick(max_records, settings.retention_max_records),
                               chunk_size=chunk, dry_run=dry_run, on_chunk=on_chunk),
+        *cleanup_queue_depths(engine, now=now, days=pick(days, settings.retention_days), chunk_size=chunk,
+                              dry_run=dry_run, on_chunk=on_chunk),
         *cleanup_audit_logs(engine, now=now, days=pick(audit_days, settings.audit_retention_days),
                             chunk_size=chunk, dry_run=dry_run, on_chunk=on_chunk),
         *cleanup_notifications(engine, now=now, days=pick(notification_days, settings.notification_retention_days),
@@ -159,9 +168,11 @@ def _summary(deletions: list[Deletion]) -> list[dict[str, Any]]:
 @shared_task(name="cleanup.cleanup_task_history", base=DefaultTask, bind=True)
 def cleanup_task_history_task(self, days: int | None = None, max_records: int | None = None):
     s = self.settings
-    return _summary(cleanup_task_history(
-        self.engine, now=datetime.now(timezone.utc), days=s.retention_days if days is None else days,
-        max_records=s.retention_max_records if max_records is None else max_records, chunk_size=s.cleanup_chunk_size))
+    now, days = datetime.now(timezone.utc), s.retention_days if days is None else days
+    return _summary([*cleanup_task_history(
+        self.engine, now=now, days=days, max_records=s.retention_max_records if max_records is None else max_records,
+        chunk_size=s.cleanup_chunk_size), *cleanup_queue_depths(self.engine, now=now, days=days,
+                                                               chunk_size=s.cleanup_chunk_size)])
 
 
 @shared_task(name="cleanup.cleanup_audit_logs", base=DefaultTask, bind=True)

@@ -75,6 +75,7 @@ class Settings:
     backup_keep: int = 7
     # Detection
     detect_interval: float = 10.0
+    queue_sample_interval: float = 60.0
     task_time_limit: float = 600.0
     timeouts: tuple[tuple[str, float], ...] = ()
     lost_after_heartbeats: float = 2.0
@@ -110,7 +111,7 @@ DESCRIPTIONS: dict[str, str] = {
     "smtp_password": "SMTP password",
     "smtp_from": "From: address of taskmon's e-mail",
     "alert_recipients": "Comma-separated addresses that receive alerts and reports",
-    "retention_days": "Task history older than this many days is removed by cleanup; 0 keeps all",
+    "retention_days": "Task history (and queue-depth samples) older than this many days is removed by cleanup; 0 keeps all",
     "retention_max_records": "Cleanup keeps at most this many newest task runs; 0: no cap",
     "field_max_bytes": "args/kwargs/result/traceback longer than this are truncated and marked",
     "event_sources": "Comma-separated: pubsub, stream (durable relay), amqp, or auto (pubsub+stream on Redis, amqp on "
@@ -144,6 +145,7 @@ DESCRIPTIONS: dict[str, str] = {
     "backup_dir": "Directory backup_database writes backups to",
     "backup_keep": "backup_database keeps this many newest backups and deletes older ones; 0 keeps all",
     "detect_interval": "Seconds between the daemon's detector sweeps (timeouts, lost, stuck, dead letters); 0: off",
+    "queue_sample_interval": "Seconds between the leader daemon's samples of each queue's depth (queue_depths, the Queues page's history); 0: off",
     "task_time_limit": "Seconds a task may run before it is a TIMEOUT, unless `timeouts` names it",
     "timeouts": "Per-task limits overriding task_time_limit: the [timeouts] table (name or glob = seconds), "
                 "or name=seconds,glob=seconds",
@@ -308,8 +310,9 @@ def validate(s: Settings) -> Settings:
             raise SettingsError(f"{name}: must be 0 or more, got {getattr(s, name)}")
     if s.field_max_bytes and s.field_max_bytes < 256:
         raise SettingsError(f"field_max_bytes: must be at least 256, got {s.field_max_bytes}")
-    if s.detect_interval < 0:
-        raise SettingsError(f"detect_interval: must be 0 (off) or more, got {s.detect_interval:g}")
+    for name in ("detect_interval", "queue_sample_interval"):
+        if getattr(s, name) < 0:
+            raise SettingsError(f"{name}: must be 0 (off) or more, got {getattr(s, name):g}")
     for name in ("task_time_limit", "stuck_after"):
         if getattr(s, name) <= 0:
             raise SettingsError(f"{name}: must be more than 0, got {getattr(s, name):g}")

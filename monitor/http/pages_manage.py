@@ -6,22 +6,40 @@ with the session cookie, so each action has one implementation, one role check a
 """
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 from fastapi import APIRouter, Query, Request
 
-from monitor.http.pages import page, queue_depths, render
+from monitor.http import charts
+from monitor.http.pages import CHART_STEPS, WINDOWS, chart_end, page, queue_depths, render
 
 router = APIRouter(include_in_schema=False)
 LETTER_VIEWS = ("open", "replayed", "resolved", "all")
 
 
 @router.get("/queues", dependencies=page("viewer"))
-def queues_page(request: Request):
+def queues_page(request: Request, window: str = Query("6h")):
+    """The broker's depths now, and the history of the leader daemon's samples (queue_depths) over ``window``."""
     from monitor.http.queues import queue_names
+    from storage.queue_depths import depth_history
 
-    depths = queue_depths(request.app.state.settings.broker_url, sorted(queue_names(request)))
-    return render(request, "queues.html", queues=depths, now=datetime.now(timezone.utc))
+    if window not in WINDOWS:
+        return render(request, "error.html", status_code=400, title="Bad window",
+                      detail=f"window {window!r}: use one of {', '.join(WINDOWS)}", back="/queues")
+    settings = request.app.state.settings
+    now = datetime.now(timezone.utc)
+    step, steps = CHART_STEPS[window]
+    with request.app.state.engine.connect() as conn:
+        history = depth_history(conn, chart_end(now, step), step, steps)
+    depths = queue_depths(settings.broker_url, sorted(queue_names(request)))
+    fmt = "%H:%M" if WINDOWS[window] <= timedelta(days=1) else "%m-%d %H:%M"
+    labels = [s.astimezone(settings.tz).strftime(fmt) for s in history["starts"]]
+    history_charts = [(name, charts.line_chart(f"{name}: most messages waiting per step", labels,
+                                               [("peak waiting", points)]))
+                      for name, points in history["queues"].items()]
+    return render(request, "queues.html", queues=depths, now=now, window=window, windows=list(WINDOWS),
+                  history=history, history_charts=history_charts,
+                  sample_interval=settings.queue_sample_interval)
 
 
 @router.get("/dead-letters", dependencies=page("viewer"))
