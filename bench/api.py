@@ -425,5 +425,145 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+# -- pages: the dashboard's Overview and Tasks pages on a 1,000,000-run history -----------------------
+#
+#     .venv/bin/python bench/api.py pages                     # 30 requests of each page
+#     .venv/bin/python bench/api.py pages --rows 100000 --requests 50
+#
+# A real `taskmon serve` over bench/startup.py's history file (built once, reused for a day), one
+# client logged in through the login form (the session cookie, as a browser holds it), each request
+# timed from sending it to the last byte. The overview's live queue depths come from a Redis the
+# bench starts. Pages are timed one client at a time: this is the time a person waits.
+
+PAGES = (
+    ("Overview, 1h", "/?window=1h"),
+    ("Overview, 24h", "/?window=24h"),
+    ("Overview, 7d", "/?window=7d"),
+    ("Overview, 30d", "/?window=30d"),
+    ("Tasks, newest 50", "/tasks"),
+    ("Tasks, next page", None),  # the newest page's "Next" link: a keyset cursor
+    ("Tasks, state FAILURE", "/tasks?state=FAILURE"),
+    ("Tasks, name + state", "/tasks?q=name:tasks.data.export_data+state:SUCCESS"),
+    ("Tasks, 200 per page", "/tasks?limit=200"),
+    ("Tasks, search args", "/tasks?q=args:4242"),
+)
+PAGE_TARGET_MS = 300.0
+
+
+def _next_link(html: str) -> str:
+    import html as html_lib
+
+    match = re.search(r'href="(/tasks\?[^"]*cursor=[^"]*)"', html)
+    if match is None:
+        raise RuntimeError("the tasks page has no next-page link: is the history empty?")
+    return html_lib.unescape(match.group(1))
+
+
+def time_pages(base_url: str, token: str, requests: int) -> list[dict]:
+    """p50/p95/max (ms) of ``requests`` GETs of each page after one warm-up, on one logged-in session."""
+    import statistics
+
+    import httpx
+
+    client = httpx.Client(base_url=base_url, timeout=120)
+    login = client.post("/login", data={"token": token, "next": "/"})
+    if login.status_code != 303 or "taskmon_session" not in "".join(client.cookies.keys()):
+        raise RuntimeError(f"login failed: {login.status_code} {login.text[:200]}")
+    out = []
+    for label, url in PAGES:
+        if url is None:
+            url = _next_link(client.get("/tasks").text)
+        times = []
+        for i in range(requests + 1):
+            t0 = time.perf_counter()
+            response = client.get(url)
+            elapsed = (time.perf_counter() - t0) * 1000
+            if response.status_code != 200:
+                raise RuntimeError(f"{url}: {response.status_code} {response.text[:300]}")
+            if i:
+                times.append(elapsed)
+        p95 = statistics.quantiles(times, n=20)[-1] if len(times) > 1 else times[0]
+        out.append({"page": label, "url": url, "p50_ms": round(statistics.median(times), 1),
+                    "p95_ms": round(p95, 1), "max_ms": round(max(times), 1)})
+    client.close()
+    return out
+
+
+def pages_main(argv: list[str]) -> int:
+    sys.path.insert(0, str(HERE))
+    from startup import history_file
+
+    from storage.db import make_engine, upgrade
+
+    parser = argparse.ArgumentParser(prog="bench/api.py pages", description="the dashboard's pages on a big history")
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--requests", type=int, default=30, help="timed requests of each page (after one warm-up)")
+    parser.add_argument("--rebuild", action="store_true", help="build the history file even if one can be reused")
+    parser.add_argument("--out", help="JSON file (default bench/results/pages-<time>.json)")
+    args = parser.parse_args(argv)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, _frame: sys.exit(128 + signum))
+    path = history_file(HERE / "results" / f"startup_{args.rows}.db", args.rows, args.rebuild)
+    db_url = f"sqlite:///{path}"
+    engine = make_engine(db_url)
+    upgrade(engine)  # a file built by an older checkout gets the current schema
+    engine.dispose()
+    workdir = Path(tempfile.mkdtemp(prefix="taskmon-bench-pages-"))
+    started_at = datetime.now(timezone.utc)
+    redis_server = RedisServer(directory=workdir).start()
+    token = taskmon_cli("token", "create", "--name", f"bench-pages-{uuid.uuid4().hex[:6]}", "--role", "viewer",
+                        db_url=db_url).splitlines()[-1]
+    port = free_port()
+    log_path = workdir / "serve.log"
+    proc = subprocess.Popen([*cons.taskmon_command(), "serve", "--port", str(port), "--db", db_url,
+                             "--broker", redis_server.url], cwd=REPO, stdout=open(log_path, "wb"),
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        def ready() -> bool:
+            if proc.poll() is not None:
+                raise RuntimeError(f"taskmon serve exited:\n{log_path.read_text()[-2000:]}")
+            try:
+                urllib.request.urlopen(base + "/login", timeout=5).close()
+                return True
+            except OSError:
+                return False
+
+        wait_until("taskmon serve", ready, 60)
+        load_before = os.getloadavg()
+        rows = time_pages(base, token, args.requests)
+        load_after = os.getloadavg()
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        redis_server.stop()
+    m = machine()
+    print(f"bench/api.py pages: {started_at:%Y-%m-%dT%H:%MZ}, {args.rows:,} task runs in SQLite, {m['cpus']} CPUs "
+          f"({m['cpu']}), python {m['python']}, sqlite {m['sqlite']}; load average {load_before[0]:.2f} before, "
+          f"{load_after[0]:.2f} after")
+    print(f"`taskmon serve`, one logged-in client, {args.requests} requests of each page after a warm-up; "
+          "ms to the last byte")
+    width = max(len(r["page"]) for r in rows)
+    print(f"{'page':<{width}}  {'p50':>7}  {'p95':>7}  {'max':>7}")
+    for r in rows:
+        print(f"{r['page']:<{width}}  {r['p50_ms']:>7.0f}  {r['p95_ms']:>7.0f}  {r['max_ms']:>7.0f}   {r['url']}")
+    for kind in ("Overview", "Tasks"):
+        worst = max((r for r in rows if r["page"].startswith(kind) and "search" not in r["page"]),
+                    key=lambda r: r["p95_ms"])
+        verdict = "met" if worst["p95_ms"] <= PAGE_TARGET_MS else "NOT met"
+        print(f"  {kind}: worst p95 {worst['p95_ms']:.0f} ms ({worst['page']}) <= {PAGE_TARGET_MS:.0f} ms: {verdict}")
+    out = Path(args.out) if args.out else HERE / "results" / f"pages-{started_at:%Y%m%dT%H%M%SZ}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"started_at": started_at.isoformat(timespec="seconds"), "rows": args.rows,
+                               "requests": args.requests, "machine": m, "pages": rows,
+                               "load_average": {"before": load_before, "after": load_after}}, indent=2) + "\n")
+    print(f"written: {out}")
+    shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(pages_main(sys.argv[2:]) if sys.argv[1:2] == ["pages"] else main())

@@ -6,13 +6,21 @@ few rows per hour and task name, not every run. finished_series reads the runs t
 """
 from __future__ import annotations
 
+import math
 from datetime import datetime, timedelta
 from typing import Any
 
-from storage.rollups import LEVELS
+from storage.rollups import LEVELS, RUNTIME_BUCKETS, quantile
 from storage.sql import bind, dialect, epoch_seconds, fetch
 
 MINUTE, HOUR = timedelta(minutes=1), timedelta(hours=1)
+
+
+def _window(end: datetime, step: timedelta) -> str:
+    """The rollup level whose rows make up steps of ``step`` ending at ``end``: hours when both are whole hours."""
+    if step <= timedelta(0) or step % MINUTE or end != end.replace(second=0, microsecond=0):
+        raise ValueError(f"the rollups answer steps of whole minutes ending on a whole minute; got {step} ending {end}")
+    return "hour" if end.minute == 0 and step % HOUR == timedelta(0) else "minute"
 
 
 def rollup_series(conn, end: datetime, step: timedelta, steps: int) -> dict[str, Any]:
@@ -22,28 +30,44 @@ def rollup_series(conn, end: datetime, step: timedelta, steps: int) -> dict[str,
     step is a sum of whole rollup rows and the counts are exact. The rollups hold the current
     minute and hour as they fill, so a step that ends after now counts what has run so far.
     """
-    on_hour = end == end.replace(minute=0, second=0, microsecond=0)
-    level = "hour" if on_hour and step % HOUR == timedelta(0) else "minute"
-    if step <= timedelta(0) or step % MINUTE or end != end.replace(second=0, microsecond=0):
-        raise ValueError(f"the rollups answer steps of whole minutes ending on a whole minute; got {step} ending {end}")
-    table, column = LEVELS[level]
+    w = window_rollups(conn, end, step, steps)
+    return {k: w[k] for k in ("starts", "step_seconds", "completed", "failed")}
+
+
+def window_rollups(conn, end: datetime, step: timedelta, steps: int) -> dict[str, Any]:
+    """rollup_series's steps, and per task name its runs by state and runtime p95, in one read of the rollups.
+
+    The p95 is the upper bound of the histogram bucket that holds it (None: above the last bound),
+    as storage.rollup_stats reports it; the overview needs nothing else per name.
+    """
+    table, column = LEVELS[_window(end, step)]
     db = dialect(conn)
     since = end - step * steps
-    seconds = int(step.total_seconds())
     index = f"({epoch_seconds(db, column)} - :since_s) / :step_s"  # integers: exact, no rounding at a boundary
-    sql = (f"SELECT {index} AS i, sum(CASE WHEN state = 'FAILURE' THEN runs ELSE 0 END) AS failed, "
-           f"sum(runs) AS completed FROM {table} WHERE {column} >= :since AND {column} < :end "
-           "AND state IN ('SUCCESS', 'FAILURE') GROUP BY 1")
+    buckets = ", ".join(f"sum({c}) AS {c}" for c in RUNTIME_BUCKETS)
+    sql = (f"SELECT {index} AS i, name, state, sum(runs) AS runs, {buckets} FROM {table} "
+           f"WHERE {column} >= :since AND {column} < :end GROUP BY 1, 2, 3")
     rows = fetch(conn, sql, {"since": bind(db, since), "end": bind(db, end), "since_s": int(since.timestamp()),
-                             "step_s": seconds}, {})
+                             "step_s": int(step.total_seconds())}, {})
     completed, failed = [0] * steps, [0] * steps
+    names: dict[str | None, dict[str, Any]] = {}
     for r in rows:
-        i = int(r["i"])
-        if 0 <= i < steps:
-            completed[i] += int(r["completed"])
-            failed[i] += int(r["failed"])
-    starts = [since + step * i for i in range(steps)]
-    return {"starts": starts, "step_seconds": float(seconds), "completed": completed, "failed": failed}
+        i, runs = int(r["i"]), int(r["runs"] or 0)
+        if not 0 <= i < steps or not runs:
+            continue
+        if r["state"] in ("SUCCESS", "FAILURE"):
+            completed[i] += runs
+            failed[i] += runs if r["state"] == "FAILURE" else 0
+        entry = names.setdefault(r["name"] or None, {"states": {}, "buckets": [0] * len(RUNTIME_BUCKETS)})
+        entry["states"][r["state"]] = entry["states"].get(r["state"], 0) + runs
+        entry["buckets"] = [a + int(r[c] or 0) for a, c in zip(entry["buckets"], RUNTIME_BUCKETS)]
+    tasks = []
+    for name in sorted(names, key=lambda n: (n is None, n or "")):
+        q = quantile(names[name]["buckets"], 0.95)
+        tasks.append({"name": name, "states": names[name]["states"], "total": sum(names[name]["states"].values()),
+                      "runtime_p95": None if q is None or math.isinf(q[2]) else q[2]})
+    return {"starts": [since + step * i for i in range(steps)], "step_seconds": step.total_seconds(),
+            "completed": completed, "failed": failed, "tasks": tasks}
 
 
 def rollup_state_counts(conn) -> dict[str, int]:

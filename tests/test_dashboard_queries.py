@@ -10,7 +10,9 @@ from monitor.http.search import SearchError, parse_search
 from storage.history import RunFilter, list_runs, page_runs
 from storage.search import BadCursor
 from storage.history import state_counts
-from storage.series import finished_series, queues_seen, rollup_series, rollup_state_counts, worker_counts
+from storage.rollup_stats import rollup_task_stats
+from storage.series import (finished_series, queues_seen, rollup_series, rollup_state_counts, window_rollups,
+                            worker_counts)
 from tests.history_data import insert, now_utc, run
 
 
@@ -102,6 +104,12 @@ def test_the_rollup_series_equals_the_series_of_the_runs_on_minute_and_hour_step
                      and end - timedelta(hours=72) <= r["seen_at"] < end}
         assert sum(rollup_series(conn, end, timedelta(hours=6), 12)["completed"]) == len(completed - {"b003"} | {"b002"})
         assert rollup_state_counts(conn) == state_counts(conn)
+        # Per task name, what the overview shows equals the rollup stats of the same window.
+        w = window_rollups(conn, end, timedelta(hours=6), 12)
+        stats = rollup_task_stats(conn, RunFilter(since=end - timedelta(hours=72), until=end), now)
+        assert [(t["name"], t["total"], t["runtime_p95"]) for t in w["tasks"]] == [
+            (t["name"], t["total"], t["runtime"]["p95"]) for t in stats["tasks"]]
+        assert sum(t["states"].get("FAILURE", 0) for t in w["tasks"]) == stats["totals"]["states"]["FAILURE"] > 0
         with pytest.raises(ValueError, match="whole minutes"):
             rollup_series(conn, end + timedelta(seconds=30), timedelta(minutes=2), 30)
 

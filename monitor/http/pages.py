@@ -36,7 +36,7 @@ WINDOWS = {"1h": timedelta(hours=1), "6h": timedelta(hours=6), "24h": timedelta(
 # The charts' steps per window: whole minutes, or whole hours from a day up, so each step is a sum
 # of whole rollup rows (storage.series.rollup_series).
 CHART_STEPS = {"1h": (timedelta(minutes=2), 30), "6h": (timedelta(minutes=12), 30),
-               "24h": (timedelta(minutes=48), 30), "7d": (timedelta(hours=6), 28), "30d": (timedelta(days=1), 30)}
+               "24h": (timedelta(hours=1), 24), "7d": (timedelta(hours=6), 28), "30d": (timedelta(days=1), 30)}
 
 templates = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=True, trim_blocks=True,
                         lstrip_blocks=True)
@@ -155,12 +155,11 @@ def overview_data(engine, settings, now: datetime, window: str) -> dict[str, Any
     from storage.alerts import list_alerts
     from storage.deadletters import count_dead_letters
     from storage.health import latest_status, list_gaps
-    from storage.history import RunFilter
-    from storage.rollup_stats import rollup_task_stats
-    from storage.series import queues_seen, rollup_series, rollup_state_counts
+    from storage.series import queues_seen, rollup_state_counts, window_rollups
 
-    since = now - WINDOWS[window]
     step, steps = CHART_STEPS[window]
+    end = chart_end(now, step)
+    since = end - step * steps
 
     def rest(conn) -> dict[str, Any]:
         status = latest_status(conn)
@@ -170,8 +169,7 @@ def overview_data(engine, settings, now: datetime, window: str) -> dict[str, Any
                 "alerts": list_alerts(conn, since=since, limit=10),
                 "queue_names": queues_seen(conn, now - QUEUES_SEEN)}
 
-    reads = {"counts": rollup_state_counts, "stats": lambda conn: rollup_task_stats(conn, RunFilter(since=since), now),
-             "series": lambda conn: rollup_series(conn, chart_end(now, step), step, steps), "rest": rest}
+    reads = {"counts": rollup_state_counts, "series": lambda conn: window_rollups(conn, end, step, steps), "rest": rest}
 
     def read(fn):
         with engine.connect() as conn:
@@ -180,6 +178,11 @@ def overview_data(engine, settings, now: datetime, window: str) -> dict[str, Any
     with ThreadPoolExecutor(len(reads), thread_name_prefix="overview") as pool:
         futures = {key: pool.submit(read, fn) for key, fn in reads.items()}
         data = {key: f.result() for key, f in futures.items()}
+    series = data["series"]
+    done, failed = sum(series["completed"]), sum(series["failed"])
+    minutes = max((now - since).total_seconds(), 1.0) / 60
+    data["totals"] = {"since": since, "completed": done, "failure_rate": failed / done if done else None,
+                      "throughput_per_min": done / minutes}
     return {**data.pop("rest"), **data}
 
 
@@ -201,10 +204,9 @@ def overview(request: Request, window: str = Query("1h")):
     failure = charts.line_chart("failure rate", labels,
                                 [("failed %", [100 * f / c if c else None
                                                for f, c in zip(series["failed"], series["completed"])])], unit="%")
-    slowest = sorted((t for t in data["stats"]["tasks"] if t["runtime"]["p95"] is not None),
-                     key=lambda t: -t["runtime"]["p95"])[:10]
+    slowest = sorted((t for t in series["tasks"] if t["runtime_p95"] is not None), key=lambda t: -t["runtime_p95"])[:10]
     p95 = charts.bar_chart("runtime p95 per task name (the upper bound of its histogram bucket)",
-                           [(t["name"] or "-", t["runtime"]["p95"]) for t in slowest], unit="s")
+                           [(t["name"] or "-", t["runtime_p95"]) for t in slowest], unit="s")
     return render(request, "overview.html", window=window, windows=list(WINDOWS), now=now,
                   throughput=throughput, failure=failure, p95=p95,
                   queues=queue_depths(settings.broker_url, data.pop("queue_names")), **data)
