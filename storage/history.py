@@ -307,6 +307,22 @@ def timeline(run: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def attempts(run: dict[str, Any]) -> list[dict[str, Any]]:
+    """The attempts of a run as far as its one row can tell, oldest first.
+
+    A retried task keeps its id, and its row describes the latest attempt: that attempt's times
+    (sent, received, started, finished) and its outcome and exception. An earlier attempt is
+    known to have ended in a retry, and the first one to have been first seen at ``seen_at``;
+    their own times and exceptions were replaced by the next attempt's (``known`` False).
+    """
+    n = run.get("retries") or 0
+    earlier = [{"number": k, "outcome": "RETRY", "known": False, "steps": [],
+                "first_seen": run.get("seen_at") if k == 1 else None} for k in range(1, n + 1)]
+    last = {"number": n + 1, "outcome": run.get("state"), "known": True, "steps": timeline(run),
+            "first_seen": run.get("seen_at") if n == 0 else None, "exception": run.get("exception")}
+    return [*earlier, last]
+
+
 def run_detail(conn, task_id: str) -> dict[str, Any] | None:
     """One run with every stored field, its timeline and its place in the workflow; None if unknown."""
     run = _one(conn, f"SELECT {', '.join(RUN_FIELDS)} FROM task_runs WHERE task_id = :task_id", {"task_id": task_id})
@@ -335,6 +351,7 @@ def run_detail(conn, task_id: str) -> dict[str, Any] | None:
     return {
         "run": run,
         "timeline": timeline(run),
+        "attempts": attempts(run),
         "parent": ancestors[0] if ancestors else None,
         "ancestors": ancestors,
         "missing_parent": missing_parent,

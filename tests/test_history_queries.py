@@ -93,6 +93,19 @@ def test_run_detail_has_every_field_timeline_and_workflow(sample):
     assert ids(d["children"]) == ["r08"] and d["missing_parent"] is None
 
 
+def test_a_retried_run_shows_each_attempt_and_only_the_latest_one_s_times(sample):
+    engine, now = sample
+    with engine.connect() as conn:
+        retried, once = run_detail(conn, "r04"), run_detail(conn, "r07")
+    # r04 retried twice and is waiting in RETRY: attempts 1 and 2 ended in a retry, 3 is the row's.
+    assert [(a["number"], a["outcome"], a["known"]) for a in retried["attempts"]] == [
+        (1, "RETRY", False), (2, "RETRY", False), (3, "RETRY", True)]
+    assert retried["attempts"][0]["first_seen"] == retried["run"]["seen_at"]
+    assert retried["attempts"][1]["steps"] == [] and retried["attempts"][2]["steps"] == retried["timeline"]
+    assert retried["attempts"][2]["exception"] == "TimeoutError('gateway')"
+    assert [(a["number"], a["outcome"], a["known"]) for a in once["attempts"]] == [(1, "SUCCESS", True)]
+
+
 def test_run_detail_of_a_grandchild_walks_up_to_the_root(sample):
     engine, _ = sample
     with engine.connect() as conn:

@@ -58,9 +58,22 @@ class TimelineStep(BaseModel):
     after: float | None
 
 
+class Attempt(BaseModel):
+    """One attempt of a retried task as its row tells it: earlier attempts ended in a retry and
+    their own times and exceptions are not stored (known false); the latest has the row's times."""
+
+    number: int
+    outcome: str | None
+    known: bool
+    steps: list[TimelineStep]
+    first_seen: datetime | None
+    exception: str | None = None
+
+
 class RunDetail(BaseModel):
     run: Run
     timeline: list[TimelineStep]
+    attempts: list[Attempt]
     parent: RunSummary | None
     ancestors: list[RunSummary]
     missing_parent: str | None

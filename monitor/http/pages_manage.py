@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 
 from monitor.http import charts
 from monitor.http.pages import CHART_STEPS, WINDOWS, chart_end, page, queue_depths, render
@@ -81,3 +81,26 @@ def schedule_page(request: Request):
     with request.app.state.engine.connect() as conn:
         rows = list_schedules(conn)
     return render(request, "schedule.html", entries=[_shown(request, r) for r in rows])
+
+
+@router.get("/schedule/{name}/edit", dependencies=page("operator"))
+def schedule_edit_page(request: Request, name: str = Path(..., min_length=1, max_length=200)):
+    """The edit form of one entry; it sends PATCH /api/v1/schedule/NAME, where the checks, the write
+    and the audit line are (storage.schedules.update_schedule, as `taskmon schedule set`)."""
+    import json
+
+    from monitor.http.schedule import _shown
+    from storage.schedules import UnknownSchedule, get_schedule
+    from tasks.application import QUEUE_NAMES
+    from tasks.cron import CRON_FIELDS
+
+    with request.app.state.engine.connect() as conn:
+        try:
+            row = get_schedule(conn, name)
+        except UnknownSchedule as exc:
+            return render(request, "error.html", status_code=404, title="Unknown schedule entry", detail=str(exc),
+                          back="/schedule")
+    entry = _shown(request, dict(row))
+    cron = " ".join(str(row.get(f) or "*") for f in CRON_FIELDS)
+    return render(request, "schedule_edit.html", e=entry, cron=cron, queues=QUEUE_NAMES,
+                  args_json=json.dumps(row["args"]), kwargs_json=json.dumps(row["kwargs"]))

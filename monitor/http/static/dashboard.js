@@ -31,6 +31,16 @@
       });
     });
 
+    // -- radio buttons that choose which fieldset is sent (the schedule's crontab or interval) ------
+    document.querySelectorAll("input[type=radio][data-toggles]").forEach(function (radio) {
+      radio.addEventListener("change", function () {
+        document.querySelectorAll('input[type=radio][name="' + radio.name + '"]').forEach(function (other) {
+          var set = document.getElementById(other.getAttribute("data-toggles"));
+          if (set) { set.disabled = !other.checked; }
+        });
+      });
+    });
+
     // -- the window select on the overview submits itself ------------------------------------------
     document.querySelectorAll("select[data-autosubmit]").forEach(function (select) {
       select.addEventListener("change", function () { select.form.submit(); });
@@ -52,11 +62,20 @@
     box.classList.remove("hidden");
   }
 
-  // The form's fields as the JSON body of an API call: "true"/"false" become booleans.
+  // The form's fields as the JSON body of an API call: "true"/"false" become booleans, a field
+  // marked data-json is parsed (a list, an object, a number), names starting with "_" stay in the
+  // page, and fields of a disabled fieldset are not sent. Throws a one-line error for bad JSON.
   function jsonBody(form) {
     var body = {};
     new FormData(form).forEach(function (value, key) {
-      if (value === "") { return; }  // an empty filter field means no filter
+      var field = form.elements[key];
+      if (field && field.length !== undefined && !field.tagName) { field = field[field.length - 1]; }
+      var keep = field && field.hasAttribute && field.hasAttribute("data-keep-empty");
+      if (key.charAt(0) === "_" || (value === "" && !keep)) { return; }  // an empty filter field means no filter
+      if (field && field.hasAttribute && field.hasAttribute("data-json")) {
+        try { body[key] = JSON.parse(value); } catch (e) { throw new Error(key + ": not valid JSON (" + e.message + ")"); }
+        return;
+      }
       body[key] = value === "true" ? true : value === "false" ? false : value;
     });
     return JSON.stringify(body);
@@ -79,15 +98,17 @@
     box.classList.remove("hidden");
   }
 
-  // POST the form (to an API endpoint, as JSON) with the session's X-CSRF-Token header.
+  // POST (or data-method) the form to an API endpoint, as JSON, with the session's X-CSRF-Token header.
   function send(form) {
     var buttons = form.querySelectorAll("button");
+    var body;
+    try { body = jsonBody(form); } catch (e) { flash(e.message); return; }
     buttons.forEach(function (b) { b.disabled = true; });
     fetch(form.getAttribute("action"), {
-      method: "POST",
+      method: form.getAttribute("data-method") || "POST",
       credentials: "same-origin",
       headers: { "X-CSRF-Token": csrfToken(), "Accept": "application/json", "Content-Type": "application/json" },
-      body: jsonBody(form)
+      body: body
     }).then(function (response) {
       return response.json().catch(function () { return {}; }).then(function (body) {
         var show = form.getAttribute("data-show");
