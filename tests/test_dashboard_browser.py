@@ -39,7 +39,8 @@ def bench(tmp_path_factory):
     upgrade(engine)
     started = []
     try:
-        daemon = DaemonProcess(redis.url, db_url, logdir=tmp)
+        # Queue depths sampled every second: the Queues page's history fills while the tests run.
+        daemon = DaemonProcess(redis.url, db_url, logdir=tmp, env={"TASKMON_QUEUE_SAMPLE_INTERVAL": "1"})
         started.append(daemon)
         daemon.wait_log("sources")
         for hostname, queues in (("w1@taskmon-demo", "celery"), (XSS_HOST, XSS_QUEUE)):
@@ -295,4 +296,100 @@ def test_a_worker_answers_live_and_only_an_admin_gets_its_controls(bench, page):
     page.page.click('#controls form[action$="/pool/shrink"] button')
     # (a locator, not wait_for_function: the page's CSP refuses the string eval that one uses)
     page.page.locator("#control-reply", has_text="pool_shrink").wait_for()
+    page.quiet()
+
+
+BACKLOG = "backlog"  # a queue no worker consumes: its messages wait
+
+
+def test_the_queues_page_charts_the_depths_the_leader_daemon_sampled(bench, page):
+    from sqlalchemy import func, select
+
+    from storage.schema import queue_depths
+
+    ids = [send(bench, "sample.add", i, i, queue=BACKLOG) for i in range(3)]
+    hostile = send(bench, "sample.add", 1, 1, queue=XSS_QUEUE)
+    wait_for_runs(bench["engine"], ids)  # their task-sent events make "backlog" a queue of the last day
+    finished(bench, hostile)
+    deadline = time.monotonic() + 30
+    while True:
+        with bench["engine"].connect() as conn:
+            peak = conn.execute(select(func.max(queue_depths.c.messages)).where(queue_depths.c.queue == BACKLOG)).scalar()
+            hostile_sampled = conn.execute(select(func.count()).where(queue_depths.c.queue == XSS_QUEUE)).scalar()
+        if peak == 3 and hostile_sampled:
+            break
+        assert time.monotonic() < deadline, f"no sample of {BACKLOG} with 3 messages in 30 s (peak {peak})"
+        time.sleep(0.5)
+    log_in(page.page, bench["url"], bench["tokens"]["viewer"])
+    page.page.goto(bench["url"] + "/queues?window=1h")
+    panel = page.page.locator(f'#depth-history section[data-queue="{BACKLOG}"]')
+    assert panel.locator("svg.chart").count() == 1
+    assert "3" in panel.locator("svg.chart text").all_text_contents()  # the y axis tops at the peak sampled
+    queues = page.page.locator("#depth-history section").evaluate_all("s => s.map(e => e.dataset.queue)")
+    assert XSS_QUEUE in queues and "celery" in queues  # sampled too, and shown as text
+    assert page.page.locator("img[src=x]").count() == 0
+    screenshot(page.page, "queues")
+    page.quiet()
+
+
+def test_an_operator_edits_a_schedule_entry_in_the_form_and_bad_input_changes_nothing(bench, page):
+    from datetime import datetime, timezone
+
+    from storage.schedules import add_schedule, get_schedule
+    from tasks.cron import definition
+
+    name = "nightly<img src=x onerror=alert(9)>"
+    with bench["engine"].begin() as conn:
+        add_schedule(conn, definition(name, "reports.daily_report", cron="0 2 * * *", args=["eu"], queue="reports"),
+                     datetime.now(timezone.utc))
+    log_in(page.page, bench["url"], bench["tokens"]["operator"])
+    page.page.goto(bench["url"] + "/schedule")
+    page.page.click(f'a[data-edit="{name}"]')
+    page.page.wait_for_url("**/edit")
+    assert page.page.locator("h1 .mono").inner_text() == name  # the name is text, not markup
+    assert page.page.locator("img[src=x]").count() == 0
+    assert page.page.locator("#cron").input_value() == "0 2 * * *" and page.page.locator("#every").is_disabled()
+    # Bad JSON is refused in the page: nothing is sent.
+    page.page.fill("#args", "[1, 2")
+    page.page.click("#save")
+    page.page.locator("#flash", has_text="args: not valid JSON").wait_for()
+    # A crontab the server cannot read is its one-line 400, shown in the page.
+    page.page.fill("#args", "[1, 2]")
+    page.page.fill("#cron", "61 * * * *")
+    page.page.click("#save")
+    page.page.locator("#flash", has_text="crontab").wait_for()
+    with bench["engine"].connect() as conn:
+        assert get_schedule(conn, name)["args"] == ["eu"]  # unchanged so far
+    page.page.check('input[name=_kind][value=every]')
+    assert page.page.locator("#cron").is_disabled() and not page.page.locator("#every").is_disabled()
+    page.page.fill("#every", "90")
+    page.page.fill("#kwargs", '{"force": true}')
+    page.page.select_option("#queue", "")
+    page.page.uncheck("#enabled")
+    screenshot(page.page, "schedule-edit")
+    page.page.click("#save")
+    page.page.wait_for_url(bench["url"] + "/schedule")
+    with bench["engine"].connect() as conn:
+        row = get_schedule(conn, name)
+    assert (row["interval_seconds"], row["minute"], row["args"], row["kwargs"], row["queue"], row["enabled"]) == (
+        90, None, [1, 2], {"force": True}, None, False)
+    assert "every 90s" in page.page.locator("#schedule").inner_text()
+    assert page.errors == ["Failed to load resource: the server responded with a status of 400 (Bad Request)"]
+    assert not page.dialogs
+
+
+def test_a_retried_task_shows_each_attempt_and_the_latest_attempt_s_times(bench, page):
+    task_id = send(bench, "sample.flaky", 2)
+    rows = wait_for_runs(bench["engine"], [task_id], states={"SUCCESS"})
+    assert rows[task_id]["retries"] == 2
+    log_in(page.page, bench["url"], bench["tokens"]["viewer"])
+    page.page.goto(bench["url"] + f"/tasks/{task_id}")
+    attempts = page.page.locator("#attempts li")
+    assert attempts.evaluate_all("items => items.map(i => [i.dataset.attempt, i.dataset.outcome])") == [
+        ["1", "RETRY"], ["2", "RETRY"], ["3", "SUCCESS"]]
+    assert "not stored" in attempts.nth(0).inner_text() and "first seen" in attempts.nth(0).inner_text()
+    last = attempts.nth(2).locator(".step").evaluate_all("steps => steps.map(s => s.dataset.event)")
+    assert last == [s for s in ("sent", "received", "started", "finished")
+                    if rows[task_id][f"{s}_at"] is not None] and "finished" in last
+    assert "attempt 3, the latest" in page.page.locator("section.panel h2").first.inner_text()
     page.quiet()

@@ -168,3 +168,29 @@ def test_buttons_show_only_for_the_roles_that_may_use_them(served):
     assert shown == {"viewer": {"purge": False, "test alert": False},
                      "operator": {"purge": False, "test alert": True},
                      "admin": {"purge": True, "test alert": True}}
+
+
+def test_only_an_operator_gets_a_schedule_entry_s_edit_form_and_its_patch_needs_the_csrf_token(served):
+    server, tokens, _ = served
+    entry = "backup-database"  # every history starts with it (migration 0004)
+    with logged_in(server, tokens["viewer"]) as viewer:
+        assert 'data-edit="backup-database"' not in viewer.get("/schedule").text
+        assert viewer.get(f"/schedule/{entry}/edit").status_code == 403
+    with logged_in(server, tokens["operator"]) as operator:
+        assert 'data-edit="backup-database"' in operator.get("/schedule").text
+        form = operator.get(f"/schedule/{entry}/edit")
+        assert form.status_code == 200 and 'data-method="PATCH"' in form.text
+        assert operator.get("/schedule/no-such-entry/edit").status_code == 404
+        refused = operator.patch(f"/api/v1/schedule/{entry}", json={"every": 90})
+        assert refused.status_code == 403  # no X-CSRF-Token: the form's call cannot be forged from another site
+        done = operator.patch(f"/api/v1/schedule/{entry}", json={"every": 90},
+                              headers={"X-CSRF-Token": csrf_of(operator)})
+        assert done.status_code == 200 and done.json()["interval_seconds"] == 90
+
+
+def test_the_queues_page_refuses_a_window_it_does_not_know_with_a_400_page(served):
+    server, tokens, _ = served
+    with logged_in(server, tokens["viewer"]) as client:
+        bad = client.get("/queues?window=9y")
+        assert bad.status_code == 400 and "use one of 1h" in bad.text
+        assert client.get("/queues?window=7d").status_code == 200
