@@ -13,8 +13,8 @@ request a different id or search text from a list), one client and 32 concurrent
     detail   one task by id              /api/task/info/ID                  /api/v1/tasks/ID
 
 Then the history grows to --big runs (copies of the loaded runs with new ids, one day earlier
-per copy, inserted by SQLite from the stored rows; the search triggers index them) and taskmon
-answers again.
+per copy, inserted by SQLite from the stored rows) and taskmon answers again. SQLite has no text
+index: its search scans (storage.history._scan_search).
 
     .venv/bin/python bench/api.py                    # 100,000 tasks, then 1,000,000 runs
     .venv/bin/python bench/api.py --tasks 20000 --big 0 --duration 3
@@ -54,7 +54,10 @@ import generator  # noqa: E402
 
 from monitor.redis_server import RedisServer, free_port  # noqa: E402
 
-QUERIES = ("list", "filter", "search", "detail")
+# Search last: a scan's queued requests keep one server process busy after wrk stops, and with
+# several processes the probe of wait_idle() is answered by another, so the cell after it would
+# be measured behind that backlog.
+QUERIES = ("list", "filter", "detail", "search")
 CLIENTS = (1, 32)
 FILTER_NAME = "billing.tasks.charge_invoice"
 FILTER_STATE = "FAILURE"
@@ -113,18 +116,21 @@ def wait_until(what: str, check, timeout: float) -> float:
 
 
 class Serve:
-    """`taskmon serve` on a free port with a viewer token."""
+    """`taskmon serve` on a free port with a viewer token; ``workers`` server processes (0: its default)."""
 
-    def __init__(self, db_url: str, workdir: Path):
+    def __init__(self, db_url: str, workdir: Path, workers: int = 0):
         self.token = taskmon_cli("token", "create", "--name", f"bench-{uuid.uuid4().hex[:6]}", "--role", "viewer",
                                  db_url=db_url).splitlines()[-1]
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = workdir / f"serve-{self.port}.log"
-        self.proc = subprocess.Popen([*cons.taskmon_command(), "serve", "--port", str(self.port), "--db", db_url],
+        self.proc = subprocess.Popen([*cons.taskmon_command(), "serve", "--port", str(self.port), "--workers",
+                                      str(workers), "--db", db_url],
                                      cwd=REPO, stdout=open(self.log, "wb"), stderr=subprocess.STDOUT,
                                      start_new_session=True)
         wait_until("taskmon serve", self._ready, 60)
+        found = re.search(r"(\d+) server processes", self.log.read_text())
+        self.processes = int(found.group(1)) if found else 1
 
     def _ready(self) -> bool:
         if self.proc.poll() is not None:
@@ -241,8 +247,7 @@ def same_answers(flower_url: str, serve: Serve, inputs, n: int = 20) -> dict:
 def grow(db_path: Path, total: int) -> float:
     """Copies of the loaded runs until the history holds ``total``: new random ids, every time one day
     earlier per copy (the time of day and its microseconds kept), inserted by SQLite from the stored
-    rows, so that the copies are rows exactly as the daemon wrote them and the search triggers index
-    them as they index the daemon's writes."""
+    rows, so that the copies are rows exactly as the daemon wrote them."""
     from storage.history import RUN_FIELDS, TIME_FIELDS
 
     con = sqlite3.connect(db_path, timeout=60)
@@ -331,6 +336,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--big", type=int, default=1_000_000, help="taskmon's second history size; 0: skip")
     parser.add_argument("--load-rate", type=float, default=5000, help="events/s while loading (Flower keeps up)")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of wrk per query and client count")
+    parser.add_argument("--serve-workers", type=int, default=0,
+                        help="server processes of taskmon serve (default 0: its own default, one per CPU up to 4)")
     parser.add_argument("--out", help="JSON file (default bench/results/api-<time>.json)")
     args = parser.parse_args(argv)
     if not shutil.which("wrk"):
@@ -352,6 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     serve = None
     results: dict = {"started_at": started_at.isoformat(timespec="seconds"), "tasks": args.tasks, "big": args.big,
                      "load_rate": args.load_rate, "duration_s": args.duration, "clients": CLIENTS,
+                     "serve_workers": args.serve_workers,
                      "load_generator": "wrk (HTTP/1.1 keep-alive, Lua script cycling through the paths)",
                      "machine": machine(), "runs": {}}
     try:
@@ -379,7 +387,8 @@ def main(argv: list[str] | None = None) -> int:
             "published_events": pub.events, "publish_rate": pub.achieved_rate,
         }
         inputs = pick_inputs(daemon.path)
-        serve = Serve(db_url, workdir)
+        serve = Serve(db_url, workdir, args.serve_workers)
+        results["serve_processes"] = serve.processes
         results["same_answers"] = same_answers(f"http://127.0.0.1:{flower.port}", serve, inputs)
         log(f"same search answers: {results['same_answers']}")
         flower_url = f"http://127.0.0.1:{flower.port}"
@@ -395,7 +404,8 @@ def main(argv: list[str] | None = None) -> int:
             serve = None
             results["grow_seconds"] = round(grow(daemon.path, args.big), 1)
             inputs_big = {**pick_inputs(daemon.path), "skus": inputs["skus"]}
-            serve = Serve(db_url, workdir)
+            serve = Serve(db_url, workdir, args.serve_workers)
+            results["serve_processes"] = serve.processes
             results["runs"]["taskmon_big"] = measure(f"taskmon {args.big // 1000}k", serve.url, "taskmon",
                                                      inputs_big, args.duration, workdir, serve.token)
     finally:
@@ -410,7 +420,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"bench/api: {started_at:%Y-%m-%dT%H:%MZ}, {results['machine']['cpus']} CPUs "
           f"({results['machine']['cpu']}), python {results['machine']['python']}, sqlite "
           f"{results['machine']['sqlite']}, flower {results['machine']['flower']}, {results['machine']['wrk']}; "
-          f"load average {load_before[0]:.2f} before, {results['load_average']['after'][0]:.2f} after")
+          f"load average {load_before[0]:.2f} before, {results['load_average']['after'][0]:.2f} after; "
+          f"taskmon serve with {results.get('serve_processes', '?')} server processes")
     print(f"loaded: {results['loaded']}; Flower and taskmon found the same tasks for "
           f"{results['same_answers']['same_tasks']} of {results['same_answers']['search_texts']} search texts")
     print(f"wrk {args.duration:.0f} s per cell; requests/s, p50 and p99 latency in ms")

@@ -40,6 +40,7 @@ CONTAINS_COLUMNS = ("args", "kwargs", "result", "exception")  # RunFilter.contai
 MAX_CHAIN = 100  # parent links followed at most (a cycle in bad data must not hang `show`)
 MAX_CHILDREN = 1000
 MAX_PARTS = 32  # list_runs merges at most this many per-(name, state) queries
+SEARCH_WINDOW = 5000  # SQLite: runs a search reads newest first before it scans the whole table
 SUMMARY = ", ".join(SUMMARY_FIELDS)
 NEWEST_FIRST = "ORDER BY seen_at DESC, task_id DESC"
 
@@ -210,7 +211,8 @@ def list_runs(conn, f: RunFilter = RunFilter(), limit: int = 20, sort: str = "se
     A glob and several states are split into one query per (name, state), each a short walk of
     its (name, seen_at) or (state, seen_at) index, merged; a single condition on a large history
     would otherwise make the database read and sort every matching run to return the newest few.
-    A search finds its candidates in the text index instead, so it is one query.
+    A search is one query: on PostgreSQL its candidates come from the text index, on SQLite from
+    a scan (_scan_search).
     """
     if sort not in SORTS:
         raise ValueError(f"unknown sort {sort!r}; one of {', '.join(SORTS)}")
@@ -229,6 +231,8 @@ def list_runs(conn, f: RunFilter = RunFilter(), limit: int = 20, sort: str = "se
         cond, params = conditions(db, parts[0] if exact else f, exact_name=exact)
         where = f"{cond} AND {after}" if after else cond
         sql = f"SELECT {SUMMARY} FROM task_runs WHERE {where} {order} LIMIT :limit"
+        if f.search and db == "sqlite":
+            return _scan_search(conn, sort, where, after, {**params, **after_params, "limit": limit})
     else:
         selects, params = [], {}
         for i, part in enumerate(parts):
@@ -239,6 +243,26 @@ def list_runs(conn, f: RunFilter = RunFilter(), limit: int = 20, sort: str = "se
             params.update(p)
         sql = f"SELECT {SUMMARY} FROM ({' UNION ALL '.join(selects)}) AS runs {order} LIMIT :limit"
     return fetch(conn, sql, {**params, **after_params, "limit": limit}, DECODE)
+
+
+def _scan_search(conn, sort: str, where: str, after: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+    """A search on SQLite, which has no text index: the newest SEARCH_WINDOW runs first, then every run.
+
+    Newest first through the sort's index, a common text fills the page within a few hundred runs;
+    a rare one would have the scan visit the whole history in index order, one random row read
+    each. So when the window does not fill the page (every match in it is newer than any outside
+    it, so a full page from it is the right page), the whole table is read in storage order, the
+    cheap way to visit every row, and only the matches are sorted ("+column": not by the index).
+    """
+    order = _order(sort)
+    window = (f"SELECT {SUMMARY} FROM (SELECT * FROM task_runs {'WHERE ' + after if after else ''} {order} "
+              f"LIMIT :window) AS newest WHERE {where} {order} LIMIT :limit")
+    rows = fetch(conn, window, {**params, "window": SEARCH_WINDOW}, DECODE)
+    if len(rows) >= params["limit"]:
+        return rows
+    column = SORTS[sort]
+    every = f"SELECT {SUMMARY} FROM task_runs WHERE {where} ORDER BY +{column} DESC, task_id DESC LIMIT :limit"
+    return fetch(conn, every, params, DECODE)
 
 
 def page_runs(conn, f: RunFilter = RunFilter(), limit: int = 50, sort: str = "seen",

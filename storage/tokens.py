@@ -10,6 +10,7 @@ from sqlalchemy import Connection, select
 from sqlalchemy.exc import IntegrityError
 
 from storage.schema import api_tokens
+from storage.sql import fetch
 
 # Lowest to highest; a role may do everything the ones before it may.
 ROLES = ("viewer", "operator", "admin")
@@ -49,9 +50,12 @@ def lookup(conn: Connection, token: str) -> dict[str, Any] | None:
 
 def lookup_hash(conn: Connection, token_hash: str) -> dict[str, Any] | None:
     """The valid token row with this hash (what a dashboard session holds), else None."""
-    row = conn.execute(select(api_tokens.c.id, api_tokens.c.name, api_tokens.c.role).where(
-        api_tokens.c.token_hash == token_hash, api_tokens.c.revoked_at.is_(None))).mappings().first()
-    return dict(row) if row else None
+    # Every API request asks this (a revoked token is refused at once, so nothing is cached): one
+    # probe of the unique token_hash index, as SQL text through storage.sql.fetch (on SQLite, the
+    # sqlite3 connection itself), with none of the statement building of a select() per request.
+    rows = fetch(conn, "SELECT id, name, role FROM api_tokens WHERE token_hash = :h AND revoked_at IS NULL",
+                 {"h": token_hash}, {})
+    return rows[0] if rows else None
 
 
 def list_tokens(conn: Connection) -> list[dict[str, Any]]:

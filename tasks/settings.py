@@ -92,6 +92,11 @@ class Settings:
     metrics_host: str = "0.0.0.0"
     metrics_label_limit: int = 500
     broker_global_keyprefix: str = ""
+    # The HTTP API and dashboard (`taskmon serve`)
+    http_host: str = "127.0.0.1"
+    http_port: int = 5555  # Flower's
+    http_workers: int = 0  # 0: http_workers_for(settings, os.cpu_count())
+    bad_token_limit: str = "20/minute"
 
     @property
     def tz(self) -> ZoneInfo:
@@ -165,6 +170,11 @@ DESCRIPTIONS: dict[str, str] = {
     "metrics_label_limit": "Most task names (and exception types) the metrics label; the rest are \"other\", counted",
     "broker_global_keyprefix": "The Redis transport's global_keyprefix, if the app sets one: queue lengths read the "
                                "prefixed keys",
+    "http_host": "Address `taskmon serve` listens on; 0.0.0.0 for every interface",
+    "http_port": "Port `taskmon serve` listens on (the API, the dashboard and /metrics)",
+    "http_workers": "Server processes of `taskmon serve` (1-64); 0: one per CPU, at most 4. Each keeps its own "
+                    "count of bad tokens",
+    "bad_token_limit": "Bad tokens one address may send (to one server process) before it gets 429s, e.g. 20/minute",
 }
 
 SECRET_FIELDS = {"smtp_password"}
@@ -339,7 +349,17 @@ def validate(s: Settings) -> Settings:
 
 # Integer settings with bounds: (name, lowest, highest).
 RANGES = (("batch_size", 1, 100_000), ("buffer_events", 1000, 10_000_000), ("prepare_processes", 0, 8),
-          ("metrics_port", 0, 65535), ("metrics_label_limit", 1, 100_000))
+          ("metrics_port", 0, 65535), ("metrics_label_limit", 1, 100_000), ("http_port", 0, 65535),
+          ("http_workers", 0, 64))
+MAX_AUTO_HTTP_WORKERS = 4
+
+
+def http_workers_for(settings: Settings, cpus: int | None) -> int:
+    """The server processes `taskmon serve` runs: the setting, or for 0 one per CPU, at most 4
+    (each answers on one core at a time; more only add memory and SQLite readers)."""
+    if settings.http_workers:
+        return settings.http_workers
+    return max(1, min(cpus or 1, MAX_AUTO_HTTP_WORKERS))
 
 
 def _check_url(name: str, url: str, schemes: set[str] | None) -> None:

@@ -36,7 +36,8 @@ class ApiServer(Subprocess):
         cmd = [sys.executable, "-m", "cli", "-v", "serve", "--port", str(self.port), "--db", db_url, *args]
         if broker_url:
             cmd += ["--broker", broker_url]
-        full_env = dict(os.environ, PYTHONPATH=str(REPO), **(env or {}))
+        # One server process unless a test asks for more: a second one doubles every server's start.
+        full_env = {**os.environ, "PYTHONPATH": str(REPO), "TASKMON_HTTP_WORKERS": "1", **(env or {})}
         self.proc = subprocess.Popen(cmd, cwd=REPO, env=full_env, stdout=open(self.log, "wb"),
                                      stderr=subprocess.STDOUT, start_new_session=True)
 

@@ -59,7 +59,8 @@ class ServeProcess(Subprocess):
         self.log = logdir / f"{unique('serve')}.log"
         cmd = [sys.executable, "-m", "cli", "-v", "serve", "--port", str(self.port), "--db", db_url,
                "--broker", broker_url, *args]
-        full_env = dict(os.environ, PYTHONPATH=str(REPO), **(env or {}))
+        # One server process unless a test asks for more: a second one doubles every server's start.
+        full_env = {**os.environ, "PYTHONPATH": str(REPO), "TASKMON_HTTP_WORKERS": "1", **(env or {})}
         self.proc = subprocess.Popen(cmd, cwd=REPO, env=full_env, stdout=open(self.log, "wb"),
                                      stderr=subprocess.STDOUT, start_new_session=True)
 

@@ -1,6 +1,8 @@
 """`taskmon serve`: starts only with tokens (or --insecure-no-auth, with a warning), answers /healthz and the API."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from tests.api_helpers import ApiServer, create_token, taskmon
@@ -77,3 +79,34 @@ def test_token_commands_say_one_line_on_bad_input(sqlite_store):
     assert unknown.returncode == 1 and len(unknown.stderr.strip().splitlines()) == 1
     listed = taskmon("token", "list", "--json", db_url=sqlite_store)
     assert '"name": "carol"' in listed.stdout and "tm_" not in listed.stdout
+
+
+def _children(pid: int) -> set[int]:
+    return {int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()}
+
+
+def test_two_server_processes_share_the_session_secret_and_all_stop_on_sigterm(sqlite_store, servers):
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    token = create_token(sqlite_store, "alice", "viewer")
+    server = servers(sqlite_store, "--workers", "2").wait_ready(timeout=90)
+    assert "2 server processes" in server.output()
+    workers = _children(server.proc.pid)
+    assert len(workers) >= 2  # the two servers (and multiprocessing's resource tracker, perhaps)
+    cookies = httpx.post(server.url + "/login", data={"token": token}).cookies
+    assert cookies
+
+    def fresh_connection(_):
+        # Each request on a connection of its own, many at once: both processes accept some.
+        with httpx.Client(base_url=server.url, cookies=cookies, timeout=30) as client:
+            return client.get("/api/v1/tasks?limit=1").status_code, client.get("/tasks").status_code
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(fresh_connection, range(40)))
+    assert answers == [(200, 200)] * 40  # a cookie signed by one process is good in the other
+    server.stop()
+    assert server.proc.returncode == 0
+    assert not [pid for pid in workers if Path(f"/proc/{pid}").exists() and
+                Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"], "a server process outlived SIGTERM"

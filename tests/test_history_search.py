@@ -126,3 +126,28 @@ def test_the_search_has_its_index_on_postgresql_and_no_writer_trigger_on_sqlite(
         else:  # pg_trgm ships with PostgreSQL's contrib package, installed on the test server
             found = conn.exec_driver_sql("SELECT indexname FROM pg_indexes WHERE tablename = 'task_runs'").scalars().all()
             assert "ix_task_runs_search_trgm" in found
+
+
+def test_a_search_finds_the_newest_matches_beyond_the_runs_sqlite_reads_first(engine):
+    """More runs than SQLite's first newest-first window: a rare text matches only runs older than
+    the window (and one newer), a common one fills its page within the window."""
+    from storage.history import SEARCH_WINDOW
+    from storage.runs import upsert_runs
+
+    now = now_utc()
+    count = SEARCH_WINDOW + 1500
+    rows = [run(f"r{i:05d}", NAMES[i % len(NAMES)], STATES[i % 2], now - timedelta(seconds=i),
+                runtime=float(i % 7), args=f"({'needle' if i in (3, count - 3, count - 2, count - 1) else 'hay'}, "
+                                           f"{'common' if i % 10 == 0 else 'plain'})")
+            for i in range(count)]
+    with engine.begin() as conn:
+        upsert_runs(conn, rows)
+    with engine.connect() as conn:
+        for text, sort in (("needle", "seen"), ("needle", "runtime"), ("common", "seen"), ("common", "runtime")):
+            got, cursor = page_runs(conn, RunFilter(search=text), limit=50, sort=sort)
+            while cursor:
+                more, cursor = page_runs(conn, RunFilter(search=text), limit=50, sort=sort, cursor=cursor)
+                got += more
+            assert ids(got) == expected(rows, text, sort=sort), (text, sort)
+        newest = list_runs(conn, RunFilter(search="needle", name=NAMES[3]), limit=2)
+        assert ids(newest) == expected(rows, "needle", name=NAMES[3])[:2]

@@ -4,9 +4,10 @@ from __future__ import annotations
 import csv
 import io
 import json
-from datetime import date, datetime, tzinfo
-from decimal import Decimal
+from datetime import datetime, tzinfo
 from typing import Any, Iterable, Sequence
+
+from monitor.jsonable import jsonable  # noqa: F401 - the commands' --json output uses it from here
 
 NONE = "-"
 
@@ -70,21 +71,6 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], right: Iterable
         return "  ".join(parts).rstrip()
 
     return "\n".join([line(headers), *([line(["-" * w for w in widths])] if rule else []), *[line(r) for r in rows]])
-
-
-def jsonable(value: Any, tz: tzinfo) -> Any:
-    """Query results as JSON types: times as ISO 8601 in the configured zone (with its offset)."""
-    if isinstance(value, dict):
-        return {str(k): jsonable(v, tz) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v, tz) for v in value]
-    if isinstance(value, datetime):
-        return value.astimezone(tz).isoformat()
-    if isinstance(value, date):
-        return value.isoformat()
-    if isinstance(value, Decimal):
-        return float(value)
-    return value
 
 
 def to_json(value: Any, tz: tzinfo) -> str:

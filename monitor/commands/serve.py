@@ -5,26 +5,34 @@ import json
 
 import click
 
-from monitor.commands.base import Context, json_option, open_store, settings_options, utcnow
+from monitor.commands.base import Context, SettingsUsageError, json_option, open_store, settings_options, utcnow
+from tasks.settings import SettingsError
 
 
 @click.command("serve")
 @settings_options
-@click.option("--host", default="127.0.0.1", show_default=True, envvar="TASKMON_HTTP_HOST",
-              help="Address to listen on (env TASKMON_HTTP_HOST); 0.0.0.0 for every interface.")
-@click.option("--port", default=5555, show_default=True, type=click.IntRange(0, 65535), envvar="TASKMON_HTTP_PORT",
-              help="Port to listen on (env TASKMON_HTTP_PORT); Flower's by default.")
+@click.option("--host", "http_host", metavar="ADDRESS",
+              help="Address to listen on (http_host, env TASKMON_HTTP_HOST; default 127.0.0.1); 0.0.0.0 for every "
+                   "interface.")
+@click.option("--port", "http_port", type=click.IntRange(0, 65535),
+              help="Port to listen on (http_port, env TASKMON_HTTP_PORT; default 5555, Flower's).")
+@click.option("--workers", "http_workers", type=click.IntRange(0, 64),
+              help="Server processes (http_workers, env TASKMON_HTTP_WORKERS; default 0: one per CPU, at most 4).")
 @click.option("--insecure-no-auth", is_flag=True,
               help="Serve without tokens: anyone who can reach the port is admin. For a laptop only.")
-@click.option("--bad-token-limit", default="20/minute", show_default=True, envvar="TASKMON_BAD_TOKEN_LIMIT",
-              help="Bad tokens one address may send before it gets 429s (env TASKMON_BAD_TOKEN_LIMIT).")
-def serve_cmd(ctx: Context, host: str, port: int, insecure_no_auth: bool, bad_token_limit: str) -> None:
+@click.option("--bad-token-limit", "bad_token_limit", metavar="RATE",
+              help="Bad tokens one address may send before it gets 429s (bad_token_limit, env "
+                   "TASKMON_BAD_TOKEN_LIMIT; default 20/minute).")
+def serve_cmd(ctx: Context, insecure_no_auth: bool, **flags) -> None:
     """Serve the REST API (/api/v1, OpenAPI at /api/v1/openapi.json, docs at /api/v1/docs) and the dashboard (/)."""
     from monitor.http.server import ServeError, serve
 
     try:
-        serve(ctx.settings, open_store(ctx), host=host, port=port, insecure_no_auth=insecure_no_auth,
-              bad_token_limit=bad_token_limit, echo=click.echo)
+        ctx = Context(ctx.loaded.with_flags(flags))
+    except SettingsError as exc:
+        raise SettingsUsageError(str(exc)) from None
+    try:
+        serve(ctx.settings, open_store(ctx), insecure_no_auth=insecure_no_auth, echo=click.echo)
     except ServeError as exc:
         raise click.ClickException(str(exc)) from None
 

@@ -8,7 +8,7 @@ from monitor.broker.control import BadRequest
 from monitor.broker.queues import BrokerError as QueueBrokerError
 from monitor.http import alerts, audit, control, daemon, deadletters, health, metrics, problems, queues, schedule, \
     stats, tasks, tokens, workers
-from monitor.http import pages  # the dashboard
+from monitor.http import pages, session  # the dashboard
 from monitor.http.auth import BadTokenLimiter
 from tasks.replay import BrokerError as SendBrokerError, RecordError
 from tasks.settings import Settings
@@ -18,12 +18,14 @@ ROUTERS = (health.router, tasks.router, stats.router, workers.router, queues.rou
            alerts.router, schedule.router, daemon.router, audit.router, tokens.router, control.router, metrics.router)
 # What a broker that went away raises, in each module that talks to it: each a 503 with its message.
 BROKER_ERRORS = (QueueBrokerError, SendBrokerError, RecordError)
-DEFAULT_BAD_TOKEN_LIMIT = "20/minute"
 
 
-def create_app(settings: Settings, engine: Engine, *, insecure_no_auth: bool = False,
-               bad_token_limit: str = DEFAULT_BAD_TOKEN_LIMIT, routers=()) -> FastAPI:
-    """The app over one history ``engine``; ``routers`` adds more (the dashboard's pages)."""
+def create_app(settings: Settings, engine: Engine, *, insecure_no_auth: bool = False, routers=(),
+               session_secret: bytes | None = None) -> FastAPI:
+    """The app over one history ``engine``; ``routers`` adds more (the dashboard's pages).
+
+    ``session_secret`` signs the dashboard's session cookies; the server processes of one
+    `taskmon serve` share it (without it, a fresh one per app)."""
     from importlib.metadata import version
 
     app = FastAPI(
@@ -38,7 +40,9 @@ def create_app(settings: Settings, engine: Engine, *, insecure_no_auth: bool = F
     app.state.settings = settings
     app.state.engine = engine
     app.state.insecure_no_auth = insecure_no_auth
-    app.state.bad_tokens = BadTokenLimiter(bad_token_limit)
+    app.state.bad_tokens = BadTokenLimiter(settings.bad_token_limit)
+    if session_secret is not None:
+        app.state.session_signer = session.signer(session_secret)
     problems.install(app, {BadRequest: problems.caller_error,
                            **{exc: problems.dependency_down("Broker unavailable") for exc in BROKER_ERRORS}})
     app.add_middleware(problems.RejectNul)

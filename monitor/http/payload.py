@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import re
-from datetime import date, datetime, tzinfo
-from decimal import Decimal
+from datetime import tzinfo
 from typing import Any
 
+import orjson
+from fastapi.responses import Response
+
+from monitor.jsonable import jsonable
 from tasks.redact import mask_url
 
 # scheme://user:password@host inside any text (a result, an exception, a worker's broker URL)
@@ -18,28 +21,13 @@ def mask_urls(text: str) -> str:
     return _URL_WITH_PASSWORD.sub(lambda m: mask_url(m.group(0)), text)
 
 
-def scrub(value: Any, tz: tzinfo) -> Any:
-    """``value`` as JSON types: times ISO 8601 in ``tz``, every string with its URLs' passwords masked."""
-    if isinstance(value, str):
-        return mask_urls(value)
-    if isinstance(value, dict):
-        return {str(k): scrub(v, tz) for k, v in value.items()}
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return [scrub(v, tz) for v in value]
-    if isinstance(value, datetime):
-        return value.astimezone(tz).isoformat()
-    if isinstance(value, date):
-        return value.isoformat()
-    if isinstance(value, Decimal):
-        return float(value)
-    if isinstance(value, bytes):
-        return mask_urls(value.decode("utf-8", "replace"))
-    return value
+def scrub(value: Any, tz: tzinfo, native_times: bool = False) -> Any:
+    """``value`` as JSON types (monitor.jsonable, as the CLI's --json), every string with its URLs'
+    passwords masked; ``native_times``: times left as datetimes in ``tz``, for orjson."""
+    return jsonable(value, tz, text=mask_urls, native_times=native_times)
 
 
-def json_response(value: Any, tz: tzinfo, status: int = 200):
-    """A JSON answer of ``value`` after scrub(), serialised by orjson (no second pass through pydantic)."""
-    import orjson
-    from fastapi.responses import Response
-
-    return Response(orjson.dumps(scrub(value, tz)), status_code=status, media_type="application/json")
+def json_response(value: Any, tz: tzinfo, status: int = 200) -> Response:
+    """A JSON answer of ``value`` after scrub(), serialised by orjson (no second pass through pydantic:
+    the route's response_model still gives the OpenAPI document its schema)."""
+    return Response(orjson.dumps(scrub(value, tz, native_times=True)), status_code=status, media_type="application/json")

@@ -28,11 +28,15 @@ class Session:
     csrf: str
 
 
+def signer(secret: bytes) -> URLSafeTimedSerializer:
+    return URLSafeTimedSerializer(secret, salt="taskmon-session")
+
+
 def serializer(request: Request) -> URLSafeTimedSerializer:
     state = request.app.state
     if getattr(state, "session_signer", None) is None:
         # A fresh secret per server start: sessions end when the server restarts (log in again).
-        state.session_signer = URLSafeTimedSerializer(secrets.token_bytes(32), salt="taskmon-session")
+        state.session_signer = signer(secrets.token_bytes(32))
     return state.session_signer
 
 
