@@ -12,9 +12,9 @@ from sqlalchemy import func, select
 
 from monitor.cluster import ClusterError, claim_name, cluster_downtime, sqlite_single_daemon
 from monitor.sources.redis_stream import pending_count
-from storage.cluster import all_status
 from storage.db import make_engine, upgrade
 from storage.schema import dead_letters, receiver_gaps, task_runs
+from tests.cluster_helpers import follower_besides, leader_of, statuses, wait_until
 from tests.services import REPO, DaemonProcess
 
 N_TASKS = 10_000
@@ -85,28 +85,6 @@ def test_a_second_daemon_on_sqlite_refuses_to_start_with_one_line_and_exit_2(fre
 
 # -- two daemons, a real worker, 10,000 tasks, the leader killed with -9 in the middle ---------------
 
-def statuses(engine):
-    with engine.connect() as conn:
-        return {row["daemon_id"]: row for row in all_status(conn)}
-
-
-def leader_of(engine):
-    now = datetime.now(timezone.utc)
-    alive = [r for r in statuses(engine).values() if r["role"] == "leader" and r["stopped_at"] is None
-             and (now - r["heartbeat_at"]).total_seconds() < 3]
-    return alive[0]["daemon_id"] if len(alive) == 1 else None
-
-
-def wait_until(check, what, timeout=60.0, every=0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = check()
-        if result:
-            return result
-        time.sleep(every)
-    raise AssertionError(f"not within {timeout}s: {what}")
-
-
 def count_rows(engine, state=None):
     query = select(func.count()).select_from(task_runs)
     if state:
@@ -132,8 +110,7 @@ def run_failover(broker_url, pg_url, tmp_path, app, source, task_prefix, start_w
     daemons = [first, second]
     try:
         second.wait_log("taskmon daemon")
-        second_id = wait_until(lambda: next((i for i, r in statuses(engine).items() if i != first_id
-                                             and r["role"] == "follower"), None), "the second daemon follows")
+        second_id = wait_until(lambda: follower_besides(engine, first_id), "the second daemon follows")
         start_worker(broker_url, app=worker_app, pool="threads", concurrency=8)
         ids, failing = [], []
 

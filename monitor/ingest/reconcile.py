@@ -158,6 +158,7 @@ class Reconciler(Service):
         self.counters.incr("reconcile.gaps")
         self.counters.incr("reconciled", len(rows))
         seen_by = f", seen by {gap['daemon_id']}" if gap.get("daemon_id") and gap["daemon_id"] != self.daemon_id else ""
-        log.warning("gap %s (%s%s): %d of %d unfinished tasks reconciled from the result backend",
-                    gap["id"], gap["reason"], seen_by, len(rows), len(ids))
+        log.log(logging.WARNING if ids else logging.INFO,
+                "gap %s (%s%s): %d of %d unfinished tasks reconciled from the result backend",
+                gap["id"], gap["reason"], seen_by, len(rows), len(ids))
         return 1
