@@ -239,3 +239,34 @@ def test_check_fails_when_no_live_daemon_leads(pg_url):
     health = check(engine, now, 30, "a")
     assert health.ok and health.reason.endswith("cluster leader b") and health.leader == "b"
     engine.dispose()
+
+
+@pytest.mark.slow
+def test_a_frozen_leader_is_replaced_within_the_takeover_bound_and_follows_when_it_wakes(fresh_redis, pg_url, tmp_path):
+    """SIGSTOP: the leader's sessions stay open and its kernel still answers TCP keepalives, as for a hung
+    process or a paused VM; the server ends the silent session (idle_session_timeout) and frees the lock."""
+    import os
+    import signal
+
+    engine = make_engine(pg_url)
+    upgrade(engine)
+    first = DaemonProcess(fresh_redis.url, pg_url, "--source", "stream", logdir=tmp_path, env=CLUSTER_ENV)
+    daemons = [first]
+    try:
+        first.wait_log("taskmon daemon")
+        first_id = wait_until(lambda: leader_of(engine), "the first daemon leads")
+        second = DaemonProcess(fresh_redis.url, pg_url, "--source", "stream", logdir=tmp_path, env=CLUSTER_ENV)
+        daemons.append(second)
+        second_id = wait_until(lambda: follower_besides(engine, first_id), "the second daemon follows")
+        os.killpg(first.proc.pid, signal.SIGSTOP)
+        wait_until(lambda: leader_of(engine) == second_id, "the second daemon leads", timeout=TAKEOVER)
+        os.killpg(first.proc.pid, signal.SIGCONT)
+        wait_until(lambda: statuses(engine)[first_id]["role"] == "follower", "the woken daemon follows")
+        assert leader_of(engine) == second_id
+        assert statuses(engine)[first_id]["counters"].get("leader.errors", 0) >= 1, "it found its session gone"
+    finally:
+        for d in daemons:
+            if d.proc.poll() is None:
+                os.killpg(d.proc.pid, signal.SIGCONT)
+                assert d.terminate() == 0
+        engine.dispose()
