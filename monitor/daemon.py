@@ -215,7 +215,8 @@ class Daemon:
     def live_metrics(self) -> dict:
         """The daemon's own counters for its metrics port: they start at 0 with each process."""
         return {"daemon_id": self.daemon_id, "counters": self.counters(), "writer_lag": round(self.writer.lag(), 3),
-                "per_source": {s.name: s.counters.get("events_received") for s in self.sources}}
+                "per_source": {s.name: s.counters.get("events_received") for s in self.sources},
+                "leader": self.leadership.is_leader()}
 
     def _start_detectors(self) -> None:
         """Detector sweeps every detect_interval seconds, each followed by the alert rules' evaluation,
