@@ -335,11 +335,14 @@ class Daemon:
             return False
 
     def _beat(self) -> None:
-        """The heartbeat thread's job: the status row, the sources' keepalives, and the rates in the log
+        """The heartbeat thread's job: the sources' keepalives, the status row, and the rates in the log
         every log_interval."""
-        self.heartbeat()
+        # Keepalives first: a slow database (a heartbeat waiting for a connection, often while the
+        # writer is behind and the reader waits for buffer space) must not make this daemon's stream
+        # consumer look silent, or another daemon claims the entries it is still working on.
         for source in self.sources:
             source.keepalive()
+        self.heartbeat()
         since, before = self._last_log
         elapsed = time.monotonic() - since
         if elapsed >= self.settings.log_interval:
