@@ -42,9 +42,11 @@ LEADER_POLL = 2.0
 # server gave its lock away stops at once, before its next check tells it so.
 LEADER_LEASE = store.SESSION_IDLE_TIMEOUT - LEADER_POLL
 # Client-side keepalives on the leader's connection: a leader cut off from the server learns it
-# within 5 + 2 x 3 s and stops leading (psycopg passes these to libpq).
+# within 5 + 2 x 3 s and stops leading (psycopg passes these to libpq). Keepalives only probe an idle
+# connection: a query sent into a dead link waits on TCP retransmissions (~15 min), so
+# tcp_user_timeout (ms) gives up on data unacknowledged for as long.
 CLIENT_KEEPALIVES = {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 3,
-                     "connect_timeout": 5}
+                     "tcp_user_timeout": 11_000, "connect_timeout": 5}
 SLOTS = 64
 
 
