@@ -23,6 +23,7 @@ class Health:
     reason: str
     status: dict[str, Any] | None = field(default=None)
     leader: str | None = None  # the cluster leader's daemon_id, when there is one (whatever this daemon's health)
+    unknown_daemon: bool = False  # the daemon asked about has never run against this history
 
 
 def check(engine: Engine, now: datetime, stale_seconds: float, daemon_id: str = "") -> Health:
@@ -40,7 +41,8 @@ def check(engine: Engine, now: datetime, stale_seconds: float, daemon_id: str = 
     leader_id = leader["daemon_id"] if leader is not None else None
     status = next((r for r in rows if r["daemon_id"] == daemon_id), None) if daemon_id else rows[0]
     if status is None:
-        return Health(False, f"no daemon {daemon_id} has run against this database (daemon_name)", leader=leader_id)
+        return Health(False, f"no daemon {daemon_id} has run against this database (daemon_name)", leader=leader_id,
+                      unknown_daemon=True)
     health = judge(status, now, stale_seconds)
     if not health.ok:
         return replace(health, leader=leader_id)

@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field
 
 from monitor.health import Health, check
 from monitor.http.payload import scrub
+from monitor.http.problems import not_found, responses
 from storage.db import DatabaseError
 
 router = APIRouter(tags=["health"])
@@ -25,7 +26,8 @@ class HealthOut(BaseModel):
                                                  "(detectors, alerts and reconciliation are not running)")
 
 
-@router.get("/healthz", response_model=HealthOut, responses={503: {"model": HealthOut, "description": "not healthy"}},
+@router.get("/healthz", response_model=HealthOut,
+            responses={503: {"model": HealthOut, "description": "not healthy"}, **responses(404, 422)},
             summary="Daemon health (as `taskmon check`), no auth")
 def healthz(request: Request, daemon: str | None = Query(
         None, max_length=255, description="the daemon to check (its daemon_id); default: the newest heartbeat")):
@@ -34,6 +36,8 @@ def healthz(request: Request, daemon: str | None = Query(
         health = check(state.engine, datetime.now(timezone.utc), state.settings.heartbeat_stale_seconds, daemon or "")
     except DatabaseError as exc:
         health = Health(False, str(exc))
+    if health.unknown_daemon:
+        raise not_found(health.reason)  # the caller named a daemon this history has never seen
     status = health.status or {}
     body = scrub({"ok": health.ok, "reason": health.reason, "daemon_id": status.get("daemon_id"),
                   "heartbeat_at": status.get("heartbeat_at"), "role": status.get("role"), "leader": health.leader},
