@@ -27,7 +27,7 @@ class HealthOut(BaseModel):
 
 
 @router.get("/healthz", response_model=HealthOut,
-            responses={503: {"model": HealthOut, "description": "not healthy"}, **responses(404, 422)},
+            responses={503: {"model": HealthOut, "description": "not healthy"}, **responses(400, 404, 422)},
             summary="Daemon health (as `taskmon check`), no auth")
 def healthz(request: Request, daemon: str | None = Query(
         None, max_length=255, description="the daemon to check (its daemon_id); default: the newest heartbeat")):
