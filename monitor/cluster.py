@@ -15,6 +15,7 @@ import os
 import socket
 import tempfile
 import threading
+import time
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Callable
@@ -33,12 +34,19 @@ log = logging.getLogger(__name__)
 
 # Seconds between a follower's attempts at the lock, and the leader's checks that it still holds it.
 # Takeover after the leader's death: at most this plus the server noticing (at once for a killed
-# process on a live host; within 11 s, store.SESSION_KEEPALIVE, for a host that vanished).
+# process on a live host; within 10 s, store.SESSION_IDLE_TIMEOUT, for a frozen leader or a host
+# that vanished, and within 11 s, store.SESSION_KEEPALIVE, for a vanished host on PostgreSQL < 14).
 LEADER_POLL = 2.0
+# A leader acts (sweeps, alerts, reconciles) only this long after it last saw that it holds the lock:
+# less than the server's idle_session_timeout, so a leader that was frozen and wakes up after the
+# server gave its lock away stops at once, before its next check tells it so.
+LEADER_LEASE = store.SESSION_IDLE_TIMEOUT - LEADER_POLL
 # Client-side keepalives on the leader's connection: a leader cut off from the server learns it
-# within 5 + 2 x 3 s and stops leading (psycopg passes these to libpq).
+# within 5 + 2 x 3 s and stops leading (psycopg passes these to libpq). Keepalives only probe an idle
+# connection: a query sent into a dead link waits on TCP retransmissions (~15 min), so
+# tcp_user_timeout (ms) gives up on data unacknowledged for as long.
 CLIENT_KEEPALIVES = {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 3,
-                     "connect_timeout": 5}
+                     "tcp_user_timeout": 11_000, "connect_timeout": 5}
 SLOTS = 64
 
 
@@ -154,15 +162,17 @@ class Leadership(Service):
         self._engine = None if self.single else create_engine(
             engine.url, poolclass=NullPool, connect_args=CLIENT_KEEPALIVES)
         self._conn: Connection | None = None
+        self._confirmed = 0.0  # time.monotonic() when the lock was last seen held
+        self._warned_no_idle_timeout = False
         if self.single:
             self.leading.set()  # before the first heartbeat, which records the role
 
     @property
     def role(self) -> str:
-        return "leader" if self.leading.is_set() else "follower"
+        return "leader" if self.is_leader() else "follower"
 
     def is_leader(self) -> bool:
-        return self.leading.is_set()
+        return self.leading.is_set() and (self.single or time.monotonic() - self._confirmed < LEADER_LEASE)
 
     def run(self) -> None:
         if self.single:
@@ -180,13 +190,18 @@ class Leadership(Service):
         try:
             if self._conn is None:
                 self._conn = self._engine.connect()
-                store.prepare_leader_session(self._conn)
+                if not store.prepare_leader_session(self._conn) and not self._warned_no_idle_timeout:
+                    self._warned_no_idle_timeout = True
+                    log.warning("PostgreSQL before 14 cannot end a frozen leader's session (idle_session_timeout): "
+                                "a leader that hangs keeps the lock until it is killed")
                 self._conn.commit()
             if self.leading.is_set():
                 held = store.holds_leader_lock(self._conn)
             else:
                 held = store.try_leader_lock(self._conn)
             self._conn.commit()  # no transaction left open on the lock's session
+            if held:
+                self._confirmed = time.monotonic()
         except SQLAlchemyError as exc:
             self.counters.incr("leader.errors")
             if self.leading.is_set():

@@ -132,22 +132,25 @@ class Daemon:
         except ValueError:
             self._locks.release()
             raise
+        self.leadership = Leadership(engine, on_change=self._role_changed)
         self.reconciler = None
         if settings.result_backend:
             from monitor.ingest.reconcile import Reconciler
 
-            self.reconciler = Reconciler(engine, settings)
+            # In every daemon, working in the leader only: a follower's gaps wait in receiver_gaps for it.
+            self.reconciler = Reconciler(engine, settings, daemon_id=self.daemon_id,
+                                         is_leader=self.leadership.is_leader)
         self.preparer = Preparer(row_plan(engine.dialect), settings.field_max_bytes, processes=settings.prepare_processes)
         self.writer = Writer(engine, self.buffer, field_max_bytes=settings.field_max_bytes,
                              batch_size=settings.batch_size, flush_interval=settings.flush_interval,
-                             on_gap=self._reconcile if self.reconciler else None, preparer=self.preparer)
+                             on_gap=self._reconcile if self.reconciler else None, preparer=self.preparer,
+                             daemon_id=self.daemon_id)
         self.started_at = datetime.now(timezone.utc)
         self.stop_event = threading.Event()
         self.exit_reason: str | None = None  # why the daemon stops itself; None: asked to stop
         self.supervisor = Supervisor()
         self.watchdog = Periodic("supervisor", SUPERVISE_INTERVAL, self._supervise)
         self.heartbeats = Periodic("heartbeat", settings.status_interval, self._beat, at_start=True)
-        self.leadership = Leadership(engine, on_change=self._role_changed)
         self._downtime_done = False
         self._status_at_start: list[dict] | None = None
         self._rate_sample, self._rate = (time.monotonic(), 0), 0
@@ -214,7 +217,8 @@ class Daemon:
     def live_metrics(self) -> dict:
         """The daemon's own counters for its metrics port: they start at 0 with each process."""
         return {"daemon_id": self.daemon_id, "counters": self.counters(), "writer_lag": round(self.writer.lag(), 3),
-                "per_source": {s.name: s.counters.get("events_received") for s in self.sources}}
+                "per_source": {s.name: s.counters.get("events_received") for s in self.sources},
+                "leader": self.leadership.is_leader()}
 
     def _start_detectors(self) -> None:
         """Detector sweeps every detect_interval seconds, each followed by the alert rules' evaluation,
@@ -254,10 +258,10 @@ class Daemon:
             self.alerter.run(result)
 
     def _reconcile(self, gap_id: int, gap: Gap) -> None:
-        """Ask the result backend about tasks a gap may have left unfinished; a durable source's gap
-        (events_lost 0: the broker kept them) needs no answer."""
+        """A gap was recorded: the leader asks the result backend about tasks it may have left unfinished
+        (a durable source's gap, events_lost 0, needs no answer and is recorded as reconciled)."""
         if gap.events_lost != 0:
-            self.reconciler.submit(gap_id, gap)
+            self.reconciler.nudge()
 
     def feed_since(self) -> datetime | None:
         """Since when every source has been connected and the writer caught up; None while not.
@@ -291,6 +295,8 @@ class Daemon:
         self.heartbeat()  # `taskmon daemons` and check show the new role at once
         if leading and not self._downtime_done:
             self._downtime_done = self._record_downtime()
+        if leading and self.reconciler is not None:
+            self.reconciler.nudge()  # gaps the previous leader left, or followers recorded meanwhile
 
     def _read_status(self) -> list[dict] | None:
         try:
@@ -341,11 +347,14 @@ class Daemon:
             return False
 
     def _beat(self) -> None:
-        """The heartbeat thread's job: the status row, the sources' keepalives, and the rates in the log
+        """The heartbeat thread's job: the sources' keepalives, the status row, and the rates in the log
         every log_interval."""
-        self.heartbeat()
+        # Keepalives first: a slow database (a heartbeat waiting for a connection, often while the
+        # writer is behind and the reader waits for buffer space) must not make this daemon's stream
+        # consumer look silent, or another daemon claims the entries it is still working on.
         for source in self.sources:
             source.keepalive()
+        self.heartbeat()
         since, before = self._last_log
         elapsed = time.monotonic() - since
         if elapsed >= self.settings.log_interval:

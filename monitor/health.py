@@ -6,7 +6,7 @@ threshold fails, a shorter blip (a reconnect) does not.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -22,7 +22,8 @@ class Health:
     ok: bool
     reason: str
     status: dict[str, Any] | None = field(default=None)
-    leader: str | None = None  # the cluster leader's daemon_id, when there is one
+    leader: str | None = None  # the cluster leader's daemon_id, when there is one (whatever this daemon's health)
+    unknown_daemon: bool = False  # the daemon asked about has never run against this history
 
 
 def check(engine: Engine, now: datetime, stale_seconds: float, daemon_id: str = "") -> Health:
@@ -36,17 +37,19 @@ def check(engine: Engine, now: datetime, stale_seconds: float, daemon_id: str = 
         return Health(False, unreachable_message(engine, exc))
     if not rows:
         return Health(False, "no taskmon daemon has run against this database: start `taskmon run`")
+    leader = cluster_leader(rows, now, stale_seconds)
+    leader_id = leader["daemon_id"] if leader is not None else None
     status = next((r for r in rows if r["daemon_id"] == daemon_id), None) if daemon_id else rows[0]
     if status is None:
-        return Health(False, f"no daemon {daemon_id} has run against this database (daemon_name)")
+        return Health(False, f"no daemon {daemon_id} has run against this database (daemon_name)", leader=leader_id,
+                      unknown_daemon=True)
     health = judge(status, now, stale_seconds)
     if not health.ok:
-        return health
-    leader = cluster_leader(rows, now, stale_seconds)
+        return replace(health, leader=leader_id)
     if leader is None:
-        return Health(False, f"{health.reason}, but no daemon leads the cluster: detectors and alerts are not "
-                             "running", status)
-    return Health(True, f"{health.reason}; cluster leader {leader['daemon_id']}", status, leader["daemon_id"])
+        return Health(False, f"{health.reason}, but no daemon leads the cluster: detectors, alerts and "
+                             "reconciliation are not running", status)
+    return Health(True, f"{health.reason}; cluster leader {leader_id}", status, leader_id)
 
 
 def is_alive(status: dict[str, Any], now: datetime, stale_seconds: float) -> bool:

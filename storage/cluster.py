@@ -16,11 +16,21 @@ _LOCK_KEY = "hashtext('taskmon.leader:' || current_schema())"
 # dropped, and its lock released, within 5 + 2 x 3 = 11 s.
 SESSION_KEEPALIVE = ("SET tcp_keepalives_idle = 5", "SET tcp_keepalives_interval = 2",
                      "SET tcp_keepalives_count = 3")
+# Keepalives do not see a leader that is frozen (SIGSTOP, a hung process, a paused VM): its kernel
+# answers them. The leader queries its session every LEADER_POLL (2 s) outside any transaction, so
+# a session silent this long is a leader that stopped working: the server ends it and frees the lock
+# (idle_session_timeout, PostgreSQL 14 and later). It also bounds a vanished host sooner than 11 s.
+SESSION_IDLE_TIMEOUT = 10
 
 
-def prepare_leader_session(conn: Connection) -> None:
+def prepare_leader_session(conn: Connection) -> bool:
+    """Set up the leader's session; False when the server (before PostgreSQL 14) cannot end a silent one."""
     for statement in SESSION_KEEPALIVE:
         conn.execute(text(statement))
+    if (conn.dialect.server_version_info or (0,)) < (14,):
+        return False
+    conn.execute(text(f"SET idle_session_timeout = '{SESSION_IDLE_TIMEOUT}s'"))
+    return True
 
 
 def try_leader_lock(conn: Connection) -> bool:

@@ -119,7 +119,11 @@ receiver_gaps = Table(
     Column("detail", Text),
     Column("reconciled", Integer, nullable=False, server_default="0"),
     Column("recorded_at", UTCDateTime, nullable=False),
+    Column("daemon_id", String(255)),  # the daemon that saw the gap
+    Column("reconciled_at", UTCDateTime),  # NULL: the leader has still to ask the result backend
+    Column("reconciled_by", String(255)),
     Index(None, "started_at"),
+    Index("ix_receiver_gaps_unreconciled", "reconciled_at", "recorded_at"),
 )
 
 # Messages waiting per queue, sampled by the cluster's leader every queue_sample_interval

@@ -31,7 +31,7 @@ def test_promtool_accepts_the_rules():
     promtool = need_program("promtool")
     check = subprocess.run([promtool, "check", "rules", str(RULES)], capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
-    assert "SUCCESS: 7 rules found" in check.stdout
+    assert "SUCCESS: 8 rules found" in check.stdout
 
 
 def test_rules_and_dashboard_use_only_served_metrics(engine, redis_url):

@@ -40,6 +40,9 @@ class Gap(BaseModel):
     detail: str | None
     reconciled: int
     recorded_at: datetime
+    daemon_id: str | None = None  # the daemon that saw the gap
+    reconciled_at: datetime | None = None  # null: the leader has still to ask the result backend
+    reconciled_by: str | None = None
 
 
 @router.get("/daemon", response_model=DaemonStatus, dependencies=[Depends(allow("viewer"))],

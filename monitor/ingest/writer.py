@@ -64,7 +64,7 @@ class InFlight:
 class Writer(threading.Thread):
     def __init__(self, engine: Engine, buffer: EventBuffer, *, field_max_bytes: int, batch_size: int = 50_000,
                  flush_interval: float = 0.2, on_gap: Callable[[int, Gap], None] | None = None,
-                 clock: Callable[[], datetime] = utcnow, preparer: Preparer | None = None):
+                 clock: Callable[[], datetime] = utcnow, preparer: Preparer | None = None, daemon_id: str | None = None):
         super().__init__(name="taskmon-writer", daemon=True)
         self.engine = engine
         self.buffer = buffer
@@ -73,6 +73,7 @@ class Writer(threading.Thread):
         self.flush_interval = flush_interval
         self.on_gap = on_gap
         self.clock = clock
+        self.daemon_id = daemon_id  # recorded with each gap: which daemon saw it
         # No helper process unless given one: batches are then prepared in this thread.
         self.preparer = preparer or Preparer(row_plan(engine.dialect), field_max_bytes, processes=0)
         self.counters = Counters()
@@ -171,7 +172,7 @@ class Writer(threading.Thread):
             execute_runs(conn, runs, updated_at=now)
             upsert_workers(conn, [dict(w, updated_at=now) for w in workers])
             for gap in gaps:
-                gap_ids.append((record_gap(conn, now=now, **dataclasses.asdict(gap)), gap))
+                gap_ids.append((record_gap(conn, now=now, daemon_id=self.daemon_id, **dataclasses.asdict(gap)), gap))
         return gap_ids
 
     def _singles(self, prepared: Prepared) -> deque:

@@ -4,7 +4,9 @@ The values follow what taskmon stored, never a scan of task_runs: the celery_tas
 histograms are run_totals (kept by triggers on task_runs, so a run is counted once however its
 events arrived), the worker gauges the workers table, queue lengths the broker. taskmon_* come
 from the daemon's counters: live on the daemon's own metrics port, from daemon_status (one
-series per running daemon, labelled ``daemon``) on `taskmon serve`'s /metrics.
+series per running daemon, labelled ``daemon``) on `taskmon serve`'s /metrics. Which daemon leads
+is ``taskmon_daemon_leader`` (1/0 per daemon) and ``taskmon_cluster_has_leader``, as etcd's
+``etcd_server_is_leader`` and ``etcd_server_has_leader``.
 
 ``render(...)`` gives the exposition as (bytes, content type); ``asgi_app(...)`` an ASGI app for
 a web server to mount at /metrics; ``start_metrics_server(...)`` the daemon's own port.
@@ -24,6 +26,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from monitor.broker.queues import queue_depths
+from monitor.health import cluster_leader
 from storage.errors import first_line
 from storage.metrics import alerts_by_status, open_dead_letters, read_totals, read_workers, running_daemons
 from storage.rollups import BOUNDS, TOTALS_COUNTS
@@ -82,11 +85,12 @@ class TaskmonCollector:
             log.warning("metrics: cannot read the store: %s", first_line(exc))
             errors["database"] += 1
             totals, workers, dead_open, deliveries, daemons = [], [], None, {}, []
+        read = not errors
         folded: dict[str, int] = {}
         yield from self._task_families(totals, folded)
         yield from self._worker_families(workers)
         yield from self._queue_families({t["queue"] for t in totals if t["queue"]}, errors)
-        yield from self._taskmon_families(daemons, dead_open, deliveries)
+        yield from self._taskmon_families(daemons, dead_open, deliveries, read)
         capped = GaugeMetricFamily("taskmon_metrics_label_values_folded",
                                    f"Distinct label values beyond metrics_label_limit, reported as \"{OTHER}\".",
                                    labels=["label"])
@@ -228,17 +232,21 @@ class TaskmonCollector:
 
     # -- taskmon's own --------------------------------------------------------------------------
 
-    def _taskmon_families(self, daemons: list[dict], dead_open: int | None, deliveries: dict[str, int]) -> Iterable:
+    def _taskmon_families(self, daemons: list[dict], dead_open: int | None, deliveries: dict[str, int],
+                          read: bool) -> Iterable:
         now = datetime.now(timezone.utc)
+        leader = cluster_leader(daemons, now, self.settings.heartbeat_stale_seconds)
+        leader_id = leader["daemon_id"] if leader is not None else None
         if self.live is not None:
             live = self.live()
             own = next((d for d in daemons if d["daemon_id"] == live["daemon_id"]), None)
             rows = [(live["counters"], live["per_source"], live["writer_lag"],
-                     (now - own["heartbeat_at"]).total_seconds() if own else None, [])]
+                     (now - own["heartbeat_at"]).total_seconds() if own else None, live["leader"], [])]
             extra: list[str] = []
         else:
             rows = [(d["counters"], {d["sources"]: d["counters"].get("events_received", 0)}, d["writer_lag"] or 0.0,
-                     (now - d["heartbeat_at"]).total_seconds(), [d["daemon_id"]]) for d in daemons]
+                     (now - d["heartbeat_at"]).total_seconds(), d["daemon_id"] == leader_id, [d["daemon_id"]])
+                    for d in daemons]
             extra = ["daemon"]
 
         def family(kind, name, doc, labels=()):
@@ -254,7 +262,9 @@ class TaskmonCollector:
         lag = family("g", "taskmon_writer_lag_seconds", "Seconds the oldest event not yet committed has waited.")
         findings = family("c", "taskmon_detector_findings", "Detector findings, by kind.", ["kind"])
         age = family("g", "taskmon_heartbeat_age_seconds", "Seconds since the daemon's last stored heartbeat.")
-        for counters, per_source, writer_lag, heartbeat_age, labels in rows:
+        leads = family("g", "taskmon_daemon_leader",
+                       "1 if the daemon leads the cluster (runs the detectors, alerts and reconciliation), else 0.")
+        for counters, per_source, writer_lag, heartbeat_age, leading, labels in rows:
             for source, n in sorted(per_source.items()):
                 received.add_metric([source, *labels], n)
             written.add_metric(labels, counters.get("rows_written", 0))
@@ -270,7 +280,13 @@ class TaskmonCollector:
                 findings.add_metric([kind, *labels], counters.get(f"detect.{kind}", 0))
             if heartbeat_age is not None:
                 age.add_metric(labels, max(heartbeat_age, 0.0))
-        yield from (received, written, events_written, malformed, dropped, gaps, buffered, lag, findings, age)
+            leads.add_metric(labels, 1 if leading else 0)
+        yield from (received, written, events_written, malformed, dropped, gaps, buffered, lag, findings, age, leads)
+        if read:  # an unreadable store says nothing about the cluster (taskmon_metrics_scrape_errors does)
+            has = GaugeMetricFamily("taskmon_cluster_has_leader",
+                                    "1 if a live daemon leads the cluster (as `taskmon check` judges it), else 0.")
+            has.add_metric([], 1 if leader is not None else 0)
+            yield has
         if dead_open is not None:
             dead = GaugeMetricFamily("taskmon_dead_letters_open", "Dead letters not yet replayed or resolved.")
             dead.add_metric([], dead_open)

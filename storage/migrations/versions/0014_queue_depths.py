@@ -1,15 +1,15 @@
 """queue_depths: messages waiting per queue over time, sampled by the cluster's leader
 
-Revision ID: 0013_queue_depths
-Revises: 0011_cluster
+Revision ID: 0014_queue_depths
+Revises: 0013_gap_reconcile
 """
 import sqlalchemy as sa
 from alembic import op
 
 from storage.types import UTCDateTime
 
-revision = "0013_queue_depths"
-down_revision = "0011_cluster"
+revision = "0014_queue_depths"
+down_revision = "0013_gap_reconcile"
 branch_labels = None
 depends_on = None
 
