@@ -238,7 +238,10 @@ def run_step(consumer: cons.Consumer, gen: GeneratorProcess, plan: dict, rate: i
                            or step.events)
         step.reconnects = int(extra.get("reconnects") or 0)
         step.events_dropped = int(extra.get("events_dropped") or 0)
-        if step.handled < step.events:
+        if step.handled <= 0:  # Flower's /metrics did not answer at the end: how much it handled is unknown
+            step.notes.append("events handled unknown (its progress could not be read); CPU is per event published")
+            step.handled = step.events
+        elif step.handled < step.events:
             step.notes.append(f"handled {step.handled:,} of {step.events:,} events published"
                               + (" (cut by Redis: its CPU is for what it handled)" if cut(step) else ""))
         if extra.get("gaps"):
