@@ -76,6 +76,16 @@ class PreparedRuns:
         """Every row's parameters (one list for positional dialects, else a dict), in order."""
         return [values for chunk in self.params_by_chunk() for values in chunk]
 
+    def part(self, start: int, most_rows: int) -> "PreparedRuns":
+        """The runs of chunks ``start``.. in whole chunks, at most ``most_rows`` rows (at least one chunk)."""
+        chunks = self.chunks[start:start + max(1, most_rows // CHUNK_ROWS)]
+        if start + len(chunks) >= len(self.chunks):
+            # The last chunk may be short (storage.params.pack_rows): the rest of the rows.
+            rows = self.rows - sum(len(c) if isinstance(c, list) else CHUNK_ROWS for c in self.chunks[:start])
+        else:
+            rows = sum(len(c) if isinstance(c, list) else CHUNK_ROWS for c in chunks)
+        return PreparedRuns(self.dialect, chunks, max(rows, 0), self.stamp_at, self.key_at)
+
     def one_by_one(self) -> Iterable[tuple[str, "PreparedRuns"]]:
         """(task_id, the run alone) for each run: for writing row by row."""
         for values in self.params:

@@ -124,7 +124,8 @@ DESCRIPTIONS: dict[str, str] = {
     "relay_url": "Redis the durable relay writes to and the daemon reads the relay stream from; empty: the broker "
                  "(when it is Redis). Set it for a RabbitMQ broker, and in the apps' environment too",
     "enable_events": "The daemon broadcasts enable_events to every worker, as Flower does (`--no-enable-events`: off)",
-    "batch_size": "Most events the daemon writes in one transaction (1-100000)",
+    "batch_size": "Most events the daemon's writer takes and merges at once (1-100000); it commits them in "
+                  "transactions of ~0.1 s each and acks them after the last",
     "flush_interval": "Seconds the writer waits for more events before it writes a partial batch",
     "buffer_events": "Events held in memory while the database is slow or away (1000-10000000); pub/sub drops "
                      "and counts beyond it, durable sources wait",

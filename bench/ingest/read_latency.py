@@ -4,10 +4,12 @@ The writer takes the generator's events as the daemon's writer thread does (benc
 meanwhile reader threads, each on its own connection, loop over what the detector sweep and the
 API run against task_runs, and one thread updates rows the writer is writing (the sweep's
 verdicts: a row lock, so it waits for the writer's transaction to commit). Prints each reader's
-query count, median, p99 and max latency:
+query count, median, p99 and max latency, and how long the writer's transactions held their
+locks (BEGIN to the end of COMMIT):
 
     python bench/ingest/read_latency.py --events 300000
     python bench/ingest/read_latency.py --db postgresql+psycopg://postgres@127.0.0.1:5432/test --batch 50000
+    python bench/ingest/read_latency.py --one-per-batch     # one transaction per batch, as before
 
 It creates and drops a database of its own on that server.
 """
@@ -35,7 +37,7 @@ import generator  # noqa: E402
 
 from monitor.ingest.buffer import Batch, EventBuffer  # noqa: E402
 from monitor.ingest.prepare import Preparer  # noqa: E402
-from monitor.ingest.writer import Writer  # noqa: E402
+from monitor.ingest.writer import TRANSACTION_ROWS, TRANSACTION_SECONDS, TransactionSize, Writer  # noqa: E402
 from monitor.sources import decode_kombu_message  # noqa: E402
 from storage.db import make_engine, upgrade  # noqa: E402
 from storage.detection import started_before, waiting_since_before  # noqa: E402
@@ -78,6 +80,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=300_000)
     parser.add_argument("--batch", type=int, default=50_000, help="events per batch (the daemon's --batch-size)")
+    parser.add_argument("--transaction-seconds", type=float, default=TRANSACTION_SECONDS,
+                        help="how long a writer transaction should last (default: %(default)s)")
+    parser.add_argument("--transaction-rows", type=int, default=TRANSACTION_ROWS,
+                        help="most runs per writer transaction (default: %(default)s)")
+    parser.add_argument("--one-per-batch", action="store_true",
+                        help="one transaction per batch, as the writer did before transactions were sized")
     parser.add_argument("--db", default="postgresql+psycopg://postgres@127.0.0.1:5432/test",
                         help="PostgreSQL server URL (default: %(default)s)")
     args = parser.parse_args(argv)
@@ -109,9 +117,23 @@ def main(argv: list[str] | None = None) -> int:
         readers = [Reader("detector sweep reads", engine, sweep_reads, stop),
                    Reader("API reads", engine, api_reads, stop),
                    Reader("row updates (verdicts)", engine, verdicts, stop)]
+        # How long each of the writer's transactions held its locks: BEGIN to the end of COMMIT.
+        held: list[float] = []
+
+        class TimedWriter(Writer):
+            def _transaction(self, *parts):
+                started = time.perf_counter()
+                try:
+                    return super()._transaction(*parts)
+                finally:
+                    held.append(time.perf_counter() - started)
+
+        size = (TransactionSize(1e9, 10**9, start=10**9) if args.one_per_batch
+                else TransactionSize(args.transaction_seconds, args.transaction_rows))
         buffer = EventBuffer(10**8)
         preparer = Preparer(row_plan(engine.dialect), 16384, processes=1)
-        writer = Writer(engine, buffer, field_max_bytes=16384, batch_size=args.batch, preparer=preparer)
+        writer = TimedWriter(engine, buffer, field_max_bytes=16384, batch_size=args.batch, preparer=preparer,
+                        transaction=size)
         for i in range(0, len(events), 1000):
             buffer.put(Batch.encode("bench", events[i:i + 1000]))
         for reader in readers:
@@ -128,15 +150,20 @@ def main(argv: list[str] | None = None) -> int:
         writer.stop(time.monotonic() + 10)
         writer.join()
         print(f"{len(events):,} events written into PostgreSQL in {elapsed:.1f} s ({len(events) / elapsed:,.0f}/s), "
-              f"batches of up to {args.batch:,} events; load average {os.getloadavg()[0]:.2f} on "
+              f"batches of up to {args.batch:,} events, "
+              + ("one transaction per batch" if args.one_per_batch else
+                 f"transactions of up to {args.transaction_rows:,} runs sized to {args.transaction_seconds:g} s")
+              + f"; load average {os.getloadavg()[0]:.2f} on "
               f"{os.cpu_count()} cores")
-        for reader in readers:
-            lat = sorted(reader.latencies)
+        for name, lat, errors in [(r.name, r.latencies, r.errors) for r in readers] + [
+                ("writer's transactions", held, 0)]:
+            lat = sorted(lat)
             if not lat:
                 continue
             p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))]
-            print(f"  {reader.name:<24} {len(lat):6,} queries  median {statistics.median(lat) * 1000:7.1f} ms  "
-                  f"p99 {p99 * 1000:7.1f} ms  max {lat[-1] * 1000:7.1f} ms  errors {reader.errors}")
+            print(f"  {name:<24} {len(lat):6,} times  median "
+                  f"{statistics.median(lat) * 1000:7.1f} ms  p99 {p99 * 1000:7.1f} ms  max {lat[-1] * 1000:7.1f} ms  "
+                  f"errors {errors}")
     finally:
         if preparer is not None:
             preparer.close()

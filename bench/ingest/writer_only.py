@@ -34,7 +34,7 @@ from cpu import CpuMeter, backend_pids  # noqa: E402
 from monitor.ingest.buffer import Batch, EventBuffer, Taken  # noqa: E402
 from monitor.ingest.prepare import Preparer  # noqa: E402
 from monitor.sources import decode_kombu_message  # noqa: E402
-from monitor.ingest.writer import Writer  # noqa: E402
+from monitor.ingest.writer import TRANSACTION_SECONDS, TransactionSize, Writer  # noqa: E402
 from storage.db import make_engine, upgrade  # noqa: E402
 from storage.runs import row_plan  # noqa: E402
 
@@ -45,6 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=5000, help="events per Writer.write (the daemon's --batch-size)")
     parser.add_argument("--prepare-processes", type=int, default=1,
                         help="helper processes preparing rows (the daemon's --prepare-processes; 0: in the writer)")
+    parser.add_argument("--transaction-seconds", type=float, default=TRANSACTION_SECONDS,
+                        help="how long one writer transaction should last (default: %(default)s)")
+    parser.add_argument("--one-per-batch", action="store_true",
+                        help="one transaction per batch, as the writer did before transactions were sized")
     parser.add_argument("--db", help="PostgreSQL server URL (default: a SQLite file in a temp dir)")
     parser.add_argument("--profile", action="store_true",
                         help="print the top functions by own time (runs prepare and commit in one thread)")
@@ -79,7 +83,10 @@ def main(argv: list[str] | None = None) -> int:
         buffer = EventBuffer(10**8)
         preparer = Preparer(row_plan(engine.dialect), 16384,
                             processes=0 if args.profile else args.prepare_processes)
-        writer = Writer(engine, buffer, field_max_bytes=16384, batch_size=args.batch, preparer=preparer)
+        size = (TransactionSize(1e9, 10**9, start=10**9) if args.one_per_batch
+                else TransactionSize(args.transaction_seconds))
+        writer = Writer(engine, buffer, field_max_bytes=16384, batch_size=args.batch, preparer=preparer,
+                        transaction=size)
         profiler = cProfile.Profile() if args.profile else None
         if profiler:
             # cProfile sees one thread: write() prepares and commits in this one.

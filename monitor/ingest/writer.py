@@ -1,9 +1,16 @@
-"""The writer thread: batches of events -> one transaction of merged upserts -> acks.
+"""The writer thread: batches of events -> transactions of merged upserts -> acks.
 
 Each batch is prepared (events -> merged rows and their SQL parameters: Python work, done by a
 helper process when the daemon has one, see monitor.ingest.prepare) and then committed, in the order
 taken. It is the only thread that talks to the database on the hot path; the source threads
 never wait on SQL, so a slow commit can fill the bounded buffer but cannot stall a socket reader.
+
+A batch is committed in several transactions, each sized to last about ``TRANSACTION_SECONDS``
+(``TransactionSize``): a transaction holds the row locks of its runs (and of the rollup rows its
+triggers change) until it commits, and a detector verdict or an API write on one of those rows
+waits for it. The batch's acks are given once the last of them has committed; a batch cut short
+by a crash is delivered again, and merging a run again changes nothing (storage.merge), nor
+does it change the rollups, which follow the rows.
 """
 from __future__ import annotations
 
@@ -27,9 +34,33 @@ from monitor.ingest.prepare import Job, Preparer
 from storage.errors import first_line
 from tasks.backoff import compute_backoff
 from storage.health import record_gap
+from storage.params import CHUNK_ROWS
 from storage.runs import PreparedRuns, execute_runs, row_plan, runs_from_chunks, upsert_workers
 
 log = logging.getLogger(__name__)
+
+# How long one transaction of the writer should hold its locks. Fewer rows per transaction cost
+# more statements and commits; bench/ingest/read_latency.py shows both sides.
+TRANSACTION_SECONDS = 0.1
+TRANSACTION_ROWS = 8192  # the most runs in one transaction (pg_bulk.STAGE_ROWS: one staging step)
+
+
+class TransactionSize:
+    """Runs per transaction so that one takes about ``seconds``, from how fast the last ones went.
+
+    Whole chunks of prepared rows (CHUNK_ROWS) at least, ``most`` at most; it at most doubles
+    from one transaction to the next, so one fast commit does not make the next one long.
+    """
+
+    def __init__(self, seconds: float = TRANSACTION_SECONDS, most: int = TRANSACTION_ROWS, start: int = 2048):
+        self.seconds, self.most = seconds, most
+        self.rows = min(start, most)
+
+    def took(self, rows: int, seconds: float) -> None:
+        if rows < CHUNK_ROWS // 2 or seconds <= 0:
+            return  # a last sliver of a batch says little about the rate
+        fits = int(rows * self.seconds / seconds)
+        self.rows = max(CHUNK_ROWS, min(self.most, fits, 2 * self.rows))
 
 
 def utcnow() -> datetime:
@@ -48,6 +79,7 @@ class Prepared:
     gaps: list
     acks: list[Callable[[], None]]
     events: int
+    committed: int = 0  # chunks of ``runs`` already committed: a retry goes on from there
 
 
 @dataclass
@@ -64,13 +96,15 @@ class InFlight:
 class Writer(threading.Thread):
     def __init__(self, engine: Engine, buffer: EventBuffer, *, field_max_bytes: int, batch_size: int = 50_000,
                  flush_interval: float = 0.2, on_gap: Callable[[int, Gap], None] | None = None,
-                 clock: Callable[[], datetime] = utcnow, preparer: Preparer | None = None, daemon_id: str | None = None):
+                 clock: Callable[[], datetime] = utcnow, preparer: Preparer | None = None,
+                 transaction: TransactionSize | None = None, daemon_id: str | None = None):
         super().__init__(name="taskmon-writer", daemon=True)
         self.engine = engine
         self.buffer = buffer
         self.field_max_bytes = field_max_bytes
         self.batch_size = batch_size
         self.flush_interval = flush_interval
+        self.transaction = transaction or TransactionSize()
         self.on_gap = on_gap
         self.clock = clock
         self.daemon_id = daemon_id  # recorded with each gap: which daemon saw it
@@ -176,9 +210,10 @@ class Writer(threading.Thread):
         return gap_ids
 
     def _singles(self, prepared: Prepared) -> deque:
-        """A batch the database refused as a whole, as (kind, key, runs, workers) to write row by row."""
+        """The rest of a batch the database refused, as (kind, key, runs, workers) to write row by row."""
         empty = runs_from_chunks(self.engine.dialect, [], 0)
-        singles: deque = deque(("task", key, one, []) for key, one in prepared.runs.one_by_one())
+        rest = prepared.runs.part(prepared.committed, prepared.runs.rows)
+        singles: deque = deque(("task", key, one, []) for key, one in rest.one_by_one())
         singles.extend(("worker", row.get("hostname"), empty, [row]) for row in prepared.workers)
         return singles
 
@@ -196,9 +231,23 @@ class Writer(threading.Thread):
             singles.popleft()
 
     def _whole(self, prepared: Prepared, gaps: list) -> list | None:
-        """The batch in one transaction: its gaps' ids, or None when the database refused it as a whole."""
+        """The batch in transactions of ``self.transaction``'s size: its gaps' ids, or None when the
+        database refused one of them.
+
+        Workers and gaps go with the last. What committed before a failure stays committed
+        (``prepared.committed``): a retry, or the row-by-row fallback, takes the rest.
+        """
+        runs = prepared.runs
         try:
-            return self._transaction(prepared.runs, prepared.workers, gaps)
+            while True:
+                part = runs.part(prepared.committed, self.transaction.rows)
+                last = prepared.committed + len(part.chunks) >= len(runs.chunks)
+                started = time.monotonic()
+                recorded = self._transaction(part, prepared.workers if last else [], gaps if last else [])
+                self.transaction.took(part.rows, time.monotonic() - started)
+                prepared.committed += len(part.chunks)
+                if last:
+                    return recorded
         except (OperationalError, InterfaceError):
             raise
         except DBAPIError as exc:
