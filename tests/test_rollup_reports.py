@@ -11,6 +11,7 @@ from storage.rollup_stats import finished_counts
 from storage.runs import upsert_runs
 from storage.schema import task_runs
 from tasks.report_data import report_data
+from tests.api_fixtures import role_tokens, start_api  # noqa: F401  (fixture)
 from tests.history_data import run
 
 NOW = datetime(2026, 11, 30, 12, 0, 30, 250000, tzinfo=timezone.utc)
@@ -94,3 +95,30 @@ def test_the_failure_rate_window_from_the_rollups_equals_a_count_of_the_runs(eng
             got = finished_counts(conn, since, NOW, FINISHED_STATES, FAILED_STATES)
             assert got == {name: dict(c) for name, c in want.items()}, seconds
             assert sum(c["total"] for c in got.values()) > 0
+
+
+def test_the_api_serves_stats_and_reports_from_the_rollups_unless_exact_is_asked(engine, db_url, start_api):
+    recent = datetime.now(timezone.utc) - timedelta(hours=2)
+    rng = random.Random(9)
+    rows = [dict(r, seen_at=r["seen_at"] - NOW + recent) for r in history(rng, n=300, hours=20)]
+    stored(engine, rows)
+    day = (recent - timedelta(hours=6)).strftime("%Y-%m-%d")
+    tokens = role_tokens(db_url)
+    server = start_api(db_url)
+    with server.client(tokens["viewer"]) as viewer:
+        for params in ({"since": "7h"}, {"since": "19h", "until": "3h", "name": "mail.*"}):
+            rolled = viewer.get("/api/v1/stats", params=params).json()
+            exact = viewer.get("/api/v1/stats", params={**params, "exact": "true"}).json()
+            assert rolled["percentiles"] == "buckets" and exact["percentiles"] == "exact"
+            assert rolled["tasks"] and [t["name"] for t in rolled["tasks"]] == [t["name"] for t in exact["tasks"]]
+            for r, e in zip(rolled["tasks"] + [rolled["totals"]], exact["tasks"] + [exact["totals"]]):
+                assert (r["total"], r["states"], r["failure_rate"]) == (e["total"], e["states"], e["failure_rate"])
+                lower, upper = r["runtime"]["bounds"]["max"]
+                assert lower < e["runtime"]["max"] and (upper is None or e["runtime"]["max"] <= upper)
+        rolled = viewer.get("/api/v1/reports/daily", params={"date": day}).json()
+        exact = viewer.get("/api/v1/reports/daily", params={"date": day, "exact": "true"}).json()
+        assert rolled["totals"] == exact["totals"] and rolled["totals"]["tasks"] > 0
+        assert all("max_runtime_bounds" in r for r in rolled["slowest"])
+        assert not any("max_runtime_bounds" in r for r in exact["slowest"])
+        text = viewer.get("/api/v1/reports/daily", params={"date": day, "format": "text"})
+        assert text.status_code == 200 and "<= " in text.text
