@@ -191,6 +191,10 @@ def test_cli_report_in_every_format(db_url, history):
     assert md.startswith("# taskmon weekly report 2026-W47") and "| billing.charge | 3 | 2 | 66.7% |" in md
     monthly = json.loads(cli_report(db_url, "monthly", "--date", "2026-11-02", "--format", "json").output)
     assert monthly["period"]["label"] == "2026-11" and monthly["totals"]["tasks"] == 9
+    exact = json.loads(cli_report(db_url, "daily", "--date", "2026-11-20", "--format", "json", "--exact").output)
+    assert {k: v for k, v in exact.items() if k != "slowest"} == {k: v for k, v in as_json.items() if k != "slowest"}
+    assert [r["max_runtime"] for r in exact["slowest"]] == [30.0, 6.0, 0.5]
+    assert [r["max_runtime_bounds"] for r in as_json["slowest"]] == [[10.0, 30.0], [5.0, 7.5], [0.25, 0.5]]
 
 
 def test_cli_report_bad_date_is_one_line(sqlite_url):
