@@ -3,7 +3,7 @@
 Ten million rows made one at a time in Python cost ~100-200 us each before the database sees them;
 made in SQL from a series of integers they cost what the INSERT costs. Every random draw is a hash
 of the row number (the same arithmetic on SQLite and PostgreSQL, integers below 2**63), so both
-databases hold the same runs: 13 task names with realistic shares, runtimes log-normal around each
+databases filled with the same end time hold the same runs: 13 task names with realistic shares, runtimes log-normal around each
 name's median, queue waits mostly exponential with a 2% tail of 10-600 s, ~4% failures, 1% retries,
 0.5% revoked, the last two minutes partly unfinished, and 15% of the runs children of a run shortly
 before them (parent and root links, two levels deep).
