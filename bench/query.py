@@ -1,14 +1,23 @@
 """bench/query: query times of `history`, `show` and `stats` on a large history, SQLite and PostgreSQL.
 
-Fills each database with N task runs (default 1,000,000: a realistic mix of task names, states,
-workers and queues over the last 30 days, with workflows of parents and children), then times the
-storage queries behind the commands. Query time only (no process start, no printing): the median of
-several repetitions after one warm-up run, on a connection already open.
+Fills each database with N task runs (default 10,000,000: a realistic mix of task names, states,
+workers and queues over the last 60 days, with workflows of parents and children), then times the
+storage queries behind the commands: `stats` and `report` from the rollups side by side with the
+same figures from task_runs alone (`--exact`). Query time only (no process start, no printing):
+the median of several repetitions after one warm-up run, on a connection already open.
 
-    python bench/query.py                      # both databases, 1,000,000 runs
+    python bench/query.py                      # both databases, 10,000,000 runs
     python bench/query.py --rows 100000 --db sqlite
 
+The load goes in bulk, with the rollup triggers and task_runs' secondary indexes dropped (SQLite:
+executemany in large transactions; PostgreSQL: COPY); then the indexes are made again and the
+rollups built by storage.rollups.rebuild, the grouped INSERT ... SELECT a repair would use, and a
+sample of hours and minutes is checked against the GROUP BY over task_runs. PostgreSQL's pg_trgm
+search index is not made again: only `history --search` reads it, which this bench does not time.
+
 PostgreSQL: a database of the bench's own is created next to --pg-url's and dropped at the end.
+--sqlite-path / --pg-database with --keep keep the loaded data, and a later run given the same
+names measures it again without loading.
 """
 from __future__ import annotations
 
@@ -21,158 +30,125 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sqlalchemy import create_engine, text  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 
+from bench.query_data import fill_sql  # noqa: E402
 from storage.db import make_engine, upgrade  # noqa: E402
 from storage.history import RunFilter, list_runs, run_detail  # noqa: E402
 from storage.schema import task_runs  # noqa: E402
 from storage.rollup_stats import rollup_task_stats  # noqa: E402
-from storage.rollups import LEVELS, backfill_sql, drop_trigger_ddl, totals_backfill_sql, trigger_ddl  # noqa: E402
+from storage.rollups import KEY, LEVELS, MEASURES, drop_trigger_ddl, grouped_sql, rebuild, trigger_ddl  # noqa: E402
+from storage.sql import bind  # noqa: E402
 from storage.stats import task_stats  # noqa: E402
+from tasks.periods import report_period  # noqa: E402
+from tasks.report_data import report_data  # noqa: E402
 
-# (name, share of runs, median runtime in seconds, queue)
-TASKS = [
-    ("tasks.notifications.send_notification_email", 0.30, 0.4, "email"),
-    ("tasks.finance.check_pending_bills", 0.15, 0.8, "finance"),
-    ("tasks.data.process_event", 0.20, 0.05, "default"),
-    ("tasks.finance.send_bill_reminders", 0.08, 1.5, "finance"),
-    ("tasks.maintenance.cleanup_cache", 0.06, 2.0, "default"),
-    ("tasks.data.export_data", 0.05, 30.0, "default"),
-    ("tasks.reports.generate_hourly_report", 0.05, 12.0, "reports"),
-    ("tasks.reports.generate_daily_report", 0.04, 60.0, "reports"),
-    ("tasks.notifications.cleanup_old_notifications", 0.03, 5.0, "default"),
-    ("tasks.finance.calculate_monthly_revenue", 0.02, 45.0, "finance"),
-    ("tasks.maintenance.backup_database", 0.015, 300.0, "default"),
-    ("tasks.reports.generate_weekly_report", 0.004, 120.0, "reports"),
-    ("tasks.reports.generate_monthly_report", 0.001, 600.0, "reports"),
-]
-WORKERS = [f"celery@worker-{i}" for i in range(1, 9)]
-EXCEPTIONS = [("ConnectionError", "ConnectionError('SMTP server went away')"),
-              ("TimeoutError", "TimeoutError('upstream timed out after 30s')"),
-              ("ValueError", "ValueError('invalid account id')"),
-              ("SoftTimeLimitExceeded", "SoftTimeLimitExceeded()")]
-TRACEBACK = "Traceback (most recent call last):\n" + "".join(
-    f'  File "/app/tasks/module_{i}.py", line {10 * i}, in step_{i}\n    result = step_{i + 1}(payload)\n' for i in range(8))
 COLUMNS = [c.name for c in task_runs.columns]
-DAYS = 30
+DAYS = 60
+TRGM_INDEX = "ix_task_runs_search_trgm"
 REPEAT = 7
 
 
-def generate(n: int, now: datetime, seed: int = 5):
-    """Yield n rows (dicts of every column), oldest first, like the daemon would have written them."""
-    rng = random.Random(seed)
-    names = [t[0] for t in TASKS]
-    weights = [t[1] for t in TASKS]
-    meta = {t[0]: t for t in TASKS}
-    start = now - timedelta(days=DAYS)
-    step = DAYS * 86400 / n
-    recent: list[tuple[str, str]] = []  # (task_id, root_id) of recent runs, to hang children on
-    for i in range(n):
-        name = rng.choices(names, weights)[0]
-        _, _, median, queue = meta[name]
-        seen = start + timedelta(seconds=i * step + rng.random() * step)
-        age = (now - seen).total_seconds()
-        roll = rng.random()
-        if age < 120 and roll < 0.5:
-            state = rng.choice(("PENDING", "RECEIVED", "STARTED"))
-        elif roll < 0.0005:
-            state = "STARTED"  # lost: never finished
-        elif roll < 0.04:
-            state = "FAILURE"
-        elif roll < 0.05:
-            state = "RETRY"
-        elif roll < 0.055:
-            state = "REVOKED"
-        else:
-            state = "SUCCESS"
-        task_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
-        parent_id = root_id = None
-        if recent and rng.random() < 0.15:
-            parent_id, root_id = rng.choice(recent)
-        root_id = root_id or task_id
-        recent.append((task_id, root_id))
-        if len(recent) > 50:
-            recent.pop(0)
-        wait = rng.expovariate(1 / 0.3) if rng.random() > 0.02 else rng.uniform(10, 600)
-        runtime = median * rng.lognormvariate(0, 0.6)
-        received = seen + timedelta(seconds=wait * 0.2)
-        started = seen + timedelta(seconds=wait) if state not in ("PENDING", "RECEIVED", "REVOKED") else None
-        finished = started + timedelta(seconds=runtime) if started and state in ("SUCCESS", "FAILURE", "RETRY") else None
-        failed = state in ("FAILURE", "RETRY")
-        exc_type, exc = rng.choice(EXCEPTIONS) if failed else (None, None)
-        yield {
-            "task_id": task_id, "name": name, "state": state, "state_at": finished or started or seen,
-            "args": f"({rng.randrange(100000)},)", "kwargs": "{}",
-            "result": "'ok'" if state == "SUCCESS" else None,
-            "exception": exc, "exception_type": exc_type, "traceback": TRACEBACK + exc if state == "FAILURE" else None,
-            "queue": queue, "routing_key": queue, "exchange": "", "worker": rng.choice(WORKERS) if started else None,
-            "root_id": root_id, "parent_id": parent_id, "retries": rng.randint(1, 3) if state == "RETRY" else 0,
-            "eta": None, "expires": None, "seen_at": seen, "sent_at": seen, "received_at": received if state != "PENDING" else None,
-            "started_at": started, "finished_at": finished, "runtime": round(runtime, 4) if finished else None,
-            "queue_wait": round(wait, 3) if started else None, "truncated": False, "updated_at": finished or started or seen,
-            "received_attempt": None, "received_first_at": None, "redelivered": False, "stuck_at": None, "replay_of": None,
-        }
+CHUNK = 500_000  # runs a statement: progress, and a transaction that does not hold the whole load
 
 
-def _sqlite_value(v):
-    if isinstance(v, datetime):
-        return v.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f")
-    return v
-
-
-def fill_sqlite(path: Path, rows, n: int) -> None:
+def fill_sqlite(path: Path, n: int, now: datetime, days: int) -> None:
     conn = sqlite3.connect(path)
     conn.execute("PRAGMA synchronous=OFF")  # bulk load only; taskmon itself runs with NORMAL
-    sql = f"INSERT INTO task_runs ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
-    chunk = []
-    for i, row in enumerate(rows, 1):
-        chunk.append(tuple(_sqlite_value(row[c]) for c in COLUMNS))
-        if len(chunk) == 50_000 or i == n:
-            conn.executemany(sql, chunk)
-            conn.commit()
-            chunk.clear()
-            progress("sqlite", i, n)
+    conn.execute("PRAGMA cache_size=-1000000")  # 1 GB: the primary key's B-tree takes random task ids
+    for lo in range(0, n, CHUNK):
+        conn.execute(fill_sql("sqlite", n, now, days, lo, min(lo + CHUNK, n)))
+        conn.commit()
+        progress("sqlite", min(lo + CHUNK, n), n)
     conn.close()
 
 
-def fill_postgres(url, rows, n: int) -> None:
+def fill_postgres(url, n: int, now: datetime, days: int) -> None:
     import psycopg
 
     with psycopg.connect(url.set(drivername="postgresql").render_as_string(hide_password=False)) as conn:
-        with conn.cursor() as cur, cur.copy(f"COPY task_runs ({', '.join(COLUMNS)}) FROM STDIN") as copy:
-            for i, row in enumerate(rows, 1):
-                copy.write_row([row[c] for c in COLUMNS])
-                if i % 50_000 == 0 or i == n:
-                    progress("postgresql", i, n)
-        conn.execute("ANALYZE task_runs")  # what autovacuum does after a load this size
+        for lo in range(0, n, CHUNK):
+            conn.execute(fill_sql("postgresql", n, now, days, lo, min(lo + CHUNK, n)))  # no parameters: '%' is modulo
+            conn.commit()
+            progress("postgresql", min(lo + CHUNK, n), n)
 
 
 def load(engine, fill) -> None:
-    """Bulk-load with the rollup triggers off, then fill the rollups in one grouped statement each
-    (as migration 0010 does for an existing history) and put the triggers back."""
+    """Bulk-load with the rollup triggers and the secondary indexes off, make the indexes again,
+    build the rollups (storage.rollups.rebuild), check a sample and put the triggers back."""
+    from sqlalchemy.schema import CreateIndex, DropIndex
+
     dialect = engine.dialect.name
     with engine.begin() as conn:
         for ddl in drop_trigger_ddl(dialect):
             conn.exec_driver_sql(ddl)
+        for index in task_runs.indexes:
+            conn.execute(DropIndex(index, if_exists=True))
+        if dialect == "postgresql":
+            conn.exec_driver_sql(f"DROP INDEX IF EXISTS {TRGM_INDEX}")
+    t0 = time.perf_counter()
     fill()
+    print(f"  {dialect}: task_runs loaded in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
     t0 = time.perf_counter()
     with engine.begin() as conn:
-        for level in LEVELS:
-            conn.exec_driver_sql(backfill_sql(dialect, level))
-        conn.exec_driver_sql(totals_backfill_sql())
+        if dialect == "sqlite":
+            conn.exec_driver_sql("PRAGMA cache_size=-1000000")
+        else:
+            conn.exec_driver_sql("SET LOCAL maintenance_work_mem = '512MB'")
+        for index in task_runs.indexes:
+            conn.execute(CreateIndex(index))
+    print(f"  {dialect}: indexes made in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
+    t0 = time.perf_counter()
+    with engine.begin() as conn:
+        if dialect == "postgresql":
+            conn.exec_driver_sql("SET LOCAL work_mem = '256MB'")
+        counts = rebuild(conn, totals=True)
         for ddl in trigger_ddl(dialect):
             conn.exec_driver_sql(ddl)
-        rollups = conn.exec_driver_sql("SELECT count(*) FROM run_rollups").scalar()
-        hourly = conn.exec_driver_sql("SELECT count(*) FROM run_rollups_hourly").scalar()
-    print(f"  {dialect}: rollups built in {time.perf_counter() - t0:.0f}s, {rollups:,} minute and {hourly:,} hourly rows",
-          file=sys.stderr)
+    print(f"  {dialect}: rollups built in {time.perf_counter() - t0:.0f}s: "
+          + ", ".join(f"{n:,} rows in {t}" for t, n in counts.items()), file=sys.stderr)
+    if dialect == "postgresql":
+        with engine.begin() as conn:
+            for table in ("task_runs", "run_rollups", "run_rollups_hourly", "run_totals"):
+                conn.exec_driver_sql(f"ANALYZE {table}")  # what autovacuum does after a load this size
+
+
+def check_sample(engine, now: datetime, days: int, samples: int = 6, seed: int = 7) -> str:
+    """Compare random hours of run_rollups_hourly and minutes of run_rollups with the GROUP BY over
+    task_runs; raise if any row differs. Returns what was compared."""
+    rng = random.Random(seed)
+    dialect = engine.dialect.name
+    compared = 0
+    with engine.connect() as conn:
+        total = conn.exec_driver_sql("SELECT count(*) FROM task_runs").scalar_one()
+        rolled = conn.exec_driver_sql("SELECT coalesce(sum(runs), 0) FROM run_rollups_hourly").scalar_one()
+        if int(rolled) != total:
+            raise SystemExit(f"run_rollups_hourly counts {rolled:,} runs, task_runs holds {total:,}")
+        for level, width in (("hour", timedelta(hours=1)), ("minute", timedelta(minutes=1))):
+            table, time_col = LEVELS[level]
+            for _ in range(samples):
+                at = now - timedelta(seconds=rng.uniform(3600, days * 86400 - 3600))
+                a = at.replace(minute=0 if level == "hour" else at.minute, second=0, microsecond=0)
+                params = {"a": bind(dialect, a), "b": bind(dialect, a + width)}
+                exact = conn.execute(text(grouped_sql(dialect, "t.seen_at >= :a AND t.seen_at < :b", level))
+                                     .bindparams(**params)).all()
+                cols = ", ".join((time_col,) + KEY[1:] + MEASURES)
+                stored = conn.execute(text(f"SELECT {cols} FROM {table} WHERE {time_col} >= :a AND {time_col} < :b")
+                                      .bindparams(**params)).all()
+                key = lambda r: tuple(str(v) for v in r[1:len(KEY)])  # noqa: E731
+                want = {key(r): [round(float(v), 6) for v in r[len(KEY):]] for r in exact}
+                got = {key(r): [round(float(v), 6) for v in r[len(KEY):]] for r in stored if r[len(KEY)]}
+                if want != got:
+                    raise SystemExit(f"{table} at {a.isoformat()} differs from the GROUP BY over task_runs")
+                compared += 1
+    return f"{compared} sampled hours and minutes equal the GROUP BY; {total:,} runs in both"
 
 
 def progress(db: str, done: int, total: int) -> None:
@@ -190,9 +166,10 @@ def timed(fn, repeat: int = REPEAT) -> float:
     return statistics.median(times)
 
 
-def measure(engine, now: datetime, show_id: str) -> list[tuple[str, float]]:
+def measure(engine, now: datetime, show_id: str, repeat: int) -> list[tuple[str, float]]:
     since_24h = now - timedelta(hours=24)
     since_30d = now - timedelta(days=30)
+    month = report_period("monthly", ZoneInfo("UTC"), now=now)  # the last complete month
     cases = [
         ("history --limit 10", lambda c: list_runs(c, RunFilter(), 10)),
         ("history --limit 10 --name tasks.data.export_data", lambda c: list_runs(c, RunFilter(name="tasks.data.export_data"), 10)),
@@ -208,11 +185,14 @@ def measure(engine, now: datetime, show_id: str) -> list[tuple[str, float]]:
         ("stats --since 24h (rollups + edges)", lambda c: rollup_task_stats(c, RunFilter(since=since_24h), now)),
         ("stats --since 30d --exact (task_runs alone)", lambda c: task_stats(c, RunFilter(since=since_30d), now)),
         ("stats --since 30d (rollups + edges)", lambda c: rollup_task_stats(c, RunFilter(since=since_30d), now)),
+        (f"report monthly {month.label} --exact (task_runs alone)",
+         lambda c: report_data(c, month.start, month.end, exact=True)),
+        (f"report monthly {month.label} (rollups)", lambda c: report_data(c, month.start, month.end)),
     ]
     out = []
     with engine.connect() as conn:
         for label, fn in cases:
-            out.append((label, timed(lambda: fn(conn))))
+            out.append((label, timed(lambda: fn(conn), repeat)))
     return out
 
 
@@ -224,42 +204,68 @@ def pick_show_id(engine) -> str:
             "WHERE p.parent_id IS NOT NULL LIMIT 1")).scalar()
 
 
-def bench_sqlite(n: int, now: datetime) -> list[tuple[str, float]]:
-    with tempfile.TemporaryDirectory(prefix="taskmon-bench-") as tmp:
-        path = Path(tmp) / "bench.db"
+def data_end(engine) -> datetime | None:
+    """The last seen_at of a database already loaded, or None when task_runs is empty."""
+    with engine.connect() as conn:
+        last = conn.exec_driver_sql("SELECT max(seen_at) FROM task_runs").scalar()
+    if isinstance(last, str):
+        last = datetime.fromisoformat(last)
+    return None if last is None else (last if last.tzinfo else last.replace(tzinfo=timezone.utc))
+
+
+def run(engine, fill, n: int, now: datetime, days: int, repeat: int) -> tuple[datetime, list[tuple[str, float]]]:
+    """Load (unless the database holds runs already: then its last run is `now`), check, measure."""
+    dialect = engine.dialect.name
+    last = data_end(engine)
+    if last is None:
+        t0 = time.perf_counter()
+        load(engine, fill)
+        print(f"  {dialect}: ready in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
+    else:
+        now = last + timedelta(seconds=17.25)  # the window ends a few seconds after the last run, mid-minute
+        print(f"  {dialect}: reusing the runs already loaded, up to {last.isoformat()}", file=sys.stderr)
+    print(f"  {dialect}: {check_sample(engine, now, days)}", file=sys.stderr)
+    return now, measure(engine, now, pick_show_id(engine), repeat)
+
+
+def bench_sqlite(n: int, now: datetime, days: int, path: Path | None, keep: bool, repeat: int):
+    tmp = None
+    if path is None:
+        tmp = tempfile.TemporaryDirectory(prefix="taskmon-bench-")
+        path = Path(tmp.name) / "bench.db"
+    try:
         engine = make_engine(f"sqlite:///{path}")
         upgrade(engine)
-        t0 = time.perf_counter()
-        load(engine, lambda: fill_sqlite(path, generate(n, now), n))
-        engine.dispose()
-        print(f"  sqlite: loaded in {time.perf_counter() - t0:.0f}s, {path.stat().st_size / 2**20:.0f} MiB", file=sys.stderr)
-        engine = make_engine(f"sqlite:///{path}")
         try:
-            return measure(engine, now, pick_show_id(engine))
+            return run(engine, lambda: fill_sqlite(path, n, now, days), n, now, days, repeat)
         finally:
+            print(f"  sqlite: {path.stat().st_size / 2**20:,.0f} MiB", file=sys.stderr)
             engine.dispose()
+    finally:
+        if not keep:
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{path}{suffix}").unlink(missing_ok=True)
+        if tmp is not None:
+            tmp.cleanup()
 
 
-def bench_postgres(admin_url: str, n: int, now: datetime) -> list[tuple[str, float]]:
+def bench_postgres(admin_url: str, n: int, now: datetime, days: int, name: str | None, keep: bool,
+                   repeat: int):
     admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    name = f"taskmon_bench_{os.getpid()}"
+    name = name or f"taskmon_bench_{os.getpid()}"
     with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
+        if not conn.execute(text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}).first():
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
     url = make_url(admin_url).set(database=name)
     engine = make_engine(url.render_as_string(hide_password=False))
     try:
         upgrade(engine)
-        t0 = time.perf_counter()
-        load(engine, lambda: fill_postgres(url, generate(n, now), n))
-        with engine.begin() as conn:
-            for table in ("run_rollups", "run_rollups_hourly", "run_totals"):
-                conn.exec_driver_sql(f"ANALYZE {table}")
-        print(f"  postgresql: loaded in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
-        return measure(engine, now, pick_show_id(engine))
+        return run(engine, lambda: fill_postgres(url, n, now, days), n, now, days, repeat)
     finally:
         engine.dispose()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        if not keep:
+            with admin.connect() as conn:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
 
 
@@ -275,22 +281,32 @@ def versions(pg_url: str | None) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--rows", type=int, default=10_000_000)
+    ap.add_argument("--days", type=int, default=DAYS, help="the runs are spread over this many days up to now")
     ap.add_argument("--db", choices=("sqlite", "postgresql", "both"), default="both")
     ap.add_argument("--pg-url", default=os.environ.get("TASKMON_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"),
                     help="an existing PostgreSQL database; the bench creates and drops its own beside it")
+    ap.add_argument("--sqlite-path", type=Path, help="the SQLite file (default: a temporary one)")
+    ap.add_argument("--pg-database", help="the PostgreSQL database's name (default: taskmon_bench_<pid>)")
+    ap.add_argument("--repeat", type=int, default=REPEAT, help="timed runs of each query (after one warm-up)")
+    ap.add_argument("--keep", action="store_true", help="keep the SQLite file and PostgreSQL database")
     args = ap.parse_args()
     now = datetime.now(timezone.utc)
     results: dict[str, list[tuple[str, float]]] = {}
+    ends = {}
     if args.db in ("sqlite", "both"):
-        results["SQLite"] = bench_sqlite(args.rows, now)
+        ends["SQLite"], results["SQLite"] = bench_sqlite(args.rows, now, args.days, args.sqlite_path, args.keep,
+                                                            args.repeat)
     if args.db in ("postgresql", "both"):
-        results["PostgreSQL"] = bench_postgres(args.pg_url, args.rows, now)
+        ends["PostgreSQL"], results["PostgreSQL"] = bench_postgres(args.pg_url, args.rows, now, args.days,
+                                                                   args.pg_database, args.keep, args.repeat)
     labels = [label for label, _ in next(iter(results.values()))]
     width = max(len(label) for label in labels)
     dbs = list(results)
-    print(f"{args.rows:,} task runs over {DAYS} days; median of {REPEAT} runs, milliseconds of query time")
-    print(f"{os.cpu_count()} CPUs, {versions(args.pg_url if 'PostgreSQL' in results else None)}")
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(f"{args.rows:,} task runs over {args.days} days; median of {args.repeat} runs, milliseconds of query time")
+    print(f"{os.cpu_count()} CPUs, load average {load}, {versions(args.pg_url if 'PostgreSQL' in results else None)}")
+    print("window end: " + ", ".join(f"{db} {end.isoformat(timespec='seconds')}" for db, end in ends.items()))
     print(f"{'query':<{width}}  " + "  ".join(f"{db:>10}" for db in dbs))
     for i, label in enumerate(labels):
         print(f"{label:<{width}}  " + "  ".join(f"{results[db][i][1]:>10.1f}" for db in dbs))

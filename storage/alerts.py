@@ -9,10 +9,10 @@ import json
 from datetime import datetime, timedelta
 from typing import Any, Iterable, Mapping
 
-from sqlalchemy import Connection, and_, case, desc, func, literal_column, or_, select, update
+from sqlalchemy import Connection, and_, desc, or_, select, update
 
 from storage.db import dialect_insert
-from storage.schema import alert_groups, alerts, task_runs
+from storage.schema import alert_groups, alerts
 
 DELIVERY_STATES = ("pending", "sending", "sent", "failed")
 GROUP_COLUMNS = ("rule", "status", "task_name", "exception_type", "target", "since", "first_seen", "last_seen",
@@ -98,27 +98,3 @@ def list_alerts(conn: Connection, *, since: datetime | None = None, limit: int |
     if limit:
         query = query.limit(limit)
     return [_decode(r) for r in conn.execute(query).mappings()]
-
-
-def finished_counts(conn: Connection, since: datetime, failed_states: Iterable[str]) -> dict[str, dict[str, int]]:
-    """Per task name: runs that finished since ``since`` and how many of them failed.
-
-    Two queries, each on an index (finished_at; state) that the sweep's time window keeps
-    short. With the two conditions OR-ed, or with ``name`` itself as the group (its index gives
-    the groups' order), the database read all of task_runs at every sweep.
-    """
-    c = task_runs.c
-    failed_states = list(failed_states)
-    failed = func.sum(case((c.state.in_(failed_states), 1), else_=0))
-    name = c.name.op("||")(literal_column("''"))  # the same text; an expression no index orders
-    # LOST and TIMEOUT set by the detectors carry state_at, not finished_at
-    verdicts = and_(c.state.in_(("LOST", "TIMEOUT")), c.state_at >= since)
-    out: dict[str, dict[str, int]] = {}
-    for where in (c.finished_at >= since, and_(verdicts, or_(c.finished_at.is_(None), c.finished_at < since))):
-        for name_, total, fails in conn.execute(select(name, func.count(), failed).where(where).group_by(name)):
-            if name_ is None:
-                continue
-            counts = out.setdefault(name_, {"total": 0, "failed": 0})
-            counts["total"] += total
-            counts["failed"] += int(fails or 0)
-    return out

@@ -28,66 +28,107 @@ def answerable(f: RunFilter) -> bool:
     return not (f.states or f.failed or f.worker or f.queue)
 
 
+GROUPS = ("name", "queue", "state")  # what a rollup row is keyed by, besides its minute or hour
+
+
 def _add(into: dict, row: dict) -> None:
     for m in MEASURES:
         into[m] += float(row[m] or 0)
 
 
-def _rollup_rows(conn: Connection, level: str, f: RunFilter, a: datetime, b: datetime,
+def _rollup_rows(conn: Connection, level: str, name: str | None, by: tuple[str, ...], a: datetime, b: datetime,
                  out: dict[tuple, dict], key: str) -> None:
-    """Add the rollup rows of ``level`` for [a, b) (aligned to the level) into ``out``."""
+    """Add the rollup rows of ``level`` for [a, b) (aligned to the level), summed per ``by``, into ``out``."""
     dialect = conn.dialect.name
     table, time_col = LEVELS[level]
     params: dict[str, Any] = {f"{key}_a": bind(dialect, a), f"{key}_b": bind(dialect, b)}
     conds = [f"{time_col} >= :{key}_a", f"{time_col} < :{key}_b"]
-    if f.name:
-        sql, p = name_condition(dialect, "name", f.name, f"{key}_name")
+    if name:
+        sql, p = name_condition(dialect, "name", name, f"{key}_name")
         conds.append(sql)
         params.update(p)
     sums = ", ".join(f"sum({m}) AS {m}" for m in MEASURES)
-    sql = f"SELECT name, state, {sums} FROM {table} WHERE {' AND '.join(conds)} GROUP BY name, state"
+    group = ", ".join(by)
+    sql = f"SELECT {group}, {sums} FROM {table} WHERE {' AND '.join(conds)} GROUP BY {group}"
     for row in conn.execute(text(sql).bindparams(**params)).mappings():
-        _add(out[(row["name"], row["state"])], row)
+        _add(out[tuple(row[c] for c in by)], row)
 
 
-def _run_rows(conn: Connection, f: RunFilter, a: datetime, b: datetime, out: dict[tuple, dict], key: str) -> None:
+def _run_rows(conn: Connection, name: str | None, by: tuple[str, ...], a: datetime, b: datetime,
+              out: dict[tuple, dict], key: str) -> None:
     """Add the runs first seen in [a, b), grouped as the rollups group them, into ``out``."""
     dialect = conn.dialect.name
     params = {f"{key}_a": bind(dialect, a), f"{key}_b": bind(dialect, b)}
     where = f"t.seen_at >= :{key}_a AND t.seen_at < :{key}_b"
-    if f.name:
-        sql, p = name_condition(dialect, "t.name", f.name, f"{key}_name")
+    if name:
+        sql, p = name_condition(dialect, "t.name", name, f"{key}_name")
         where += f" AND {sql}"
         params.update(p)
-    columns = ["minute", "name", "queue", "state", *MEASURES]
+    columns = ["minute", *GROUPS, *MEASURES]
     for values in conn.execute(text(grouped_sql(dialect, where)).bindparams(**params)).all():
         row = dict(zip(columns, values))
-        _add(out[(row["name"], row["state"])], row)
+        _add(out[tuple(row[c] for c in by)], row)
 
 
-def _sums(conn: Connection, f: RunFilter, start: datetime | None, end: datetime) -> dict[tuple, dict]:
-    """{(name, state): summed measures} over [start, end): hourly rollups for the whole hours,
-    minute rollups for the whole minutes around them, the runs for the seconds at each end."""
+def window_sums(conn: Connection, start: datetime | None, end: datetime, by: tuple[str, ...] = ("name", "state"),
+                name: str | None = None) -> dict[tuple, dict[str, float]]:
+    """{values of ``by``: the rollup measures summed} over the runs first seen in [start, end) (start
+    None: all history), optionally of task names matching ``name`` (a name or glob).
+
+    The hourly rollups for the whole hours, the minute rollups for the whole minutes around them,
+    task_runs for the seconds at each end: what every figure from the rollups (stats, reports,
+    the failure-rate alert) is summed from. A NULL name or queue is '' here, as in the rollups."""
+    if any(c not in GROUPS for c in by):
+        raise ValueError(f"the rollups group by {', '.join(GROUPS)} only")
+    with read_snapshot(conn):
+        return _window_sums(conn, start, end, by, name)
+
+
+def _window_sums(conn: Connection, start: datetime | None, end: datetime, by: tuple[str, ...],
+                 name: str | None) -> dict[tuple, dict[str, float]]:
     out: dict[tuple, dict] = defaultdict(lambda: defaultdict(float))
     far_past = datetime(1970, 1, 1, tzinfo=timezone.utc)
     a = start if start is not None else far_past
     m_lo, m_hi = ceil_minute(a), floor_minute(end)
     if m_lo >= m_hi:  # within a minute or two: the runs themselves
-        _run_rows(conn, f, a, end, out, "r0")
+        _run_rows(conn, name, by, a, end, out, "r0")
         return out
     h_lo, h_hi = ceil_hour(m_lo), floor_hour(m_hi)
     if h_lo < h_hi:
-        _rollup_rows(conn, "hour", f, h_lo, h_hi, out, "h")
+        _rollup_rows(conn, "hour", name, by, h_lo, h_hi, out, "h")
         minute_spans = [(m_lo, h_lo), (h_hi, m_hi)]
     else:
         minute_spans = [(m_lo, m_hi)]
     for i, (x, y) in enumerate(minute_spans):
         if x < y:
-            _rollup_rows(conn, "minute", f, x, y, out, f"m{i}")
+            _rollup_rows(conn, "minute", name, by, x, y, out, f"m{i}")
     for i, (x, y) in enumerate(((a, m_lo), (m_hi, end))):
         if x < y:
-            _run_rows(conn, f, x, y, out, f"r{i + 1}")
+            _run_rows(conn, name, by, x, y, out, f"r{i + 1}")
     return out
+
+
+def finished_counts(conn: Connection, since: datetime, now: datetime, finished_states: tuple[str, ...],
+                    failed_states: tuple[str, ...]) -> dict[str, dict[str, int]]:
+    """Per task name, the runs first seen in [since, now) that have ended (``finished_states``) and
+    how many of them failed (``failed_states``): the failure-rate alert's window, from the rollups."""
+    out: dict[str, dict[str, int]] = {}
+    for (name, state), m in window_sums(conn, since, now, ("name", "state")).items():
+        if not name or state not in finished_states or not m["runs"]:
+            continue  # a run without a name has no rule to match
+        counts = out.setdefault(name, {"total": 0, "failed": 0})
+        counts["total"] += int(m["runs"])
+        if state in failed_states:
+            counts["failed"] += int(m["runs"])
+    return out
+
+
+def bucket_bounds(buckets: list[int]) -> tuple[float, float | None] | None:
+    """(lower, upper) bounds of the highest non-empty bucket: where the maximum is; upper None above the last bound."""
+    top = max((i for i, n in enumerate(buckets) if n), default=None)
+    if top is None:
+        return None
+    return (BOUNDS[top - 1] if top else 0.0), (BOUNDS[top] if top < len(BOUNDS) else None)
 
 
 def _percentiles(buckets: list[int]) -> dict[str, Any]:
@@ -97,13 +138,11 @@ def _percentiles(buckets: list[int]) -> dict[str, Any]:
         q = quantile(buckets, p)
         values[key] = None if q is None or math.isinf(q[2]) else q[2]
         bounds[key] = None if q is None else [q[1], None if math.isinf(q[2]) else q[2]]
-    top = max((i for i, n in enumerate(buckets) if n), default=None)
+    top = bucket_bounds(buckets)
     if top is None:
         values["max"], bounds["max"] = None, None
     else:
-        lower = BOUNDS[top - 1] if top else 0.0
-        upper = BOUNDS[top] if top < len(BOUNDS) else None
-        values["max"], bounds["max"] = upper, [lower, upper]
+        values["max"], bounds["max"] = top[1], list(top)
     return {**values, "bounds": bounds}
 
 
@@ -130,7 +169,7 @@ def rollup_task_stats(conn: Connection, f: RunFilter, now: datetime) -> dict[str
         raise ValueError("the rollups answer name and time filters only")
     end = f.until or now
     with read_snapshot(conn):
-        sums = _sums(conn, f, f.since, end)
+        sums = window_sums(conn, f.since, end, ("name", "state"), f.name)
         first = None
         if f.since is None and sums:
             name_sql, params = ("1 = 1", {}) if not f.name else name_condition(conn.dialect.name, "name", f.name, "n")

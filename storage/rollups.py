@@ -277,6 +277,39 @@ def backfill_sql(dialect: str, level: str = "minute") -> str:
     return f"INSERT INTO {LEVELS[level][0]} ({_columns(level)}) {grouped_sql(dialect, level=level)}"
 
 
+def hourly_from_minutes_sql(dialect: str) -> str:
+    """run_rollups_hourly as the sums of run_rollups' minutes: the same figures as grouping task_runs
+    by hour, from far fewer rows."""
+    hour = ("substr(minute, 1, 13) || ':' || '00:00.000000'" if dialect == "sqlite"
+            else "(date_trunc('hour', minute AT TIME ZONE 'UTC') AT TIME ZONE 'UTC')")
+    sums = ", ".join(f"sum({m})" for m in MEASURES)
+    return (f"INSERT INTO run_rollups_hourly ({_columns('hour')}) SELECT {hour}, name, queue, state, {sums} "
+            f"FROM run_rollups GROUP BY {hour}, name, queue, state")
+
+
+def rebuild(conn: Connection, totals: bool = False) -> dict[str, int]:
+    """Empty the rollups and fill them again from ``task_runs`` with one grouped INSERT ... SELECT a
+    level: a backfill after a bulk load made with the triggers off, or a repair.
+
+    ``totals`` rebuilds run_totals too, from the runs stored now: the counts of runs that cleanup
+    has deleted since are lost, so the metrics' counters go down (Prometheus takes that as a reset).
+    Returns the number of rows of each table rebuilt."""
+    dialect = conn.dialect.name
+    out = {}
+    for table, _ in LEVELS.values():
+        conn.exec_driver_sql(f"DELETE FROM {table}")
+    # exec_driver_sql: the SQL holds ':00' literals that text() would take for parameters.
+    conn.exec_driver_sql(backfill_sql(dialect, "minute"))
+    conn.exec_driver_sql(hourly_from_minutes_sql(dialect))
+    for table, _ in LEVELS.values():
+        out[table] = conn.exec_driver_sql(f"SELECT count(*) FROM {table}").scalar_one()
+    if totals:
+        conn.exec_driver_sql("DELETE FROM run_totals")
+        conn.exec_driver_sql(totals_backfill_sql())
+        out["run_totals"] = conn.exec_driver_sql("SELECT count(*) FROM run_totals").scalar_one()
+    return out
+
+
 # -- reading -----------------------------------------------------------------------------------
 
 def quantile(buckets: list[int], q: float) -> tuple[float | None, float, float] | None:

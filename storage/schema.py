@@ -22,7 +22,7 @@ from sqlalchemy import (
     true,
 )
 
-from storage.rollups import RUNTIME_BUCKETS, TOTALS_COUNTS, WAIT_BUCKETS
+from storage.rollups import KEY, LEVELS, MEASURES, TOTALS_KEY, TOTALS_MEASURES
 from storage.types import Money, UTCDateTime
 
 metadata = MetaData(
@@ -361,55 +361,25 @@ alerts = Table(
     Index(None, "group_key"),
 )
 
+def _rollup_table(name: str, key: tuple[str, ...], measures: tuple[str, ...]) -> Table:
+    """A table of rollup rows: the key (a time, then names) and the measures, in storage.rollups'
+    order, which is the order of the triggers' INSERT columns."""
+    key_type = {"minute": UTCDateTime, "hour": UTCDateTime, "state": String(16)}
+    return Table(
+        name,
+        metadata,
+        *[Column(k, key_type.get(k, String(255)), primary_key=True) for k in key],
+        *[Column(m, Float if m.endswith("_sum") else BigInteger, nullable=False) for m in measures],
+    )
+
+
 # Per minute of seen_at, task name, queue and state: kept equal to a GROUP BY over task_runs by
 # triggers (storage/rollups.py), read by statistics and the metrics endpoint.
-run_rollups = Table(
-    "run_rollups",
-    metadata,
-    Column("minute", UTCDateTime, primary_key=True),
-    Column("name", String(255), primary_key=True),
-    Column("queue", String(255), primary_key=True),
-    Column("state", String(16), primary_key=True),
-    Column("runs", BigInteger, nullable=False),
-    Column("retries", BigInteger, nullable=False),
-    Column("runtime_n", BigInteger, nullable=False),
-    Column("runtime_sum", Float, nullable=False),
-    Column("wait_n", BigInteger, nullable=False),
-    Column("wait_sum", Float, nullable=False),
-    *[Column(c, BigInteger, nullable=False) for c in RUNTIME_BUCKETS + WAIT_BUCKETS],
-)
+run_rollups = _rollup_table("run_rollups", (LEVELS["minute"][1],) + KEY[1:], MEASURES)
 
 # The same per hour: long windows read a few rows per hour instead of sixty.
-run_rollups_hourly = Table(
-    "run_rollups_hourly",
-    metadata,
-    Column("hour", UTCDateTime, primary_key=True),
-    Column("name", String(255), primary_key=True),
-    Column("queue", String(255), primary_key=True),
-    Column("state", String(16), primary_key=True),
-    Column("runs", BigInteger, nullable=False),
-    Column("retries", BigInteger, nullable=False),
-    Column("runtime_n", BigInteger, nullable=False),
-    Column("runtime_sum", Float, nullable=False),
-    Column("wait_n", BigInteger, nullable=False),
-    Column("wait_sum", Float, nullable=False),
-    *[Column(c, BigInteger, nullable=False) for c in RUNTIME_BUCKETS + WAIT_BUCKETS],
-)
+run_rollups_hourly = _rollup_table("run_rollups_hourly", (LEVELS["hour"][1],) + KEY[1:], MEASURES)
 
 # Per task name, worker, queue and exception type: counts that only grow, kept by triggers
 # (storage/rollups.py); the metrics endpoint's counters and histograms.
-run_totals = Table(
-    "run_totals",
-    metadata,
-    Column("name", String(255), primary_key=True),
-    Column("hostname", String(255), primary_key=True),
-    Column("queue", String(255), primary_key=True),
-    Column("exception", String(255), primary_key=True),
-    *[Column(c, BigInteger, nullable=False) for c in TOTALS_COUNTS],
-    Column("runtime_n", BigInteger, nullable=False),
-    Column("runtime_sum", Float, nullable=False),
-    *[Column(c, BigInteger, nullable=False) for c in RUNTIME_BUCKETS],
-    Column("wait_n", BigInteger, nullable=False),
-    Column("wait_sum", Float, nullable=False),
-    *[Column(c, BigInteger, nullable=False) for c in WAIT_BUCKETS],
-)
+run_totals = _rollup_table("run_totals", TOTALS_KEY, TOTALS_MEASURES)

@@ -1,15 +1,23 @@
-"""What a report says about a period, computed in SQL from ``task_runs``.
+"""What a report says about a period: from the rollups (storage.rollup_stats) where they hold the
+figure, from ``task_runs`` for exceptions and workers (the rollups keep neither); ``exact`` reads
+``task_runs`` for everything.
 
-A task belongs to the period in which taskmon first saw it (``seen_at``, indexed).
+A task belongs to the period in which taskmon first saw it (``seen_at``, indexed). Counts and
+averages from the rollups equal the exact ones; the slowest tasks' maximum runtime is then the
+histogram bucket it falls in (``max_runtime`` its upper bound, ``max_runtime_bounds`` both).
 """
 from __future__ import annotations
 
+from collections import defaultdict
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, and_, case, distinct, func, select
 
+from storage.rollup_stats import bucket_bounds, window_sums
+from storage.rollups import RUNTIME_BUCKETS
 from storage.schema import task_runs
+from storage.stats import read_snapshot
 from tasks.periods import Period
 
 # FAILURE from celery; TIMEOUT and LOST are what the detectors record for tasks no event ended.
@@ -17,69 +25,127 @@ FAILED_STATES = ("FAILURE", "TIMEOUT", "LOST")
 TOP = 10
 
 
-def build_report(conn: Connection, period: Period) -> dict[str, Any]:
+def build_report(conn: Connection, period: Period, exact: bool = False) -> dict[str, Any]:
     """The report of a period: what report_data says, with the period in its time zone."""
     fmt = lambda moment: moment.astimezone(period.tz).strftime("%Y-%m-%d %H:%M")  # noqa: E731
     return {
         "kind": period.kind,
         "period": {"label": period.label, "start": fmt(period.start), "end": fmt(period.end),
                    "timezone": period.tz.key},
-        **report_data(conn, period.start, period.end),
+        **report_data(conn, period.start, period.end, exact=exact),
     }
 
 
-def report_data(conn: Connection, start: datetime, end: datetime, top: int = TOP) -> dict[str, Any]:
-    c = task_runs.c
-    in_period = and_(c.seen_at >= start, c.seen_at < end)
-    failed = func.sum(case((c.state.in_(FAILED_STATES), 1), else_=0))
-    runs = func.count()
+def report_data(conn: Connection, start: datetime, end: datetime, top: int = TOP, exact: bool = False) -> dict[str, Any]:
+    with read_snapshot(conn):
+        data = _exact_data(conn, start, end, top) if exact else _rollup_data(conn, start, end, top)
+        data["top_exceptions"], data["workers"] = _exceptions(conn, start, end, top), _workers(conn, start, end, top)
+    return data
 
+
+def _in_period(start: datetime, end: datetime):
+    c = task_runs.c
+    return and_(c.seen_at >= start, c.seen_at < end)
+
+
+def _failed():
+    return func.sum(case((task_runs.c.state.in_(FAILED_STATES), 1), else_=0))
+
+
+def _rows(conn: Connection, query, top: int) -> list[dict[str, Any]]:
+    return [dict(r) for r in conn.execute(query.limit(top)).mappings()]
+
+
+def _exceptions(conn: Connection, start: datetime, end: datetime, top: int) -> list[dict[str, Any]]:
+    c = task_runs.c
+    runs = func.count()
+    return _rows(conn, select(c.exception_type.label("exception"), runs.label("count"),
+                              func.count(distinct(c.name)).label("tasks"))
+                 .where(_in_period(start, end), c.state.in_(FAILED_STATES), c.exception_type.is_not(None))
+                 .group_by(c.exception_type).order_by(runs.desc(), c.exception_type), top)
+
+
+def _workers(conn: Connection, start: datetime, end: datetime, top: int) -> list[dict[str, Any]]:
+    c = task_runs.c
+    runs = func.count()
+    return _rows(conn, select(c.worker, runs.label("tasks"), _failed().label("failures"))
+                 .where(_in_period(start, end), c.worker.is_not(None)).group_by(c.worker)
+                 .order_by(runs.desc(), c.worker), top)
+
+
+def _totals(states: dict[str, int], retries: int) -> dict[str, Any]:
+    succeeded = states.get("SUCCESS", 0)
+    failures = sum(states.get(s, 0) for s in FAILED_STATES)
+    return {
+        "tasks": sum(states.values()),
+        "succeeded": succeeded,
+        "failed": failures,
+        "retries": int(retries),
+        "failure_rate": _rate(failures, succeeded + failures),
+    }
+
+
+def _exact_data(conn: Connection, start: datetime, end: datetime, top: int) -> dict[str, Any]:
+    c = task_runs.c
+    in_period, failed, runs = _in_period(start, end), _failed(), func.count()
     states = {state: n for state, n in conn.execute(
         select(c.state, runs).where(in_period).group_by(c.state).order_by(c.state))}
     retries = conn.execute(select(func.coalesce(func.sum(c.retries), 0)).where(in_period)).scalar_one()
-    succeeded = states.get("SUCCESS", 0)
-    failures = sum(states.get(s, 0) for s in FAILED_STATES)
-
-    def rows(query) -> list[dict[str, Any]]:
-        return [dict(r) for r in conn.execute(query.limit(top)).mappings()]
-
-    top_failing = rows(
-        select(c.name.label("task"), runs.label("runs"), failed.label("failures")).where(in_period)
-        .group_by(c.name).having(failed > 0).order_by(failed.desc(), c.name))
+    top_failing = _rows(conn, select(c.name.label("task"), runs.label("runs"), failed.label("failures"))
+                        .where(in_period).group_by(c.name).having(failed > 0)
+                        .order_by(failed.desc(), c.name.asc().nulls_last()), top)
     for row in top_failing:
         row["failure_rate"] = _rate(row["failures"], row["runs"])
-    top_exceptions = rows(
-        select(c.exception_type.label("exception"), runs.label("count"), func.count(distinct(c.name)).label("tasks"))
-        .where(in_period, c.state.in_(FAILED_STATES), c.exception_type.is_not(None))
-        .group_by(c.exception_type).order_by(runs.desc(), c.exception_type))
-    slowest = rows(
-        select(c.name.label("task"), func.count(c.runtime).label("runs"), func.avg(c.runtime).label("avg_runtime"),
-               func.max(c.runtime).label("max_runtime"))
-        .where(in_period, c.runtime.is_not(None)).group_by(c.name)
-        .order_by(func.avg(c.runtime).desc(), c.name))
+    slowest = _rows(conn, select(c.name.label("task"), func.count(c.runtime).label("runs"),
+                                 func.avg(c.runtime).label("avg_runtime"), func.max(c.runtime).label("max_runtime"))
+                    .where(in_period, c.runtime.is_not(None)).group_by(c.name)
+                    .order_by(func.avg(c.runtime).desc(), c.name.asc().nulls_last()), top)
     for row in slowest:
         row["avg_runtime"], row["max_runtime"] = round(row["avg_runtime"], 3), round(row["max_runtime"], 3)
-    busiest = {}
-    for col in ("queue", "worker"):
-        busiest[col] = rows(
-            select(c[col].label(col), runs.label("tasks"), failed.label("failures"))
-            .where(in_period, c[col].is_not(None)).group_by(c[col]).order_by(runs.desc(), c[col]))
+    queues = _rows(conn, select(c.queue, runs.label("tasks"), failed.label("failures"))
+                   .where(in_period, c.queue.is_not(None)).group_by(c.queue).order_by(runs.desc(), c.queue), top)
+    return {"totals": _totals(states, retries), "states": states, "top_failing": top_failing,
+            "slowest": slowest, "queues": queues}
 
-    return {
-        "totals": {
-            "tasks": sum(states.values()),
-            "succeeded": succeeded,
-            "failed": failures,
-            "retries": int(retries),
-            "failure_rate": _rate(failures, succeeded + failures),
-        },
-        "states": states,
-        "top_failing": top_failing,
-        "top_exceptions": top_exceptions,
-        "slowest": slowest,
-        "queues": busiest["queue"],
-        "workers": busiest["worker"],
-    }
+
+def _name_order(name: str | None) -> tuple[bool, str]:
+    return name is None, name or ""
+
+
+def _rollup_data(conn: Connection, start: datetime, end: datetime, top: int) -> dict[str, Any]:
+    """States, retries, failing and slowest tasks and queues from the rollups of [start, end)."""
+    states: dict[str, int] = defaultdict(int)
+    retries = 0
+    names: dict[str | None, dict[str, Any]] = defaultdict(lambda: defaultdict(float))
+    queues: dict[str, dict[str, int]] = defaultdict(lambda: {"tasks": 0, "failures": 0})
+    for (name, queue, state), m in window_sums(conn, start, end, ("name", "queue", "state")).items():
+        runs = int(m["runs"])
+        if not runs:
+            continue
+        failed = runs if state in FAILED_STATES else 0
+        states[state] += runs
+        retries += int(m["retries"])
+        per = names[name or None]  # '' in the rollups: a run without a name
+        per["runs"] += runs
+        per["failures"] += failed
+        for k in ("runtime_n", "runtime_sum", *RUNTIME_BUCKETS):
+            per[k] += m[k]
+        if queue:
+            queues[queue]["tasks"] += runs
+            queues[queue]["failures"] += failed
+    failing = sorted((n for n in names if names[n]["failures"]), key=lambda n: (-names[n]["failures"], _name_order(n)))
+    top_failing = [{"task": n, "runs": int(names[n]["runs"]), "failures": int(names[n]["failures"]),
+                    "failure_rate": _rate(int(names[n]["failures"]), int(names[n]["runs"]))} for n in failing[:top]]
+    timed = {n: names[n]["runtime_sum"] / names[n]["runtime_n"] for n in names if names[n]["runtime_n"]}
+    slowest = []
+    for n in sorted(timed, key=lambda n: (-timed[n], _name_order(n)))[:top]:
+        lower, upper = bucket_bounds([int(names[n][b]) for b in RUNTIME_BUCKETS])
+        slowest.append({"task": n, "runs": int(names[n]["runtime_n"]), "avg_runtime": round(timed[n], 3),
+                        "max_runtime": upper, "max_runtime_bounds": [lower, upper]})
+    busiest = sorted(queues, key=lambda q: (-queues[q]["tasks"], q))[:top]
+    return {"totals": _totals(states, retries), "states": dict(sorted(states.items())),
+            "top_failing": top_failing, "slowest": slowest,
+            "queues": [{"queue": q, **queues[q]} for q in busiest]}
 
 
 def _rate(part: int, whole: int) -> float | None:

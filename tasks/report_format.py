@@ -16,6 +16,14 @@ def _pct(rate: float | None) -> str:
     return "-" if rate is None else f"{rate * 100:.1f}%"
 
 
+def _max(row: dict[str, Any]) -> str:
+    """The maximum runtime: exact, or the histogram bucket it is in when the report is from the rollups."""
+    bounds = row.get("max_runtime_bounds")
+    if bounds is None:
+        return f"{row['max_runtime']:.3f}"
+    return f"<= {bounds[1]:g}" if bounds[1] is not None else f"> {bounds[0]:g}"
+
+
 def title(report: dict[str, Any]) -> str:
     p = report["period"]
     return f"taskmon {report['kind']} report {p['label']} ({p['start']} to {p['end']}, {p['timezone']})"
@@ -33,7 +41,7 @@ def sections(report: dict[str, Any]) -> list[Section]:
         ("Top exceptions", ["exception", "count", "tasks"],
          [[r["exception"], r["count"], r["tasks"]] for r in report["top_exceptions"]]),
         ("Slowest tasks", ["task", "runs", "avg s", "max s"],
-         [[r["task"], r["runs"], f"{r['avg_runtime']:.3f}", f"{r['max_runtime']:.3f}"] for r in report["slowest"]]),
+         [[r["task"], r["runs"], f"{r['avg_runtime']:.3f}", _max(r)] for r in report["slowest"]]),
         ("Busiest queues", ["queue", "tasks", "failures"],
          [[r["queue"], r["tasks"], r["failures"]] for r in report["queues"]]),
         ("Busiest workers", ["worker", "tasks", "failures"],

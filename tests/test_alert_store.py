@@ -9,7 +9,9 @@ from monitor.alerts.runner import AlertRunner
 from monitor.detectors.sweep import SweepResult
 from monitor.redis_server import free_port
 from tasks.settings import Settings
+from monitor.alerts.conditions import FAILED_STATES, FINISHED_STATES
 from storage import alerts as store
+from storage import rollup_stats
 from storage.runs import upsert_runs, upsert_workers
 from storage.schedules import add_schedule
 from storage.schema import alert_groups, periodic_tasks
@@ -151,22 +153,17 @@ def test_delivery_is_idempotent_per_alert_and_a_failed_send_is_kept_for_a_retry(
     assert sent["status"] == "sent" and sent["attempts"] == 2 and sent["sent_at"] is not None
 
 
-def test_finished_counts_count_each_run_once_by_name_within_the_window(engine):
-    def run(task_id, state, **times):
-        row = {"task_id": task_id, "name": "report.build", "state": state, "seen_at": at(-600), "updated_at": at(0)}
-        return row | {k: at(v) if v is not None else None for k, v in times.items()}
+def test_the_failure_rate_window_counts_the_ended_runs_first_seen_in_it_by_name(engine):
+    def run(task_id, state, seen, name="report.build"):
+        return {"task_id": task_id, "name": name, "state": state, "seen_at": at(seen) + timedelta(microseconds=250_000),
+                "updated_at": at(0)}
 
     with engine.begin() as conn:
         upsert_runs(conn, [
-            run("ok-in", "SUCCESS", finished_at=-10, state_at=-10),
-            run("fail-in", "FAILURE", finished_at=-20, state_at=-20),
-            run("old", "FAILURE", finished_at=-900, state_at=-900),
-            run("lost-in", "LOST", state_at=-30),  # a detector verdict: no finished_at
-            run("lost-old", "LOST", state_at=-900),
-            run("timeout-in", "TIMEOUT", finished_at=-40, state_at=-40),  # both times in: counted once
-            run("timeout-late", "TIMEOUT", finished_at=-900, state_at=-5),  # the verdict came later
-            {**run("nameless", "FAILURE", finished_at=-10, state_at=-10), "name": None},
-            {**run("other", "SUCCESS", finished_at=-10, state_at=-10), "name": "mail.send"},
+            run("ok-in", "SUCCESS", -10), run("fail-in", "FAILURE", -200), run("lost-in", "LOST", -299),
+            run("timeout-in", "TIMEOUT", -120), run("old", "FAILURE", -301),  # seen 300.75 s ago: before the window
+            run("running", "STARTED", -60), run("retrying", "RETRY", -60),  # not ended: not counted
+            run("nameless", "FAILURE", -10, name=None), run("other", "SUCCESS", -30, name="mail.send"),
         ])
-        counts = store.finished_counts(conn, at(-300), ("FAILURE", "TIMEOUT", "LOST"))
-    assert counts == {"report.build": {"total": 5, "failed": 4}, "mail.send": {"total": 1, "failed": 0}}
+        counts = rollup_stats.finished_counts(conn, at(-300), at(0), FINISHED_STATES, FAILED_STATES)
+    assert counts == {"report.build": {"total": 4, "failed": 3}, "mail.send": {"total": 1, "failed": 0}}

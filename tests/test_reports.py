@@ -81,7 +81,8 @@ def history(engine):
 
 def test_report_figures_from_known_history(history):
     with history.connect() as conn:
-        report = build_report(conn, period_for_date("daily", DAY, SHANGHAI))
+        report = build_report(conn, period_for_date("daily", DAY, SHANGHAI), exact=True)
+        rolled = build_report(conn, period_for_date("daily", DAY, SHANGHAI))
     assert report["period"] == {"label": "2026-11-20", "start": "2026-11-20 00:00", "end": "2026-11-21 00:00",
                                 "timezone": "Asia/Shanghai"}
     assert report["totals"] == {"tasks": 7, "succeeded": 3, "failed": 3, "retries": 2, "failure_rate": 0.5}
@@ -100,6 +101,14 @@ def test_report_figures_from_known_history(history):
     assert report["queues"] == [{"queue": "email", "tasks": 3, "failures": 1}, {"queue": "finance", "tasks": 3, "failures": 2},
                                 {"queue": "default", "tasks": 1, "failures": 0}]
     assert report["workers"] == [{"worker": "w2", "tasks": 4, "failures": 2}, {"worker": "w1", "tasks": 3, "failures": 1}]
+    # From the rollups: the same, except that each maximum is the histogram bucket that holds it.
+    assert rolled["slowest"] == [
+        {"task": "slow.job", "runs": 1, "avg_runtime": 30.0, "max_runtime": 30.0, "max_runtime_bounds": [10.0, 30.0]},
+        {"task": "billing.charge", "runs": 3, "avg_runtime": 4.0, "max_runtime": 7.5, "max_runtime_bounds": [5.0, 7.5]},
+        {"task": "mail.send", "runs": 2, "avg_runtime": 0.5, "max_runtime": 0.5, "max_runtime_bounds": [0.25, 0.5]},
+    ]
+    assert {k: v for k, v in rolled.items() if k != "slowest"} == {k: v for k, v in report.items() if k != "slowest"}
+    assert "<= 7.5" in render(rolled, "text") and "6.000" in render(report, "text")
 
 
 def test_an_empty_period_has_zero_counts_and_no_rate(engine):
@@ -182,6 +191,10 @@ def test_cli_report_in_every_format(db_url, history):
     assert md.startswith("# taskmon weekly report 2026-W47") and "| billing.charge | 3 | 2 | 66.7% |" in md
     monthly = json.loads(cli_report(db_url, "monthly", "--date", "2026-11-02", "--format", "json").output)
     assert monthly["period"]["label"] == "2026-11" and monthly["totals"]["tasks"] == 9
+    exact = json.loads(cli_report(db_url, "daily", "--date", "2026-11-20", "--format", "json", "--exact").output)
+    assert {k: v for k, v in exact.items() if k != "slowest"} == {k: v for k, v in as_json.items() if k != "slowest"}
+    assert [r["max_runtime"] for r in exact["slowest"]] == [30.0, 6.0, 0.5]
+    assert [r["max_runtime_bounds"] for r in as_json["slowest"]] == [[10.0, 30.0], [5.0, 7.5], [0.25, 0.5]]
 
 
 def test_cli_report_bad_date_is_one_line(sqlite_url):

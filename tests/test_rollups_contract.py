@@ -15,7 +15,7 @@ from monitor.ingest.buffer import Batch, EventBuffer, Taken
 from monitor.ingest.writer import Writer
 from storage.db import make_engine, upgrade
 from storage.detection import apply_verdict
-from storage.rollups import KEY, MEASURES, grouped_sql
+from storage.rollups import KEY, MEASURES, drop_trigger_ddl, grouped_sql, rebuild, trigger_ddl
 from tasks.cleanup import cleanup_task_history
 from tests.eventgen import T0, lifecycle
 
@@ -134,3 +134,27 @@ def test_bucket_counts_follow_the_bounds():
     counts[bucket_of(0.3)] = 100  # (0.25, 0.5]
     est, lo, hi = quantile(counts, 0.5)
     assert (lo, hi) == (0.25, 0.5) and lo <= est <= hi
+
+
+def test_rebuild_after_a_load_without_triggers_gives_the_rollups_the_grouped_history(store):
+    rng = random.Random(4)
+    writer = Writer(store, EventBuffer(100_000), field_max_bytes=16384)
+    assert writer.write(Taken(batches=[Batch("test", random_events(rng, 120))]))
+    dialect = store.dialect.name
+    with store.begin() as conn:  # a bulk change with the triggers off, the rollups emptied behind it
+        for ddl in drop_trigger_ddl(dialect):
+            conn.exec_driver_sql(ddl)
+        conn.exec_driver_sql("UPDATE task_runs SET retries = retries + 1 WHERE state = 'SUCCESS'")
+        for table in ("run_rollups", "run_rollups_hourly", "run_totals"):
+            conn.exec_driver_sql(f"DELETE FROM {table}")
+        counts = rebuild(conn, totals=True)
+        for ddl in trigger_ddl(dialect):
+            conn.exec_driver_sql(ddl)
+    assert counts["run_rollups"] > 0 and counts["run_rollups_hourly"] > 0 and counts["run_totals"] > 0
+    assert_equal(store)  # the minutes equal the GROUP BY, the changed retries included
+    with store.connect() as conn:
+        hourly = normalise(conn.execute(text(f"SELECT hour, {', '.join(KEY[1:] + MEASURES)} FROM run_rollups_hourly")).all())
+        assert hourly == normalise(conn.exec_driver_sql(grouped_sql(dialect, level="hour")).all())
+        totals = conn.execute(text("SELECT sum(retried), sum(succeeded) FROM run_totals")).one()
+        assert tuple(totals) == tuple(conn.execute(text(
+            "SELECT sum(retries), sum(CASE WHEN state = 'SUCCESS' THEN 1 ELSE 0 END) FROM task_runs")).one())

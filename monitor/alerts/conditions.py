@@ -20,6 +20,8 @@ STALE_OCCURRENCE = timedelta(hours=1)
 STALE_WORKER = timedelta(hours=24)
 REASON_RULES = {"failure": "failed", "rejected": "failed", "timeout": "timeout", "lost": "lost"}
 FAILED_STATES = ("FAILURE", "TIMEOUT", "LOST")
+# The failure-rate window's runs that have ended: succeeded, or failed as FAILED_STATES says.
+FINISHED_STATES = ("SUCCESS",) + FAILED_STATES
 
 
 @dataclass(frozen=True)
@@ -118,7 +120,8 @@ def queue_conditions(depths: Iterable[Mapping[str, Any]], rule: Rule) -> list[Co
 def rate_conditions(counts: Mapping[str, Mapping[str, int]], rule: Rule) -> list[Condition]:
     """Task names whose finished runs in the window failed more often than ``percent``.
 
-    ``counts``: {name: {"total": finished runs, "failed": of which FAILURE/TIMEOUT/LOST}}.
+    ``counts``: {name: {"total": runs first seen in the window that have ended, "failed": of which
+    FAILURE/TIMEOUT/LOST}} (storage.rollup_stats.finished_counts).
     """
     out = []
     for name, c in sorted(counts.items()):

@@ -22,6 +22,7 @@ from monitor.ingest.counters import Counters
 from tasks.settings import Settings
 from storage import alerts as store
 from storage import cluster as cluster_store
+from storage import rollup_stats
 from storage.errors import first_line
 
 log = logging.getLogger(__name__)
@@ -148,7 +149,8 @@ class AlertRunner:
             evaluated.append("worker_offline")
         rate = rules["failure_rate"]
         if rate.enabled:
-            counts = store.finished_counts(conn, now - timedelta(seconds=rate.window_seconds), cond.FAILED_STATES)
+            counts = rollup_stats.finished_counts(conn, now - timedelta(seconds=rate.window_seconds), now,
+                                                  cond.FINISHED_STATES, cond.FAILED_STATES)
             out += cond.rate_conditions(counts, rate)
             evaluated.append("failure_rate")
         missed = rules["missed_run"]

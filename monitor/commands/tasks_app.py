@@ -241,7 +241,9 @@ def cleanup_cmd(ctx: Context, days, max_records, audit_days, notification_days, 
 @click.option("--date", "day", metavar="YYYY-MM-DD",
               help="A day in the period to report on (default: the last complete period).")
 @click.option("--format", "fmt", type=click.Choice(["text", "md", "json", "csv"]), default="text", show_default=True)
-def report_cmd(ctx: Context, kind: str, day: str | None, fmt: str) -> None:
+@click.option("--exact", is_flag=True,
+              help="Read every run for the exact maximum runtimes; default: the rollups, maxima as bucket bounds.")
+def report_cmd(ctx: Context, kind: str, day: str | None, fmt: str, exact: bool) -> None:
     """Print the daily, weekly or monthly report, computed from the history now (calendar periods in the time zone)."""
     from tasks.errors import BadInput
     from tasks.periods import parse_day, report_period
@@ -253,7 +255,7 @@ def report_cmd(ctx: Context, kind: str, day: str | None, fmt: str) -> None:
     except BadInput as exc:
         raise InputError(str(exc)) from None
     with open_store(ctx).connect() as conn:
-        report = build_report(conn, period)
+        report = build_report(conn, period, exact=exact)
     click.echo(render(report, fmt), nl=False)
 
 

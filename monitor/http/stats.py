@@ -7,13 +7,14 @@ from typing import Any
 
 from fastapi import Depends, Query, Request
 from fastapi.responses import PlainTextResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from monitor.http.auth import allow
 from monitor.http.params import resolve, since_query, until_query
 from monitor.http.payload import json_response, mask_urls
 from monitor.http.problems import api_router, bad_request, responses
 from storage.history import RunFilter
+from storage.rollup_stats import rollup_task_stats
 from storage.stats import task_stats
 from tasks.errors import BadInput
 from tasks.periods import parse_day, report_period
@@ -30,14 +31,16 @@ class TaskStats(BaseModel):
     completed: int
     failure_rate: float | None
     throughput_per_min: float | None
-    runtime: dict[str, float | None]
-    queue_wait: dict[str, float | None]
+    runtime: dict[str, Any] = Field(description="p50, p95, p99, max; from the rollups each is the upper bound "
+                                                  "of its histogram bucket, with both bounds under 'bounds'")
+    queue_wait: dict[str, Any]
 
 
 class Stats(BaseModel):
     since: datetime | None
     until: datetime
     window_seconds: float | None
+    percentiles: str = Field("exact", description="'buckets' (from the rollups: bucket bounds) or 'exact'")
     tasks: list[TaskStats]
     totals: TaskStats
 
@@ -47,14 +50,18 @@ class Stats(BaseModel):
             summary="Per task name: counts by state, failure rate, throughput, runtime and wait percentiles")
 def stats(request: Request, since: str | None = since_query("Runs first seen at or after (default: all history)."),
           until: str | None = until_query(),
-          name: str | None = Query(None, max_length=255, description="Task name or glob (* ? [...]).")):
+          name: str | None = Query(None, max_length=255, description="Task name or glob (* ? [...])."),
+          exact: bool = Query(False, description="Read every run for exact percentiles; default: the rollups, "
+                                                  "percentiles as histogram bucket bounds.")):
     now = datetime.now(timezone.utc)
     f = RunFilter(name=name or None, since=resolve(request, "since", since, now),
                   until=resolve(request, "until", until, now))
     if f.since and f.until and f.since >= f.until:
         raise bad_request("since must be before until")
     with request.app.state.engine.connect() as conn:
-        figures = task_stats(conn, f, now)
+        figures = task_stats(conn, f, now) if exact else rollup_task_stats(conn, f, now)
+    if exact:
+        figures["percentiles"] = "exact"
     return json_response(figures, request.app.state.settings.tz)
 
 
@@ -91,7 +98,9 @@ class Report(BaseModel):
 def report(request: Request, kind: ReportKind,
            date: str | None = Query(None, pattern=r"^\d{4}-\d{2}-\d{2}$",
                                     description="A day in the period, YYYY-MM-DD (default: the last complete period)."),
-           format: ReportFormat = Query(ReportFormat.json, description="json, or as `taskmon report --format`.")):
+           format: ReportFormat = Query(ReportFormat.json, description="json, or as `taskmon report --format`."),
+           exact: bool = Query(False, description="Read every run for the exact maximum runtimes; default: the "
+                                                  "rollups, maximum runtimes as histogram bucket bounds.")):
     settings = request.app.state.settings
     try:
         period = report_period(kind.value, settings.tz, now=datetime.now(timezone.utc),
@@ -99,7 +108,7 @@ def report(request: Request, kind: ReportKind,
     except BadInput as exc:
         raise bad_request(f"date: {exc}") from None
     with request.app.state.engine.connect() as conn:
-        data = build_report(conn, period)
+        data = build_report(conn, period, exact=exact)
     if format is ReportFormat.json:
         return json_response(data, settings.tz)
     return PlainTextResponse(mask_urls(render(data, format.value)))
