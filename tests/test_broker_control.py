@@ -123,6 +123,17 @@ def test_purge_empties_the_named_queue_with_its_priority_lists_and_leaves_the_ot
     assert client.llen("kept") == 1
 
 
+def test_purge_refuses_a_key_that_is_not_a_list_and_deletes_nothing(app, redis_url):
+    client = redis.Redis.from_url(redis_url)
+    control.send_task(app, "sample.add", [1, 1], queue="odd")
+    control.send_task(app, "sample.add", [1, 1], queue="fine")
+    client.set("odd\x06\x166", "an app's own key, not a queue")  # after: kombu's publish reads them too
+    with pytest.raises(control.BadRequest, match="is not a queue"):
+        control.purge(app, ["fine", "odd"])
+    assert client.get("odd\x06\x166") == b"an app's own key, not a queue"
+    assert client.llen("odd") == 1 and client.llen("fine") == 1
+
+
 def test_purge_on_rabbitmq_counts_and_flags_unknown_queues(amqp_url):
     app = client_app(amqp_url)
     try:
