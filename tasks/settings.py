@@ -161,8 +161,8 @@ DESCRIPTIONS: dict[str, str] = {
     "metrics_port": "Port on which the daemon serves Prometheus metrics at /metrics; 0: off",
     "metrics_host": "Address the daemon's metrics port listens on",
     "metrics_label_limit": "Most task names (and exception types) the metrics label; the rest are \"other\", counted",
-    "broker_global_keyprefix": "The Redis transport's global_keyprefix, if the app sets one: queue lengths read the "
-                               "prefixed keys",
+    "broker_global_keyprefix": "The Redis transport's global_keyprefix, if the app sets one: queue lengths, "
+                               "purge, send, inspect, worker control and beat's tick use the prefixed keys",
 }
 
 SECRET_FIELDS = {"smtp_password"}

@@ -25,8 +25,10 @@ def client(ctx: Context):
     from monitor.broker.control import BadRequest, BrokerUnreachable
     from tasks.client import client_app
 
+    prefix = ctx.settings.broker_global_keyprefix  # the app's Redis keys, pidbox included, carry it: ours must too
     app = client_app(ctx.settings.broker_url, ctx.settings.result_backend or None, name="taskmon-control",
-                     task_send_sent_event=True)
+                     task_send_sent_event=True,
+                     **({"broker_transport_options": {"global_keyprefix": prefix}} if prefix else {}))
     try:
         yield app
     except BadRequest as exc:
@@ -316,8 +318,8 @@ def ping_cmd(ctx: Context, queue, task_name, timeout, as_json) -> None:
     if as_json:
         _echo_json(ctx, report.as_dict())
     else:
-        click.echo(f"broker:  {report.broker}  {'ok' if report.broker_ok else 'UNREACHABLE'}")
-        if report.broker_ok:
+        if report.broker_ok:  # else the one FAILED line below says which broker and why
+            click.echo(f"broker:  {report.broker}  ok")
             click.echo(f"workers: {len(report.workers)} answering" + (f" ({', '.join(report.workers)})"
                                                                      if report.workers else ""))
         if report.task_id:
