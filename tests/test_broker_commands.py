@@ -134,6 +134,52 @@ def test_inspect_active_shows_a_running_task_and_a_silent_worker_exits_1(redis_u
     assert f"{worker.hostname}:" in result.output
 
 
+def until(predicate, what: str, timeout: float = 20.0):
+    """Wait for predicate() to be true; fail saying what was awaited."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.3)
+    pytest.fail(f"after {timeout}s: {what}")
+
+
+def test_each_inspect_subcommand_shows_what_the_worker_holds_where_it_is(redis_url, start_worker):
+    # One process, and room for two prefetched messages: one task runs, the next waits reserved.
+    worker = start_worker(redis_url, queues="celery", concurrency=1, extra=["--prefetch-multiplier", "2"])
+    app = client_app(redis_url)
+    eta_id = app.send_task("sample.add", args=[1, 1], countdown=300).id
+    long_id = app.send_task("sample.sleep", args=[30]).id
+    until(lambda: long_id in ok(taskmon("inspect", "active", "--broker", redis_url)), f"{long_id} active")
+    waiting_id = app.send_task("sample.add", args=[40, 2]).id
+    until(lambda: waiting_id in ok(taskmon("inspect", "reserved", "--broker", redis_url)), f"{waiting_id} reserved")
+    revoked_id = "0f9e8d7c-revoked-by-the-test"
+    app.control.revoke(revoked_id)
+    texts = {what: ok(taskmon("inspect", what, "--timeout", "2", "--broker", redis_url))
+             for what in ("active", "reserved", "scheduled", "registered", "stats", "revoked", "conf", "active-queues")}
+    data = {what: json.loads(ok(taskmon("inspect", what, "--json", "--timeout", "2", "--broker", redis_url)))
+            for what in texts}
+    app.control.revoke(long_id, terminate=True)  # the worker need not wait 30 s to stop
+    app.close()
+    for what, text in texts.items():
+        assert text.startswith(f"{worker.hostname}:\n"), (what, text)
+        assert data[what]["ok"] and list(data[what]["replies"]) == [worker.hostname], what
+    replies = {what: d["replies"][worker.hostname] for what, d in data.items()}
+    # each task shows where it is, and only there
+    where = {what: {t for t in (long_id, waiting_id, eta_id) if t in texts[what]}
+             for what in ("active", "reserved", "scheduled")}
+    assert where == {"active": {long_id}, "reserved": {waiting_id}, "scheduled": {eta_id}}
+    assert "sample.sleep" in texts["active"] and "[30]" in texts["active"]
+    assert [t["id"] for t in replies["active"]] == [long_id]
+    assert [t["id"] for t in replies["reserved"]] == [waiting_id]
+    assert [t["request"]["id"] for t in replies["scheduled"]] == [eta_id] and replies["scheduled"][0]["eta"]
+    assert "  sample.add" in texts["registered"] and "sample.sleep" in replies["registered"]
+    assert f"  {revoked_id}" in texts["revoked"] and revoked_id in replies["revoked"]
+    assert "max 1, processes 1" in texts["stats"] and replies["stats"]["pool"]["max-concurrency"] == 1
+    assert "  task_acks_late = True" in texts["conf"] and replies["conf"]["task_acks_late"] is True
+    assert "celery" in texts["active-queues"] and [q["name"] for q in replies["active-queues"]] == ["celery"]
+
+
 def test_inspect_with_no_worker_exits_1(redis_url):
     result = taskmon("inspect", "active", "--timeout", "0.5", "--broker", redis_url)
     assert result.exit_code == 1 and "no worker answered" in result.output
@@ -173,6 +219,37 @@ def test_purge_empties_the_named_queue_with_priorities_refuses_unknown_and_is_au
     control = client_app(redis_url)
     control.control.revoke(sleeper, terminate=True)  # the worker need not wait for it to stop
     control.close()
+
+
+def test_purge_all_empties_every_consumed_queue_and_no_other(redis_url, sqlite_store, start_worker):
+    # A worker that consumes "first" and "second" but is busy (one process, one prefetched message),
+    # so that what is sent to them waits there.
+    start_worker(redis_url, queues="first,second", concurrency=1)
+    control = client_app(redis_url)
+    sleeper = control.send_task("sample.sleep", args=[30], queue="first").id
+    until(lambda: sleeper in ok(taskmon("inspect", "active", "--broker", redis_url)), f"{sleeper} active")
+    for queue, priority in (("first", 0), ("first", 9), ("second", 3), ("unconsumed", 0)):
+        control.send_task("sample.add", args=[1, 1], queue=queue, priority=priority)
+    data = json.loads(ok(taskmon("purge", "--all", "--yes", "--json", "--db", sqlite_store, "--broker", redis_url)))
+    control.control.revoke(sleeper, terminate=True)
+    control.close()
+    assert data == [{"queue": "first", "messages": 2, "by_priority": {"0": 1, "9": 1}, "exists": None},
+                    {"queue": "second", "messages": 1, "by_priority": {"3": 1}, "exists": None}]
+    client = redis.Redis.from_url(redis_url)
+    assert client.exists("first", "first\x06\x169", "second\x06\x163") == 0 and client.llen("unconsumed") == 1
+
+
+def test_purge_reads_the_keys_under_the_brokers_global_keyprefix(redis_url, sqlite_store):
+    app = client_app(redis_url, broker_transport_options={"global_keyprefix": "app1:"})
+    app.send_task("sample.add", args=[1, 1], queue="pq")
+    app.send_task("sample.add", args=[1, 1], queue="pq", priority=6)
+    app.close()
+    client = redis.Redis.from_url(redis_url)
+    assert client.llen("app1:pq") == 1 and client.llen("pq") == 0
+    result = CliRunner().invoke(cli, ["purge", "pq", "--force", "--yes", "--json", "--db", sqlite_store,
+                                      "--broker", redis_url], env={"TASKMON_BROKER_GLOBAL_KEYPREFIX": "app1:"})
+    assert json.loads(ok(result)) == [{"queue": "pq", "messages": 2, "by_priority": {"0": 1, "6": 1}, "exists": None}]
+    assert client.exists("app1:pq", "app1:pq\x06\x166") == 0
 
 
 # -- ping ---------------------------------------------------------------------------------------
