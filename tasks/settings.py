@@ -91,6 +91,9 @@ class Settings:
     metrics_host: str = "0.0.0.0"
     metrics_label_limit: int = 500
     broker_global_keyprefix: str = ""
+    # taskmon's own workers (`celery -A tasks worker`); off by default, as in Celery: a pool restart
+    # that reloads modules can leave a process with old and new code mixed.
+    worker_pool_restarts: bool = False
 
     @property
     def tz(self) -> ZoneInfo:
@@ -163,6 +166,8 @@ DESCRIPTIONS: dict[str, str] = {
     "metrics_label_limit": "Most task names (and exception types) the metrics label; the rest are \"other\", counted",
     "broker_global_keyprefix": "The Redis transport's global_keyprefix, if the app sets one: queue lengths, "
                                "purge, send, inspect, worker control and beat's tick use the prefixed keys",
+    "worker_pool_restarts": "taskmon's own workers accept `taskmon worker pool-restart` (Celery's "
+                            "worker_pool_restarts); off: they refuse it",
 }
 
 SECRET_FIELDS = {"smtp_password"}

@@ -302,6 +302,65 @@ def test_a_worker_error_reply_exits_1(redis_url, worker):
     assert result.exit_code == 1 and f"{worker.hostname}: error:" in result.output
 
 
+def test_pool_restart_replaces_the_pool_of_a_worker_that_enabled_it_and_is_refused_by_one_that_did_not(
+        redis_url, sqlite_store):
+    # taskmon's own tasks app, once with worker_pool_restarts on and once with the default (off)
+    env = {"TASKMON_BROKER_URL": redis_url, "TASKMON_DATABASE_URL": sqlite_store}
+    with TasksWorkers(redis_url, env) as (enabled, default):
+        def pids(host):
+            stats = json.loads(ok(taskmon("inspect", "stats", "--worker", host, "--json", "--broker", redis_url)))
+            return set(stats["replies"][host]["pool"]["processes"])
+
+        before = pids(enabled.hostname)
+        result = taskmon("worker", "pool-restart", "--module", "tasks.billing", "--reload", "--yes", "--json",
+                         "--broker", redis_url)
+        assert result.exit_code == 1  # the default worker refused
+        replies = json.loads(result.stdout)["replies"]
+        assert replies[enabled.hostname] == {"ok": "reload started"}
+        assert "Pool restarts not enabled" in replies[default.hostname]["error"]
+        # An idle prefork process sees the restart only when it next takes a task: give them some.
+        app = client_app(redis_url)
+
+        def replaced() -> bool:
+            for _ in range(4):
+                app.send_task("maintenance.health_check", queue="maintenance")
+            now = pids(enabled.hostname)
+            return len(now) == len(before) and not now & before
+
+        try:
+            until(replaced, f"new pool processes in {enabled.hostname} (before: {sorted(before)})", timeout=30)
+        finally:
+            app.close()
+        out = ok(taskmon("worker", "pool-restart", "--worker", enabled.hostname, "--broker", redis_url))
+        assert out.strip() == f"{enabled.hostname}: reload started"
+
+
+class TasksWorkers:
+    """Two `celery -A tasks worker`s, pool restarts enabled on the first only."""
+
+    def __init__(self, redis_url: str, env: dict):
+        import tempfile
+        from pathlib import Path
+
+        from tests.services import Worker
+
+        self.dir = tempfile.TemporaryDirectory(prefix="tmworkers")
+        logdir = Path(self.dir.name)
+        self.workers = [Worker("tasks", redis_url, queues="maintenance", concurrency=2, logdir=logdir,
+                               env={**env, "TASKMON_WORKER_POOL_RESTARTS": "true"}),
+                        Worker("tasks", redis_url, queues="maintenance", concurrency=1, logdir=logdir, env=env)]
+
+    def __enter__(self):
+        return [w.wait_ready(timeout=60) for w in self.workers]
+
+    def __exit__(self, *exc):
+        for worker in self.workers:
+            worker.stop()
+            if exc[0] is not None:
+                print(f"--- {worker.log.name}", *worker.log.read_text(errors="replace").splitlines()[-40:], sep="\n")
+        self.dir.cleanup()
+
+
 # -- schedule run / status ----------------------------------------------------------------------
 
 def test_schedule_run_sends_the_entry_and_status_follows_beat(redis_url, sqlite_store, start_beat, start_worker):

@@ -412,7 +412,9 @@ _control_command("time-limit", "Set TASK's soft and hard time limits in seconds.
                  lambda task_name, soft, hard: {"task_name": task_name, "soft": soft, "hard": hard})
 _control_command("shutdown", "Warm shutdown: each worker finishes its running tasks and exits (no reply).",
                  "taskmon worker shutdown --worker celery@web-1", [], lambda: {})
-_control_command("pool-restart", "Restart the pool's processes (workers need worker_pool_restarts enabled).",
+_control_command("pool-restart", "Restart the pool's processes (workers need Celery's worker_pool_restarts on; "
+                 "taskmon's own workers: TASKMON_WORKER_POOL_RESTARTS=true). A busy process is replaced after its "
+                 "task, an idle one when it takes its next.",
                  "taskmon worker pool-restart --module tasks.billing --reload",
                  [click.option("--module", "modules", multiple=True, help="Module to import again (repeatable)."),
                   click.option("--reload", "reload_", is_flag=True, help="Reload modules already imported.")],
