@@ -389,7 +389,7 @@ def test_schedule_run_sends_the_entry_and_status_follows_beat(redis_url, sqlite_
     assert unknown.exit_code == 2 and "no schedule entry named 'no-such-entry'" in unknown.output
 
 
-def test_on_rabbitmq_send_wait_inspect_ping_and_purge_work(amqp_url, redis_url, sqlite_store, start_worker):
+def test_on_rabbitmq_send_wait_inspect_control_ping_and_purge_work(amqp_url, redis_url, sqlite_store, start_worker):
     backend = backend_of(redis_url)
     worker = start_worker(amqp_url, queues="celery", env={"SAMPLE_RESULT_BACKEND": backend})
     out = ok(taskmon("send", "sample.add", "--args", "[5, 6]", "--wait", "--timeout", "15", "--broker", amqp_url,
@@ -399,6 +399,18 @@ def test_on_rabbitmq_send_wait_inspect_ping_and_purge_work(amqp_url, redis_url, 
     assert [q["name"] for q in queues["replies"][worker.hostname]] == ["celery"]
     assert ok(taskmon("ping", "--task", "sample.ping", "--queue", "celery", "--timeout", "15", "--broker", amqp_url,
                       backend=backend)).strip().endswith("ok")
+    app = client_app(amqp_url)
+    long_id = app.send_task("sample.sleep", args=[30], queue="celery").id
+    until(lambda: long_id in ok(taskmon("inspect", "active", "--broker", amqp_url)), f"{long_id} active on RabbitMQ")
+    active = json.loads(ok(taskmon("inspect", "active", "--json", "--broker", amqp_url)))
+    assert [(t["id"], t["name"]) for t in active["replies"][worker.hostname]] == [(long_id, "sample.sleep")]
+    limited = json.loads(ok(taskmon("worker", "rate-limit", "sample.add", "8/m", "--yes", "--json",
+                                    "--broker", amqp_url)))
+    assert "new rate limit set successfully" in limited["replies"][worker.hostname]["ok"]
+    registered = json.loads(ok(taskmon("inspect", "registered", "--json", "--broker", amqp_url)))
+    assert "sample.add [rate_limit=8/m]" in registered["replies"][worker.hostname]
+    app.control.revoke(long_id, terminate=True)
+    app.close()
     app = client_app(amqp_url)
     app.send_task("sample.add", args=[1, 1], queue="amqp_doomed")
     app.close()

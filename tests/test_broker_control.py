@@ -147,6 +147,22 @@ def test_purge_on_rabbitmq_counts_and_flags_unknown_queues(amqp_url):
         app.close()
 
 
+def test_on_rabbitmq_inspect_control_and_ping_reach_a_real_worker(amqp_url, redis_url, start_worker):
+    worker = start_worker(amqp_url, queues="celery", env={"SAMPLE_RESULT_BACKEND": backend_of(redis_url)})
+    app = client_app(amqp_url, backend_of(redis_url))
+    try:
+        long_id = control.send_task(app, "sample.sleep", [30], queue="celery")
+        _until(lambda: long_id in _ids(app, "active"), f"{long_id} active on RabbitMQ")
+        grown = control.control(app, "pool-grow", [worker.hostname], n=1)
+        assert grown.replies == {worker.hostname: {"ok": "pool will grow"}} and grown.ok
+        report = control.ping(app, queue="celery", timeout=15, task="sample.ping")
+        assert report.ok, report.reason
+        assert report.workers == [worker.hostname] and report.task_state == "SUCCESS"
+        app.control.revoke(long_id, terminate=True)
+    finally:
+        app.close()
+
+
 def test_ping_with_a_worker_reports_the_round_trip(app, worker):
     report = control.ping(app, queue="celery", timeout=15, task="sample.ping")
     assert report.ok, report.reason
