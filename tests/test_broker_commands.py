@@ -14,6 +14,7 @@ from storage.db import make_engine
 from storage.schema import audit_logs
 from tasks.client import client_app
 from tests.daemon_helpers import running_daemon, wait_for_runs
+from tests.services import TasksWorkers
 
 pytestmark = pytest.mark.slow
 
@@ -333,32 +334,6 @@ def test_pool_restart_replaces_the_pool_of_a_worker_that_enabled_it_and_is_refus
             app.close()
         out = ok(taskmon("worker", "pool-restart", "--worker", enabled.hostname, "--broker", redis_url))
         assert out.strip() == f"{enabled.hostname}: reload started"
-
-
-class TasksWorkers:
-    """Two `celery -A tasks worker`s, pool restarts enabled on the first only."""
-
-    def __init__(self, redis_url: str, env: dict):
-        import tempfile
-        from pathlib import Path
-
-        from tests.services import Worker
-
-        self.dir = tempfile.TemporaryDirectory(prefix="tmworkers")
-        logdir = Path(self.dir.name)
-        self.workers = [Worker("tasks", redis_url, queues="maintenance", concurrency=2, logdir=logdir,
-                               env={**env, "TASKMON_WORKER_POOL_RESTARTS": "true"}),
-                        Worker("tasks", redis_url, queues="maintenance", concurrency=1, logdir=logdir, env=env)]
-
-    def __enter__(self):
-        return [w.wait_ready(timeout=60) for w in self.workers]
-
-    def __exit__(self, *exc):
-        for worker in self.workers:
-            worker.stop()
-            if exc[0] is not None:
-                print(f"--- {worker.log.name}", *worker.log.read_text(errors="replace").splitlines()[-40:], sep="\n")
-        self.dir.cleanup()
 
 
 # -- schedule run / status ----------------------------------------------------------------------
