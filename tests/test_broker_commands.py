@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import datetime, timedelta, timezone
 
 import pytest
 import redis
@@ -43,6 +44,7 @@ def worker(redis_url, start_worker):
 
 def test_send_with_args_kwargs_queue_and_countdown_runs_and_shows_in_history(redis_url, sqlite_url, worker):
     with running_daemon(redis_url, sqlite_url) as daemon:
+        asked_at = datetime.now(timezone.utc)
         out = ok(taskmon("send", "sample.add", "--args", "[2]", "--kwargs", '{"y": 3}', "--queue", "other",
                          "--countdown", "1", "--broker", redis_url))
         task_id = out.strip()
@@ -50,7 +52,8 @@ def test_send_with_args_kwargs_queue_and_countdown_runs_and_shows_in_history(red
     assert (row["name"], row["args"], row["kwargs"], row["queue"], row["worker"]) == \
         ("sample.add", "[2]", "{'y': 3}", "other", worker.hostname)
     assert row["result"] == "5"
-    assert (row["started_at"] - row["sent_at"]).total_seconds() >= 0.9  # the countdown held it back
+    # the countdown became the message's ETA, and the worker held the task back until then
+    assert row["eta"] >= asked_at + timedelta(seconds=1) and row["started_at"] >= row["eta"]
 
 
 def test_send_wait_prints_the_result_and_json_has_it(redis_url, worker):
