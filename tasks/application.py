@@ -83,6 +83,7 @@ def celery_config(settings: Settings) -> dict:
         "task_track_started": True,
         "beat_scheduler": "tasks.scheduler:DatabaseScheduler",
         "broker_connection_retry_on_startup": True,
+        "worker_pool_restarts": settings.worker_pool_restarts,
     }
 
 

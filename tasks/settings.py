@@ -97,6 +97,9 @@ class Settings:
     http_port: int = 5555  # Flower's
     http_workers: int = 0  # 0: http_workers_for(settings, os.cpu_count())
     bad_token_limit: str = "20/minute"
+    # taskmon's own workers (`celery -A tasks worker`); off by default, as in Celery: a pool restart
+    # that reloads modules can leave a process with old and new code mixed.
+    worker_pool_restarts: bool = False
 
     @property
     def tz(self) -> ZoneInfo:
@@ -169,13 +172,15 @@ DESCRIPTIONS: dict[str, str] = {
     "metrics_port": "Port on which the daemon serves Prometheus metrics at /metrics; 0: off",
     "metrics_host": "Address the daemon's metrics port listens on",
     "metrics_label_limit": "Most task names (and exception types) the metrics label; the rest are \"other\", counted",
-    "broker_global_keyprefix": "The Redis transport's global_keyprefix, if the app sets one: queue lengths read the "
-                               "prefixed keys",
+    "broker_global_keyprefix": "The Redis transport's global_keyprefix, if the app sets one: queue lengths, "
+                               "purge, send, inspect, worker control and beat's tick use the prefixed keys",
     "http_host": "Address `taskmon serve` listens on; 0.0.0.0 for every interface",
     "http_port": "Port `taskmon serve` listens on (the API, the dashboard and /metrics)",
     "http_workers": "Server processes of `taskmon serve` (1-64); 0: one per CPU, at most 4. Each keeps its own "
                     "count of bad tokens",
     "bad_token_limit": "Bad tokens one address may send (to one server process) before it gets 429s, e.g. 20/minute",
+    "worker_pool_restarts": "taskmon's own workers accept `taskmon worker pool-restart` (Celery's "
+                            "worker_pool_restarts); off: they refuse it",
 }
 
 SECRET_FIELDS = {"smtp_password"}

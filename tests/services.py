@@ -137,3 +137,30 @@ class DaemonProcess(Subprocess):
 
         self.proc.send_signal(signal.SIGTERM)
         return self.proc.wait(timeout)
+
+
+class TasksWorkers:
+    """Two `celery -A tasks worker`s, pool restarts enabled on the first only."""
+
+    def __init__(self, redis_url: str, env: dict):
+        import tempfile
+
+        self.dir = tempfile.TemporaryDirectory(prefix="tmworkers")
+        logdir = Path(self.dir.name)
+        self.workers = [Worker("tasks", redis_url, queues="maintenance", concurrency=2, logdir=logdir,
+                               env={**env, "TASKMON_WORKER_POOL_RESTARTS": "true"}),
+                        Worker("tasks", redis_url, queues="maintenance", concurrency=1, logdir=logdir, env=env)]
+
+    def __enter__(self):
+        try:
+            return [w.wait_ready(timeout=60) for w in self.workers]
+        except BaseException:
+            self.__exit__(RuntimeError, None, None)  # __exit__ is not called when __enter__ fails
+            raise
+
+    def __exit__(self, *exc):
+        for worker in self.workers:
+            worker.stop()
+            if exc[0] is not None:
+                print(f"--- {worker.log.name}", *worker.log.read_text(errors="replace").splitlines()[-40:], sep="\n")
+        self.dir.cleanup()

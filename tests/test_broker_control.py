@@ -123,6 +123,17 @@ def test_purge_empties_the_named_queue_with_its_priority_lists_and_leaves_the_ot
     assert client.llen("kept") == 1
 
 
+def test_purge_refuses_a_key_that_is_not_a_list_and_deletes_nothing(app, redis_url):
+    client = redis.Redis.from_url(redis_url)
+    control.send_task(app, "sample.add", [1, 1], queue="odd")
+    control.send_task(app, "sample.add", [1, 1], queue="fine")
+    client.set("odd\x06\x166", "an app's own key, not a queue")  # after: kombu's publish reads them too
+    with pytest.raises(control.BadRequest, match="is not a queue"):
+        control.purge(app, ["fine", "odd"])
+    assert client.get("odd\x06\x166") == b"an app's own key, not a queue"
+    assert client.llen("odd") == 1 and client.llen("fine") == 1
+
+
 def test_purge_on_rabbitmq_counts_and_flags_unknown_queues(amqp_url):
     app = client_app(amqp_url)
     try:
@@ -132,6 +143,22 @@ def test_purge_on_rabbitmq_counts_and_flags_unknown_queues(amqp_url):
         assert counts["doomed_amqp"].messages == 1 and counts["doomed_amqp"].exists
         assert counts["never_declared"].exists is False
         assert control.purge(app, ["kept_amqp"])[0].messages == 1
+    finally:
+        app.close()
+
+
+def test_on_rabbitmq_inspect_control_and_ping_reach_a_real_worker(amqp_url, redis_url, start_worker):
+    worker = start_worker(amqp_url, queues="celery", env={"SAMPLE_RESULT_BACKEND": backend_of(redis_url)})
+    app = client_app(amqp_url, backend_of(redis_url))
+    try:
+        long_id = control.send_task(app, "sample.sleep", [30], queue="celery")
+        _until(lambda: long_id in _ids(app, "active"), f"{long_id} active on RabbitMQ")
+        grown = control.control(app, "pool-grow", [worker.hostname], n=1)
+        assert grown.replies == {worker.hostname: {"ok": "pool will grow"}} and grown.ok
+        report = control.ping(app, queue="celery", timeout=15, task="sample.ping")
+        assert report.ok, report.reason
+        assert report.workers == [worker.hostname] and report.task_state == "SUCCESS"
+        app.control.revoke(long_id, terminate=True)
     finally:
         app.close()
 

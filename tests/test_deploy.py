@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tasks.settings import load_settings
-from tests.services import IN_CI, REPO
+from tests.services import IN_CI, REPO, need_program
 
 DEPLOY = REPO / "deploy"
 UNITS = sorted((DEPLOY / "systemd").glob("*.service"))
@@ -79,7 +79,10 @@ def test_the_compose_file_runs_every_service_the_deployment_needs():
 
 
 def compose_command() -> list[str]:
-    """`docker compose` (the v2 plugin), else a `docker-compose` (v1) on PATH; skip when neither is here."""
+    """`docker compose` (the v2 plugin), else a `docker-compose` (v1) on PATH.
+
+    Neither here: a skip on a laptop, a failure under CI=true (.ci/run installs Debian's docker-compose).
+    `config` only reads and checks the file: no Docker engine is needed."""
     docker = shutil.which("docker")
     if docker is not None:
         probe = subprocess.run([docker, "compose", "version"], capture_output=True, text=True, timeout=60)
@@ -88,7 +91,8 @@ def compose_command() -> list[str]:
     legacy = shutil.which("docker-compose")
     if legacy is not None:
         return [legacy]
-    pytest.skip("neither `docker compose` nor `docker-compose` is installed")
+    message = "neither `docker compose` nor `docker-compose` is installed"
+    pytest.fail(f"CI=true and {message}", pytrace=False) if IN_CI else pytest.skip(message)
 
 
 def test_docker_compose_validates_the_compose_file():
@@ -97,10 +101,18 @@ def test_docker_compose_validates_the_compose_file():
     assert out.returncode == 0, out.stderr
 
 
+def test_docker_compose_config_catches_a_broken_compose_file(tmp_path):
+    """The validation above can fail: a service whose ports are not a list does."""
+    broken = tmp_path / "docker-compose.yml"
+    text = (DEPLOY / "docker-compose.yml").read_text()
+    broken.write_text(text.replace("services:\n", "services:\n  broken:\n    image: redis:7\n    ports: 6379\n", 1))
+    out = subprocess.run([*compose_command(), "-f", str(broken), "config", "--quiet"], capture_output=True, text=True,
+                         timeout=60, cwd=tmp_path)
+    assert out.returncode != 0 and "ports" in out.stderr, out.stderr
+
+
 def test_the_systemd_units_pass_systemd_analyze_verify(tmp_path):
-    analyze = shutil.which("systemd-analyze")
-    if analyze is None:
-        pytest.skip("systemd-analyze is not installed (no systemd here)")
+    analyze = need_program("systemd-analyze")
     assert {u.name for u in UNITS} == {"taskmon-daemon.service", "taskmon-web.service", "taskmon-worker.service",
                                        "taskmon-beat.service"}
     filled = []
@@ -115,9 +127,7 @@ def test_the_systemd_units_pass_systemd_analyze_verify(tmp_path):
 
 def test_systemd_analyze_catches_a_broken_unit(tmp_path):
     """The verify above can fail: a unit with a bad value does."""
-    analyze = shutil.which("systemd-analyze")
-    if analyze is None:
-        pytest.skip("systemd-analyze is not installed (no systemd here)")
+    analyze = need_program("systemd-analyze")
     unit = tmp_path / "taskmon-daemon.service"
     text = fill_paths((DEPLOY / "systemd" / unit.name).read_text(), config=tmp_path, state=tmp_path, logs=tmp_path)
     unit.write_text(text.replace("TimeoutStopSec=30", "TimeoutStopSec=thirty"))

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from monitor.broker.queues import REDIS_PRIORITIES, BrokerError, redis_key
+from monitor.broker.queues import BrokerError, redis_key, redis_lengths
 from storage.errors import first_line
 from tasks.redact import mask_url, redact_repr, redact_value
 
@@ -398,28 +398,24 @@ def purge(app, queues: Sequence[str], timeout: float = DEFAULT_TIMEOUT) -> list[
 def _purge_redis(url: str, names: list[str], prefix: str, timeout: float) -> list[PurgeCount]:
     import redis
 
+    def refuse_non_lists(lengths: dict[str, dict[int, int | Exception]]) -> None:
+        for name in names:
+            for pri, n in lengths[name].items():
+                if isinstance(n, Exception):
+                    raise BadRequest(f"redis key {prefix + redis_key(name, pri)!r} is not a queue: {first_line(n)}")
+
     client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
-    keys = [[prefix + redis_key(name, pri) for pri in REDIS_PRIORITIES] for name in names]
     try:
-        # One MULTI/EXEC: a message published meanwhile is either counted and deleted, or kept.
-        with client.pipeline(transaction=True) as pipe:
-            for per_queue in keys:
-                for key in per_queue:
-                    pipe.llen(key)
-            for per_queue in keys:
-                pipe.delete(*per_queue)
-            lengths = pipe.execute(raise_on_error=False)
+        # Refused before anything is deleted: inside the MULTI/EXEC the DEL of a key that is not a
+        # list would run whatever the LLEN beside it answered.
+        refuse_non_lists(redis_lengths(client, names, prefix))
+        lengths = redis_lengths(client, names, prefix, delete=True)
+        refuse_non_lists(lengths)  # a key that stopped being a list in between: said, though it is gone
     finally:
         client.close()
     out = []
-    for i, name in enumerate(names):
-        by_priority = {}
-        for j, pri in enumerate(REDIS_PRIORITIES):
-            n = lengths[i * len(REDIS_PRIORITIES) + j]
-            if isinstance(n, Exception):
-                raise BadRequest(f"redis key {keys[i][j]!r} is not a queue: {first_line(n)}")
-            if n:
-                by_priority[str(pri)] = n
+    for name in names:
+        by_priority = {str(pri): n for pri, n in lengths[name].items() if n}
         out.append(PurgeCount(name, sum(by_priority.values()), by_priority))
     return out
 

@@ -45,27 +45,41 @@ def _unreachable(url: str, exc: Exception) -> BrokerError:
     return BrokerError(f"cannot reach the broker at {mask_url(url)}: {reason}; start it or set TASKMON_BROKER_URL")
 
 
+def redis_lengths(client, names: Iterable[str], prefix: str = "", *,
+                  delete: bool = False) -> dict[str, dict[int, int | Exception]]:
+    """LLEN of each queue's ten priority lists: {queue: {priority: length}}, a Redis error where a key is not a list.
+
+    With ``delete`` the lists are deleted in the same MULTI/EXEC, so that a message published
+    meanwhile is either counted and deleted, or kept. What a key that is not a list means is the
+    caller's to say (a depth skips it, a purge refuses it); the error stands in its place here."""
+    keys = {name: {pri: prefix + redis_key(name, pri) for pri in REDIS_PRIORITIES} for name in names}
+    with client.pipeline(transaction=delete) as pipe:
+        for per_queue in keys.values():
+            for key in per_queue.values():
+                pipe.llen(key)
+        if delete:
+            for per_queue in keys.values():
+                pipe.delete(*per_queue.values())
+        replies = iter(pipe.execute(raise_on_error=False))
+    return {name: {pri: next(replies) for pri in per_queue} for name, per_queue in keys.items()}
+
+
 def _redis_depths(url: str, names: list[str], prefix: str = "") -> list[dict[str, Any]]:
     import redis
 
     client = redis.Redis.from_url(url, socket_connect_timeout=TIMEOUT, socket_timeout=TIMEOUT)
     try:
-        with client.pipeline(transaction=False) as pipe:
-            for name in names:
-                for pri in REDIS_PRIORITIES:
-                    pipe.llen(prefix + redis_key(name, pri))
-            lengths = pipe.execute(raise_on_error=False)
+        lengths = redis_lengths(client, names, prefix)
     except redis.RedisError as exc:
         raise _unreachable(url, exc) from None
     finally:
         client.close()
     out = []
-    for i, name in enumerate(names):
+    for name in names:
         by_priority = {}
-        for j, pri in enumerate(REDIS_PRIORITIES):
-            n = lengths[i * len(REDIS_PRIORITIES) + j]
+        for pri, n in lengths[name].items():
             if isinstance(n, Exception):  # a key of that name that is not a list: not a kombu queue
-                log.warning("redis key %r is not a list: %s", redis_key(name, pri), n)
+                log.warning("redis key %r is not a list: %s", prefix + redis_key(name, pri), n)
             elif n:
                 by_priority[str(pri)] = n
         # Redis drops an empty list, so an idle queue and an unknown one look the same: exists is unknown.

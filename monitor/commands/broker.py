@@ -25,8 +25,10 @@ def client(ctx: Context):
     from monitor.broker.control import BadRequest, BrokerUnreachable
     from tasks.client import client_app
 
+    prefix = ctx.settings.broker_global_keyprefix  # the app's Redis keys, pidbox included, carry it: ours must too
     app = client_app(ctx.settings.broker_url, ctx.settings.result_backend or None, name="taskmon-control",
-                     task_send_sent_event=True)
+                     task_send_sent_event=True,
+                     **({"broker_transport_options": {"global_keyprefix": prefix}} if prefix else {}))
     try:
         yield app
     except BadRequest as exc:
@@ -316,8 +318,8 @@ def ping_cmd(ctx: Context, queue, task_name, timeout, as_json) -> None:
     if as_json:
         _echo_json(ctx, report.as_dict())
     else:
-        click.echo(f"broker:  {report.broker}  {'ok' if report.broker_ok else 'UNREACHABLE'}")
-        if report.broker_ok:
+        if report.broker_ok:  # else the one FAILED line below says which broker and why
+            click.echo(f"broker:  {report.broker}  ok")
             click.echo(f"workers: {len(report.workers)} answering" + (f" ({', '.join(report.workers)})"
                                                                      if report.workers else ""))
         if report.task_id:
@@ -410,7 +412,9 @@ _control_command("time-limit", "Set TASK's soft and hard time limits in seconds.
                  lambda task_name, soft, hard: {"task_name": task_name, "soft": soft, "hard": hard})
 _control_command("shutdown", "Warm shutdown: each worker finishes its running tasks and exits (no reply).",
                  "taskmon worker shutdown --worker celery@web-1", [], lambda: {})
-_control_command("pool-restart", "Restart the pool's processes (workers need worker_pool_restarts enabled).",
+_control_command("pool-restart", "Restart the pool's processes (workers need Celery's worker_pool_restarts on; "
+                 "taskmon's own workers: TASKMON_WORKER_POOL_RESTARTS=true). A busy process is replaced after its "
+                 "task, an idle one when it takes its next.",
                  "taskmon worker pool-restart --module tasks.billing --reload",
                  [click.option("--module", "modules", multiple=True, help="Module to import again (repeatable)."),
                   click.option("--reload", "reload_", is_flag=True, help="Reload modules already imported.")],

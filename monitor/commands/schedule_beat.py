@@ -58,8 +58,9 @@ def beat_alive_within(ctx: Context) -> float:
 
 @schedule_group.command("status")
 @settings_options
+@timeout_option
 @json_flag
-def schedule_status(ctx: Context, as_json: bool) -> None:
+def schedule_status(ctx: Context, timeout: float, as_json: bool) -> None:
     """Whether beat is alive (its last tick) and each entry's last run; exit 1 when beat is not ticking.
 
     Beat records its tick on a Redis broker only; elsewhere only the entries' last runs are shown.
@@ -76,14 +77,14 @@ def schedule_status(ctx: Context, as_json: bool) -> None:
     with open_store(ctx).connect() as conn:
         rows = list_schedules(conn)
     tick, problem = None, None
-    redis_client = tick_client(ctx.settings.broker_url)
+    redis_client = tick_client(ctx.settings.broker_url, timeout=timeout)
     if redis_client is None:
         problem = "beat records its tick only on a Redis broker; see the entries' last runs"
     else:
         import redis
 
         try:
-            tick = read_tick(redis_client, "")
+            tick = read_tick(redis_client, ctx.settings.broker_global_keyprefix)
         except redis.RedisError as exc:
             raise click.ClickException(f"cannot reach the broker at {mask_url(ctx.settings.broker_url)}: "
                                        f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}; "
