@@ -27,10 +27,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.query import fill_sqlite, generate, pick_show_id  # noqa: E402
+from bench.query import fill_sqlite, load, pick_show_id  # noqa: E402
 from storage.db import make_engine, upgrade  # noqa: E402
 
 REUSE_FOR = timedelta(hours=23)  # `stats --since 24h` should still find a day of runs
+DAYS = 30  # the history's span: the dashboard's widest window
 
 
 def built_at(path: Path, rows: int) -> datetime | None:
@@ -54,9 +55,9 @@ def build(path: Path, rows: int) -> None:
     now = datetime.now(timezone.utc)
     engine = make_engine(f"sqlite:///{path}")
     upgrade(engine)
-    engine.dispose()
     t0 = time.perf_counter()
-    fill_sqlite(path, generate(rows, now), rows)
+    load(engine, lambda: fill_sqlite(path, rows, now, DAYS))  # the query bench's bulk load, rollups rebuilt
+    engine.dispose()
     conn = sqlite3.connect(path)
     conn.execute("CREATE TABLE bench_meta (built_at TEXT NOT NULL, rows INTEGER NOT NULL)")
     conn.execute("INSERT INTO bench_meta VALUES (?, ?)", (now.isoformat(), rows))
