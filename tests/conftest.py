@@ -91,14 +91,34 @@ def sqlite_url(tmp_path):
     return f"sqlite:///{tmp_path / 'taskmon.db'}"
 
 
-@pytest.fixture
-def sqlite_store(sqlite_url):
-    """The URL of an upgraded history store in a SQLite file (commands other than run never create one)."""
+@pytest.fixture(scope="session")
+def migrated_sqlite(tmp_path_factory) -> Path:
+    """A SQLite history migrated to head once per run, for tests to copy rather than migrate again."""
     from storage.db import make_engine, upgrade
 
-    eng = make_engine(sqlite_url)
+    path = tmp_path_factory.mktemp("template") / "taskmon.db"
+    eng = make_engine(f"sqlite:///{path}")
     upgrade(eng)
     eng.dispose()
+    return path
+
+
+def copy_history(template: Path, url: str) -> None:
+    """Copy a SQLite history to the file of ``url`` with SQLite's backup API (consistent even in WAL mode)."""
+    import sqlite3
+
+    src = sqlite3.connect(f"file:{template}?mode=ro", uri=True)
+    dst = sqlite3.connect(make_url(url).database)
+    with dst:
+        src.backup(dst)
+    dst.close()
+    src.close()
+
+
+@pytest.fixture
+def sqlite_store(sqlite_url, migrated_sqlite):
+    """The URL of an upgraded history store in a SQLite file (commands other than run never create one)."""
+    copy_history(migrated_sqlite, sqlite_url)
     return sqlite_url
 
 
@@ -109,12 +129,15 @@ def db_url(request):
 
 
 @pytest.fixture
-def engine(db_url):
-    """An upgraded history store on each database."""
+def engine(request, db_url):
+    """An upgraded history store on each database (SQLite's copied from the run's migrated file)."""
     from storage.db import make_engine, upgrade
 
     eng = make_engine(db_url)
-    upgrade(eng)
+    if db_url.startswith("sqlite"):
+        copy_history(request.getfixturevalue("migrated_sqlite"), db_url)
+    else:
+        upgrade(eng)
     yield eng
     eng.dispose()
 
@@ -153,7 +176,7 @@ def start_worker(tmp_path):
 
     yield start
     for worker in started:
-        worker.stop()
+        worker.discard()  # the test is over: nothing it ran needs to finish
         # pytest shows a fixture's teardown output only when the test failed: the worker's side of it.
         print(f"--- {worker.log.name} (last 60 lines)", *worker.log.read_text(errors="replace").splitlines()[-60:],
               sep="\n")

@@ -99,6 +99,20 @@ class Worker(Subprocess):
         self.wait_for(b" ready.", timeout)
         return self
 
+    def discard(self, timeout: float = 5.0) -> None:
+        """End a worker whose test is over: a cold shutdown (SIGQUIT), which abandons running tasks
+        instead of waiting for them as SIGTERM's warm shutdown does; SIGKILL if it is still there."""
+        import signal
+
+        if self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGQUIT)
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pass
+        self.kill()
+
 
 class Beat(Subprocess):
     """A real `celery beat` subprocess, started in ``logdir`` so that nothing lands in the repository."""
