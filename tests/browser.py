@@ -1,4 +1,4 @@
-"""The dashboard's test bench: `taskmon serve` and `taskmon run` as real processes, and headless Chromium.
+"""The dashboard's test bench: headless Chromium on pages of a real `taskmon serve` (tests.api_helpers.ApiServer).
 
 Chromium is Debian's (`apt-get install chromium chromium-driver`), driven by Playwright; without it
 the browser tests skip with the reason on a laptop and fail under CI=true.
@@ -7,16 +7,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
-import time
-import urllib.request
-from pathlib import Path
 
 import pytest
 
-from monitor.redis_server import free_port
-from tests.services import IN_CI, REPO, Subprocess, unique
+from tests.api_helpers import taskmon as run_taskmon
+from tests.services import IN_CI, REPO
 
 SCREENSHOTS = REPO / "docs" / "screenshots"
 CHROMIUM_PATHS = ("/usr/bin/chromium", "/usr/bin/chromium-browser")
@@ -42,39 +37,10 @@ def chromium_path() -> str:
 
 
 def taskmon(*args: str, db_url: str) -> str:
-    """Run a taskmon command to completion; its stdout (a failure shows its stderr)."""
-    env = dict(os.environ, PYTHONPATH=str(REPO), TASKMON_DATABASE_URL=db_url)
-    done = subprocess.run([sys.executable, "-m", "cli", *args], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=60)
+    """Run a taskmon command that must succeed; its stdout (a failure shows its stderr)."""
+    done = run_taskmon(*args, db_url=db_url)
     assert done.returncode == 0, f"taskmon {' '.join(args)}: {done.stderr}"
     return done.stdout.strip()
-
-
-class ServeProcess(Subprocess):
-    """`taskmon serve` on a free port of 127.0.0.1, logging to a file."""
-
-    def __init__(self, db_url: str, broker_url: str, *args: str, logdir: Path, env: dict | None = None):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = logdir / f"{unique('serve')}.log"
-        cmd = [sys.executable, "-m", "cli", "-v", "serve", "--port", str(self.port), "--db", db_url,
-               "--broker", broker_url, *args]
-        # One server process unless a test asks for more: a second one doubles every server's start.
-        full_env = {**os.environ, "PYTHONPATH": str(REPO), "TASKMON_HTTP_WORKERS": "1", **(env or {})}
-        self.proc = subprocess.Popen(cmd, cwd=REPO, env=full_env, stdout=open(self.log, "wb"),
-                                     stderr=subprocess.STDOUT, start_new_session=True)
-
-    def wait_ready(self, timeout: float = 30.0) -> "ServeProcess":
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"taskmon serve exited with {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
-            try:
-                urllib.request.urlopen(self.url + "/login", timeout=1).close()
-                return self
-            except OSError:
-                time.sleep(0.1)
-        raise RuntimeError(f"taskmon serve did not answer on {self.url} in {timeout}s:\n{self.log.read_text()[-3000:]}")
 
 
 class Watched:

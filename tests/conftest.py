@@ -86,19 +86,81 @@ def pg_url(pg_server_url):
     engine.dispose()
 
 
+@pytest.fixture(scope="session")
+def pg_migration(pg_server_url):
+    """The statements a real upgrade to head ran in a scratch schema of the run's database, for the
+    ``engine`` fixture to replay in each test's schema: the same DDL without Alembic's per-upgrade cost.
+
+    The scratch schema is dropped at once: pg_trgm, which the upgrade creates in the first schema of the
+    search path, must be created again in each test's schema, as a real upgrade would."""
+    from sqlalchemy import event
+
+    from storage.db import make_engine, upgrade
+
+    schema = unique("migration")
+    admin = create_engine(pg_server_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    eng = make_engine(pg_server_url.update_query_dict({"options": f"-csearch_path={schema}"}))
+    statements = []
+
+    def record(conn, cursor, statement, parameters, context, executemany):
+        if not statement.lstrip().upper().startswith(("SELECT", "SHOW")):  # reads change nothing
+            statements.append((statement, parameters, executemany))
+
+    event.listen(eng, "before_cursor_execute", record)
+    upgrade(eng)
+    eng.dispose()
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+    admin.dispose()
+    return statements
+
+
+def replay(eng, statements) -> None:
+    """Run recorded statements in one transaction, straight through the driver."""
+    with eng.begin() as conn:
+        with conn.connection.dbapi_connection.cursor() as cursor:
+            for statement, parameters, many in statements:
+                if many:
+                    cursor.executemany(statement, parameters)
+                else:
+                    cursor.execute(statement, parameters or None)
+
+
 @pytest.fixture
 def sqlite_url(tmp_path):
     return f"sqlite:///{tmp_path / 'taskmon.db'}"
 
 
-@pytest.fixture
-def sqlite_store(sqlite_url):
-    """The URL of an upgraded history store in a SQLite file (commands other than run never create one)."""
+@pytest.fixture(scope="session")
+def migrated_sqlite(tmp_path_factory) -> Path:
+    """A SQLite history migrated to head once per run, for tests to copy rather than migrate again."""
     from storage.db import make_engine, upgrade
 
-    eng = make_engine(sqlite_url)
+    path = tmp_path_factory.mktemp("template") / "taskmon.db"
+    eng = make_engine(f"sqlite:///{path}")
     upgrade(eng)
     eng.dispose()
+    return path
+
+
+def copy_history(template: Path, url: str) -> None:
+    """Copy a SQLite history to the file of ``url`` with SQLite's backup API (consistent even in WAL mode)."""
+    import sqlite3
+
+    src = sqlite3.connect(f"file:{template}?mode=ro", uri=True)
+    dst = sqlite3.connect(make_url(url).database)
+    with dst:
+        src.backup(dst)
+    dst.close()
+    src.close()
+
+
+@pytest.fixture
+def sqlite_store(sqlite_url, migrated_sqlite):
+    """The URL of an upgraded history store in a SQLite file (commands other than run never create one)."""
+    copy_history(migrated_sqlite, sqlite_url)
     return sqlite_url
 
 
@@ -109,12 +171,16 @@ def db_url(request):
 
 
 @pytest.fixture
-def engine(db_url):
-    """An upgraded history store on each database."""
-    from storage.db import make_engine, upgrade
+def engine(request, db_url):
+    """An upgraded history store on each database: SQLite's copied from the run's migrated file,
+    PostgreSQL's made by the statements of the run's one real upgrade."""
+    from storage.db import make_engine
 
     eng = make_engine(db_url)
-    upgrade(eng)
+    if db_url.startswith("sqlite"):
+        copy_history(request.getfixturevalue("migrated_sqlite"), db_url)
+    else:
+        replay(eng, request.getfixturevalue("pg_migration"))
     yield eng
     eng.dispose()
 
@@ -153,7 +219,12 @@ def start_worker(tmp_path):
 
     yield start
     for worker in started:
-        worker.stop()
+        if worker.broker_url.startswith("amqp"):
+            # RabbitMQ would hand the tasks a killed worker had not acknowledged (acks_late) to the
+            # worker of a later test on the run's virtual host: let them finish.
+            worker.stop()
+        else:
+            worker.discard()  # a test's Redis is flushed or gone before the next test runs
         # pytest shows a fixture's teardown output only when the test failed: the worker's side of it.
         print(f"--- {worker.log.name} (last 60 lines)", *worker.log.read_text(errors="replace").splitlines()[-60:],
               sep="\n")
@@ -193,7 +264,7 @@ def start_beat(tmp_path):
 
     yield start
     for beat in started:
-        beat.stop()
+        beat.discard()
 
 
 # -- SMTP ---------------------------------------------------------------------------------------

@@ -36,6 +36,18 @@ def need_program(name: str) -> str:
     return path
 
 
+def wait_until(condition, what: str, timeout: float = 30.0, interval: float = 0.1):
+    """Poll ``condition`` until it returns something true and return that; fail saying what was awaited."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"not within {timeout:.0f}s: {what}")
+        time.sleep(interval)
+
+
 def unique(prefix: str) -> str:
     return f"{prefix}_{os.getpid()}_{uuid.uuid4().hex[:8]}"
 
@@ -64,6 +76,11 @@ class Subprocess:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
 
+    def discard(self) -> None:
+        """End a process whose test is over: SIGKILL its group at once. A celery worker's own shutdown,
+        warm or cold, takes seconds even when idle, and nothing a finished test ran needs to end well."""
+        self.kill()
+
     def stop(self, timeout: float = 20.0) -> None:
         import signal
 
@@ -83,6 +100,7 @@ class Worker(Subprocess):
                  pool: str = "prefork", env: dict | None = None, extra: list[str] | None = None, logdir: Path,
                  events: bool = True, hostname: str | None = None):
         self.hostname = hostname or f"{unique('w')}@taskmon-test"
+        self.broker_url = broker_url
         self.log = logdir / f"{unique(self.hostname.split('@')[0])}.log"
         args = [sys.executable, "-m", "celery", "-A", app, "worker", "-l", "info",
                 "-c", str(concurrency), "-P", pool, "-n", self.hostname, "--without-gossip", "--without-mingle"]
@@ -98,7 +116,6 @@ class Worker(Subprocess):
     def wait_ready(self, timeout: float = 30.0) -> "Worker":
         self.wait_for(b" ready.", timeout)
         return self
-
 
 class Beat(Subprocess):
     """A real `celery beat` subprocess, started in ``logdir`` so that nothing lands in the repository."""

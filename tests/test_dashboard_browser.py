@@ -13,7 +13,8 @@ from celery import Celery
 from monitor.redis_server import RedisServer
 from storage.db import make_engine, upgrade
 from storage.history import state_counts
-from tests.browser import ServeProcess, Watched, chromium_path, log_in, screenshot, taskmon
+from tests.api_helpers import ApiServer
+from tests.browser import Watched, chromium_path, log_in, screenshot, taskmon
 from tests.daemon_helpers import wait_for_runs
 from tests.services import DaemonProcess, Worker
 
@@ -49,7 +50,7 @@ def bench(tmp_path_factory):
             worker.wait_ready()
         tokens = {role: taskmon("token", "create", "--name", f"{role}-1", "--role", role, db_url=db_url)
                   for role in ("viewer", "operator", "admin")}
-        server = ServeProcess(db_url, redis.url, "--timezone", ZONE, logdir=tmp)
+        server = ApiServer(db_url, "--timezone", ZONE, broker_url=redis.url, logdir=tmp)
         started.append(server)
         server.wait_ready()
         client = Celery("dashboard-test", broker=redis.url, set_as_current=False)

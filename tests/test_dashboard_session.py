@@ -9,14 +9,15 @@ import httpx
 import pytest
 
 from monitor.http.pages import HERE
-from tests.browser import ServeProcess, taskmon
+from tests.api_helpers import ApiServer
+from tests.browser import taskmon
 
 
 @pytest.fixture
 def served(sqlite_store, redis_url, tmp_path):
     tokens = {role: taskmon("token", "create", "--name", f"s-{role}", "--role", role, db_url=sqlite_store)
               for role in ("viewer", "operator", "admin")}
-    server = ServeProcess(sqlite_store, redis_url, logdir=tmp_path).wait_ready()
+    server = ApiServer(sqlite_store, broker_url=redis_url, logdir=tmp_path).wait_ready()
     yield server, tokens, sqlite_store
     server.stop()
 

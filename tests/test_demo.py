@@ -3,7 +3,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from click.testing import CliRunner
@@ -13,7 +12,7 @@ from cli import cli
 from monitor.demo import typed_program
 from storage.db import make_engine
 from storage.schema import task_runs
-from tests.services import REPO
+from tests.services import REPO, wait_until
 
 
 # The program the README's install command leaves: .venv/bin/taskmon, not on PATH.
@@ -58,16 +57,29 @@ def test_demo_runs_traffic_and_leaves_the_history(tmp_path):
 
 def test_ctrl_c_stops_the_demo_and_every_process_it_started(tmp_path):
     proc = demo(tmp_path, "--duration", "120")
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not (tmp_path / "taskmon-demo-logs" / "worker.log").exists():
-        time.sleep(0.2)
-    time.sleep(3)
+    wait_until(lambda: stored_runs(tmp_path / "taskmon.db"), "the demo's first task run in its history", timeout=60,
+               interval=0.2)
     os.killpg(proc.pid, signal.SIGINT)
     output = proc.communicate(timeout=60)[0].decode()
     assert proc.returncode == 130, output
     assert "task runs by state:" in output
-    time.sleep(0.5)
-    assert children_alive(tmp_path, output) == []
+    wait_until(lambda: children_alive(tmp_path, output) == [], "every process the demo started to be gone",
+               timeout=10)
+
+
+def stored_runs(path: Path) -> int:
+    """How many task runs the history at ``path`` holds; 0 while it or its table is not there yet."""
+    import sqlite3
+
+    if not path.exists():
+        return 0
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return conn.execute("SELECT count(*) FROM task_runs").fetchone()[0]
+    except sqlite3.OperationalError:  # the daemon has not created the schema yet
+        return 0
+    finally:
+        conn.close()
 
 
 def test_the_hint_names_taskmon_as_the_user_can_type_it(tmp_path):

@@ -8,7 +8,7 @@ from sqlalchemy import func, select
 from monitor.sources.redis_stream import pending_count
 from storage.db import make_engine, upgrade
 from storage.schema import task_runs
-from tests.services import DaemonProcess
+from tests.services import DaemonProcess, wait_until
 
 N_TASKS = 10_000
 
@@ -60,7 +60,8 @@ def test_kill_9_mid_run_then_restart_loses_nothing(fresh_redis, sqlite_url, star
         assert len(rows) == N_TASKS  # none twice, none extra
         assert {r.task_id for r in rows} == set(ids)
         assert {r.state for r in rows} == {"SUCCESS"}
-        time.sleep(1.0)
-        assert pending_count(redis.Redis(port=fresh_redis.port), "taskmon:events") == 0
+        client = redis.Redis(port=fresh_redis.port)
+        wait_until(lambda: pending_count(client, "taskmon:events") == 0, "no entry of the stream left unacknowledged",
+                   timeout=15)
     finally:
         assert restarted.terminate() == 0

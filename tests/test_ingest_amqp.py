@@ -1,10 +1,10 @@
 """RabbitMQ: the same ingestion through a durable queue, which keeps events while the daemon is down."""
 import threading
-import time
 
 from celery import uuid
 
 from tests.daemon_helpers import running_daemon, wait_for_runs
+from tests.services import wait_until
 
 
 def test_amqp_ingests_real_worker_tasks(amqp_url, sqlite_url, start_worker, celery_client):
@@ -25,9 +25,11 @@ def test_amqp_queue_keeps_events_published_while_daemon_is_down(amqp_url, sqlite
     app = celery_client(amqp_url)
     with running_daemon(amqp_url, sqlite_url, sources=("amqp",)):
         pass  # declares the durable queue, then stops
-    start_worker(amqp_url)
+    worker = start_worker(amqp_url)
     results = [app.send_task("sample.add", (i, i)) for i in range(20)]
-    time.sleep(3)  # the worker runs them while no daemon is consuming
+    # The worker runs them while no daemon is consuming.
+    wait_until(lambda: all(f"[{r.id}] succeeded".encode() in worker.log.read_bytes() for r in results),
+               "the worker to run the 20 tasks")
     with running_daemon(amqp_url, sqlite_url, sources=("amqp",)) as daemon:
         rows = wait_for_runs(daemon.engine, [r.id for r in results], {"SUCCESS"}, timeout=30)
     assert len(rows) == 20 and {r["state"] for r in rows.values()} == {"SUCCESS"}
