@@ -157,7 +157,7 @@ def test_show_grandchild_and_retries(sample):
 def test_show_json_has_stable_keys(sample):
     db_url, _ = sample
     detail = json.loads(ok(taskmon(db_url, "show", "r07", "--json")))
-    assert list(detail) == ["run", "timeline", "parent", "ancestors", "missing_parent", "root_id", "root", "children",
+    assert list(detail) == ["run", "timeline", "attempts", "parent", "ancestors", "missing_parent", "root_id", "root", "children",
                             "workflow_size"]
     from storage.schema import task_runs
 
