@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from cli import cli
-from monitor.broker.control import _GRACE
+from monitor.broker.calls import GRACE
 from monitor.commands.broker import COMMANDS as BROKER_COMMANDS, worker_group
 from monitor.commands.tasks_app import schedule_group
 from monitor.redis_server import free_port
@@ -85,7 +85,7 @@ def hung_broker():
 
 
 # What the commands import before they reach the broker (SQLAlchemy and the history store, celery, kombu).
-IMPORTS = ("cli", "monitor.broker.control", "storage.audit", "storage.schedules", "storage.db", "tasks.application",
+IMPORTS = ("cli", "monitor.broker.control", "monitor.broker.sending", "storage.audit", "storage.schedules", "storage.db", "tasks.application",
            "tasks.client", "celery", "kombu.transport.redis", "kombu.transport.pyamqp", "redis", "amqp")
 
 
@@ -130,5 +130,5 @@ def test_a_broker_down_or_hung_is_one_line_and_bounded_by_timeout(command, kind,
     assert "Traceback" not in output and "hunter2" not in output, output
     assert "cannot reach the broker" in output or "cannot reach the result backend" in output, output
     # --timeout, the grace a connect may take past it, what starting and importing costs here, and 2 s to spare
-    bound = startup_seconds + TIMEOUT + _GRACE + 2.0
+    bound = startup_seconds + TIMEOUT + GRACE + 2.0
     assert took < bound, f"{' '.join(command)} took {took:.1f}s against a {kind} broker (bound {bound:.1f}s)"

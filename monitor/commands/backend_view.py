@@ -17,7 +17,8 @@ def backend_view(ctx: Context, task_id: str, detail: dict[str, Any] | None) -> t
     """
     if not ctx.settings.result_backend:
         return None, None
-    from monitor.broker.control import BrokerUnreachable, read_result
+    from monitor.broker.calls import BrokerUnreachable
+    from monitor.broker.sending import read_result
     from tasks.client import client_app
 
     app = client_app(ctx.settings.broker_url, ctx.settings.result_backend, name="taskmon-show")

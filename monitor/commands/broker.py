@@ -22,7 +22,7 @@ json_flag = click.option("--json", "as_json", is_flag=True, help="Machine-readab
 @contextlib.contextmanager
 def client(ctx: Context):
     """The client app on the configured broker and result backend; broker errors as one line."""
-    from monitor.broker.control import BadRequest, BrokerUnreachable
+    from monitor.broker.calls import BadRequest, BrokerUnreachable
     from tasks.client import client_app
 
     prefix = ctx.settings.broker_global_keyprefix  # the app's Redis keys, pidbox included, carry it: ours must too
@@ -106,7 +106,7 @@ def send_cmd(ctx: Context, name, args_json, kwargs_json, queue, countdown, eta, 
       taskmon send reports.generate_daily_report --kwargs '{"date": "2026-12-01"}' --queue reports
       taskmon send demo.add --args '[2, 3]' --wait --timeout 30
     """
-    from monitor.broker.control import send_task, wait_result
+    from monitor.broker.sending import send_task, wait_result
 
     args = _json_value("--args", args_json, list)
     kwargs = _json_value("--kwargs", kwargs_json, dict)
@@ -148,7 +148,7 @@ def result_cmd(ctx: Context, task_id, timeout, as_json) -> None:
     Example:
       taskmon result 3f2a1c9e-1d2b-4c55-9a1e-6f0d2b7c8e11 --json
     """
-    from monitor.broker.control import read_result
+    from monitor.broker.sending import read_result
 
     with client(ctx) as app:
         result = read_result(app, task_id, timeout=timeout)
@@ -311,7 +311,7 @@ def ping_cmd(ctx: Context, queue, task_name, timeout, as_json) -> None:
       taskmon ping
       taskmon ping --queue high_priority --timeout 10 --json
     """
-    from monitor.broker.control import ping
+    from monitor.broker.sending import ping
 
     with client(ctx) as app:
         report = ping(app, queue, timeout=timeout, task=task_name)

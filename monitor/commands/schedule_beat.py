@@ -26,7 +26,7 @@ def schedule_run(ctx: Context, name: str, timeout: float, as_json: bool) -> None
     Example:
       taskmon schedule run generate-daily-report
     """
-    from monitor.broker.control import send_task
+    from monitor.broker.sending import send_task
     from storage.audit import record
     from storage.schedules import UnknownSchedule, get_schedule
     from tasks.application import ROUTES

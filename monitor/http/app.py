@@ -4,7 +4,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 from sqlalchemy import Engine
 
-from monitor.broker.control import BadRequest
+from monitor.broker.calls import BadRequest
 from monitor.broker.queues import BrokerError as QueueBrokerError
 from monitor.http import alerts, audit, control, daemon, deadletters, health, metrics, problems, queues, schedule, \
     stats, tasks, tokens, workers

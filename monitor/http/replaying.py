@@ -33,6 +33,6 @@ def replay_plans(request: Request, plans: list[ReplayPlan], *, dry_run: bool) ->
 
 def send_now(request: Request, name: str, *, args, kwargs, queue: str | None) -> str:
     """Send task ``name`` (a schedule entry's run now); the new task id."""
-    from monitor.broker.control import send_task
+    from monitor.broker.sending import send_task
 
     return send_task(client(request), name, args, kwargs, queue=queue or None)

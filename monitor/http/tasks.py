@@ -200,7 +200,7 @@ class Sent(BaseModel):
                         200: {"model": Sent, "description": "with wait: the task finished within the timeout"}},
              summary="Send a task by name (args, kwargs, queue, countdown or eta, expires, priority; optional wait)")
 def send_task(request: Request, body: SendRequest):
-    from monitor.broker.control import send_task as send, wait_result
+    from monitor.broker.sending import send_task as send, wait_result
     from monitor.http.replaying import client
 
     app = client(request)
@@ -226,7 +226,7 @@ def require_backend(app) -> None:
             responses=responses(401, 403, 422, 503),
             summary="The task's state and result from the result backend (PENDING: the backend knows nothing of it)")
 def task_result(request: Request, task_id: str = TASK_ID):
-    from monitor.broker.control import read_result
+    from monitor.broker.sending import read_result
     from monitor.http.replaying import client
 
     app = client(request)
