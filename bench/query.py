@@ -116,7 +116,8 @@ def load(engine, fill) -> None:
           + ", ".join(f"{n:,} rows in {t}" for t, n in counts.items()), file=sys.stderr)
     if dialect == "postgresql":
         with engine.begin() as conn:
-            for table in ("task_runs", "run_rollups", "run_rollups_hourly", "run_totals"):
+            for table in ("task_runs", "run_rollups", "run_rollups_hourly", "run_totals", "worker_rollups_hourly",
+                          "exception_rollups_hourly"):
                 conn.exec_driver_sql(f"ANALYZE {table}")  # what autovacuum does after a load this size
 
 
