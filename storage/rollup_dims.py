@@ -126,9 +126,11 @@ def rebuild(conn: Connection) -> dict[str, int]:
     return out
 
 
-def window_counts(conn: Connection, dim: str, start: datetime | None, end: datetime) -> dict[tuple, int]:
+def window_counts(conn: Connection, dim: str, start: datetime | None, end: datetime,
+                  present: str | None = None) -> dict[tuple, int]:
     """{key of ``dim`` (e.g. (worker, state)): runs first seen in [start, end)}: the hourly rows for
-    the whole hours, ``task_runs`` for the rest. A NULL is '' here, as in the table."""
+    the whole hours, ``task_runs`` for the rest. A NULL is '' here, as in the table; ``present``
+    (a key column) leaves out the runs where it is NULL."""
     dialect = conn.dialect.name
     table, key, _ = DIMS[dim]
     a = start if start is not None else datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -136,7 +138,8 @@ def window_counts(conn: Connection, dim: str, start: datetime | None, end: datet
     h_lo, h_hi = ceil_hour(a), floor_hour(end)
     if h_lo < h_hi:
         edges = [(a, h_lo), (h_hi, end)]
-        sql = (f"SELECT {', '.join(key)}, sum(runs) FROM {table} WHERE hour >= :a AND hour < :b "
+        only = f" AND {present} <> ''" if present else ""
+        sql = (f"SELECT {', '.join(key)}, sum(runs) FROM {table} WHERE hour >= :a AND hour < :b{only} "
                f"GROUP BY {', '.join(key)}")
         for *k, n in conn.execute(text(sql).bindparams(a=bind(dialect, h_lo), b=bind(dialect, h_hi))).all():
             out[tuple(k)] += int(n or 0)
@@ -144,7 +147,7 @@ def window_counts(conn: Connection, dim: str, start: datetime | None, end: datet
         edges = [(a, end)]
     for i, (x, y) in enumerate(edges):
         if x < y:
-            where = f"t.seen_at >= :e{i}a AND t.seen_at < :e{i}b"
+            where = f"t.seen_at >= :e{i}a AND t.seen_at < :e{i}b" + (f" AND t.{present} IS NOT NULL" if present else "")
             params: dict[str, Any] = {f"e{i}a": bind(dialect, x), f"e{i}b": bind(dialect, y)}
             for _, *k, n in conn.execute(text(grouped_sql(dialect, dim, where)).bindparams(**params)).all():
                 out[tuple(k)] += int(n)

@@ -62,7 +62,7 @@ def _exception_counts(conn: Connection, start: datetime, end: datetime, exact: b
     """{(exception type, task name, state): runs} of the period: exception_rollups_hourly for its
     whole hours, or task_runs alone when ``exact``. NULLs are ''."""
     if not exact:
-        return window_counts(conn, "exception", start, end)
+        return window_counts(conn, "exception", start, end, present="exception_type")
     c = task_runs.c
     rows = conn.execute(select(c.exception_type, c.name, c.state, func.count())
                         .where(_in_period(start, end)).group_by(c.exception_type, c.name, c.state))
