@@ -251,16 +251,23 @@ def _pg_triggers() -> list[str]:
     ]
 
 
-def trigger_ddl(dialect: str) -> list[str]:
+def trigger_ddl(dialect: str, dims: bool = True) -> list[str]:
+    """Every rollup trigger; ``dims`` False leaves out storage.rollup_dims' (whose tables a later
+    migration makes)."""
+    from storage import rollup_dims
+
+    extra = rollup_dims.trigger_ddl(dialect) if dims else []
     if dialect == "sqlite":
-        return _sqlite_triggers() + _sqlite_totals_triggers()
-    return _pg_triggers() + _pg_totals_triggers()
+        return _sqlite_triggers() + _sqlite_totals_triggers() + extra
+    return _pg_triggers() + _pg_totals_triggers() + extra
 
 
 def drop_trigger_ddl(dialect: str) -> list[str]:
+    from storage import rollup_dims
+
     if dialect == "sqlite":
-        return [f"DROP TRIGGER IF EXISTS {t}" for t in TRIGGERS + TOTALS_TRIGGERS]
-    return [f"DROP TRIGGER IF EXISTS {t} ON task_runs" for t in TRIGGERS + TOTALS_TRIGGERS] + [
+        return [f"DROP TRIGGER IF EXISTS {t}" for t in TRIGGERS + TOTALS_TRIGGERS] + rollup_dims.drop_trigger_ddl(dialect)
+    return rollup_dims.drop_trigger_ddl(dialect) + [f"DROP TRIGGER IF EXISTS {t} ON task_runs" for t in TRIGGERS + TOTALS_TRIGGERS] + [
         f"DROP FUNCTION IF EXISTS taskmon_rollup_{k}()" for k in ("insert", "update", "delete")] + [
         f"DROP FUNCTION IF EXISTS taskmon_totals_{k}()" for k in ("insert", "update")]
 
@@ -288,7 +295,7 @@ def hourly_from_minutes_sql(dialect: str) -> str:
 
 
 def rebuild(conn: Connection, totals: bool = False) -> dict[str, int]:
-    """Empty the rollups and fill them again from ``task_runs`` with one grouped INSERT ... SELECT a
+    """Empty the rollups (storage.rollup_dims' too) and fill them again from ``task_runs`` with one grouped INSERT ... SELECT a
     level: a backfill after a bulk load made with the triggers off, or a repair.
 
     ``totals`` rebuilds run_totals too, from the runs stored now: the counts of runs that cleanup
@@ -303,6 +310,9 @@ def rebuild(conn: Connection, totals: bool = False) -> dict[str, int]:
     conn.exec_driver_sql(hourly_from_minutes_sql(dialect))
     for table, _ in LEVELS.values():
         out[table] = conn.exec_driver_sql(f"SELECT count(*) FROM {table}").scalar_one()
+    from storage import rollup_dims
+
+    out.update(rollup_dims.rebuild(conn))
     if totals:
         conn.exec_driver_sql("DELETE FROM run_totals")
         conn.exec_driver_sql(totals_backfill_sql())

@@ -23,6 +23,7 @@ from sqlalchemy import (
 )
 
 from storage.rollups import KEY, LEVELS, MEASURES, TOTALS_KEY, TOTALS_MEASURES
+from storage.rollup_dims import DIMS
 from storage.types import Money, UTCDateTime
 
 metadata = MetaData(
@@ -383,3 +384,9 @@ run_rollups_hourly = _rollup_table("run_rollups_hourly", (LEVELS["hour"][1],) + 
 # Per task name, worker, queue and exception type: counts that only grow, kept by triggers
 # (storage/rollups.py); the metrics endpoint's counters and histograms.
 run_totals = _rollup_table("run_totals", TOTALS_KEY, TOTALS_MEASURES)
+
+# Per hour of seen_at, worker and state; per hour, exception type, task name and state: run
+# counts kept equal to a GROUP BY over task_runs by triggers (storage/rollup_dims.py), what
+# reports rank workers and exceptions by.
+worker_rollups_hourly = _rollup_table("worker_rollups_hourly", ("hour",) + DIMS["worker"][1], ("runs",))
+exception_rollups_hourly = _rollup_table("exception_rollups_hourly", ("hour",) + DIMS["exception"][1], ("runs",))

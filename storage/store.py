@@ -11,7 +11,7 @@ from urllib.parse import quote, unquote
 
 # The newest migration in storage/migrations/versions: what the code expects to find.
 # tests/test_store_head.py checks it against Alembic's head.
-SCHEMA_HEAD = "0014_queue_depths"
+SCHEMA_HEAD = "0015_rollup_workers"
 
 
 class DatabaseError(RuntimeError):

@@ -1,6 +1,6 @@
-"""What a report says about a period: from the rollups (storage.rollup_stats) where they hold the
-figure, from ``task_runs`` for exceptions and workers (the rollups keep neither); ``exact`` reads
-``task_runs`` for everything.
+"""What a report says about a period: from the rollups (storage.rollup_stats, and
+storage.rollup_dims for exceptions and workers), ``task_runs`` only for the ragged edges;
+``exact`` reads ``task_runs`` for everything.
 
 A task belongs to the period in which taskmon first saw it (``seen_at``, indexed). Counts and
 averages from the rollups equal the exact ones; the slowest tasks' maximum runtime is then the
@@ -12,8 +12,9 @@ from collections import defaultdict
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, case, distinct, func, select
+from sqlalchemy import Connection, and_, case, func, select
 
+from storage.rollup_dims import window_counts
 from storage.rollup_stats import bucket_bounds, window_sums
 from storage.rollups import RUNTIME_BUCKETS
 from storage.schema import task_runs
@@ -39,7 +40,8 @@ def build_report(conn: Connection, period: Period, exact: bool = False) -> dict[
 def report_data(conn: Connection, start: datetime, end: datetime, top: int = TOP, exact: bool = False) -> dict[str, Any]:
     with read_snapshot(conn):
         data = _exact_data(conn, start, end, top) if exact else _rollup_data(conn, start, end, top)
-        data["top_exceptions"], data["workers"] = _exceptions(conn, start, end, top), _workers(conn, start, end, top)
+        data["top_exceptions"] = _exceptions(conn, start, end, top, exact)
+        data["workers"] = _workers(conn, start, end, top, exact)
     return data
 
 
@@ -56,21 +58,49 @@ def _rows(conn: Connection, query, top: int) -> list[dict[str, Any]]:
     return [dict(r) for r in conn.execute(query.limit(top)).mappings()]
 
 
-def _exceptions(conn: Connection, start: datetime, end: datetime, top: int) -> list[dict[str, Any]]:
+def _exception_counts(conn: Connection, start: datetime, end: datetime, exact: bool) -> dict[tuple, int]:
+    """{(exception type, task name, state): runs} of the period: exception_rollups_hourly for its
+    whole hours, or task_runs alone when ``exact``. NULLs are ''."""
+    if not exact:
+        return window_counts(conn, "exception", start, end, present="exception_type")
     c = task_runs.c
-    runs = func.count()
-    return _rows(conn, select(c.exception_type.label("exception"), runs.label("count"),
-                              func.count(distinct(c.name)).label("tasks"))
-                 .where(_in_period(start, end), c.state.in_(FAILED_STATES), c.exception_type.is_not(None))
-                 .group_by(c.exception_type).order_by(runs.desc(), c.exception_type), top)
+    rows = conn.execute(select(c.exception_type, c.name, c.state, func.count())
+                        .where(_in_period(start, end)).group_by(c.exception_type, c.name, c.state))
+    return {(e or "", n or "", s): k for e, n, s, k in rows}
 
 
-def _workers(conn: Connection, start: datetime, end: datetime, top: int) -> list[dict[str, Any]]:
+def _worker_counts(conn: Connection, start: datetime, end: datetime, exact: bool) -> dict[tuple, int]:
+    """{(worker, state): runs} of the period, as _exception_counts reads them."""
+    if not exact:
+        return window_counts(conn, "worker", start, end)
     c = task_runs.c
-    runs = func.count()
-    return _rows(conn, select(c.worker, runs.label("tasks"), _failed().label("failures"))
-                 .where(_in_period(start, end), c.worker.is_not(None)).group_by(c.worker)
-                 .order_by(runs.desc(), c.worker), top)
+    rows = conn.execute(select(c.worker, c.state, func.count()).where(_in_period(start, end)).group_by(c.worker, c.state))
+    return {(w or "", s): k for w, s, k in rows}
+
+
+def _exceptions(conn: Connection, start: datetime, end: datetime, top: int, exact: bool) -> list[dict[str, Any]]:
+    """The exception types of the most failed runs, with how many task names raised each."""
+    counts: dict[str, int] = defaultdict(int)
+    names: dict[str, set] = defaultdict(set)
+    for (exception, name, state), runs in _exception_counts(conn, start, end, exact).items():
+        if exception and state in FAILED_STATES and runs:
+            counts[exception] += runs
+            if name:
+                names[exception].add(name)
+    ranked = sorted(counts, key=lambda e: (-counts[e], e))[:top]
+    return [{"exception": e, "count": counts[e], "tasks": len(names[e])} for e in ranked]
+
+
+def _workers(conn: Connection, start: datetime, end: datetime, top: int, exact: bool) -> list[dict[str, Any]]:
+    """The workers that ran the most tasks, with their failures."""
+    tasks: dict[str, int] = defaultdict(int)
+    failures: dict[str, int] = defaultdict(int)
+    for (worker, state), runs in _worker_counts(conn, start, end, exact).items():
+        if worker and runs:
+            tasks[worker] += runs
+            failures[worker] += runs if state in FAILED_STATES else 0
+    ranked = sorted(tasks, key=lambda w: (-tasks[w], w))[:top]
+    return [{"worker": w, "tasks": tasks[w], "failures": failures[w]} for w in ranked]
 
 
 def _totals(states: dict[str, int], retries: int) -> dict[str, Any]:

@@ -54,7 +54,7 @@ def windows():
 
 def test_reports_from_the_rollups_equal_the_exact_reports(engine):
     rows = stored(engine, history(random.Random(11)))
-    compared = 0
+    compared = ranked = 0
     with engine.connect() as conn:
         for start, end in windows():
             exact = report_data(conn, start, end, exact=True)
@@ -70,7 +70,9 @@ def test_reports_from_the_rollups_equal_the_exact_reports(engine):
                 assert lower < max(runtimes) and (upper is None or max(runtimes) <= upper), (e, r["max_runtime_bounds"])
                 assert r["max_runtime"] == upper
             compared += exact["totals"]["tasks"]
+            ranked += len(rolled["workers"]) + len(rolled["top_exceptions"])
     assert compared > 700  # the windows held runs: the comparison was not of empty reports
+    assert ranked > 10  # and the workers and exceptions ranked were not empty lists
 
 
 def test_a_period_without_runs_reports_zero_from_the_rollups(engine):

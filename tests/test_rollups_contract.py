@@ -15,6 +15,8 @@ from monitor.ingest.buffer import Batch, EventBuffer, Taken
 from monitor.ingest.writer import Writer
 from storage.db import make_engine, upgrade
 from storage.detection import apply_verdict
+from storage.rollup_dims import DIMS
+from storage.rollup_dims import grouped_sql as dims_grouped_sql
 from storage.rollups import KEY, MEASURES, drop_trigger_ddl, grouped_sql, rebuild, trigger_ddl
 from tasks.cleanup import cleanup_task_history
 from tests.eventgen import T0, lifecycle
@@ -44,9 +46,29 @@ def normalise(rows):
     return out
 
 
+def dim_rollups(conn, dim):
+    """{(hour, key...): runs} of storage.rollup_dims' table of ``dim``, rows left with zero runs aside."""
+    table, key, _ = DIMS[dim]
+    rows = conn.execute(text(f"SELECT hour, {', '.join(key)}, runs FROM {table}")).all()
+    assert all(r[-1] >= 0 for r in rows), rows
+    return normalise_dim(r for r in rows if r[-1])
+
+
+def normalise_dim(rows):
+    out = {}
+    for r in rows:
+        hour = r[0] if isinstance(r[0], str) else r[0].astimezone(timezone.utc).strftime("%Y-%m-%d %H:00:00.000000")
+        out[(hour, *r[1:-1])] = int(r[-1])
+    return out
+
+
 def assert_equal(engine):
     with engine.connect() as conn:
         want, got = grouped(conn), rollups(conn)
+        for dim in DIMS:
+            dim_want = normalise_dim(conn.exec_driver_sql(dims_grouped_sql(conn.dialect.name, dim)).all())
+            assert dim_rollups(conn, dim) == dim_want, dim
+            assert dim_want or not want, dim  # the history held runs, so the comparison was of something
     assert got == want
     return want
 
@@ -101,8 +123,15 @@ def test_a_lost_verdict_overturned_by_a_real_success_is_counted_once(store):
                               row.state, _aware(row.state_at))
         assert apply_verdict(conn, verdict, NOW)
     assert {k[3]: v[0] for k, v in assert_equal(store).items()} == {"LOST": 1.0}
+    assert worker_states(store) == {"LOST": 1}
     assert writer.write(Taken(batches=[Batch("test", [succeeded])]))
     assert {k[3]: v[0] for k, v in assert_equal(store).items()} == {"SUCCESS": 1.0}
+    assert worker_states(store) == {"SUCCESS": 1}
+
+
+def worker_states(store):
+    with store.connect() as conn:
+        return {k[-1]: n for k, n in dim_rollups(conn, "worker").items()}
 
 
 def test_cleanup_takes_deleted_runs_out_of_the_rollups(store):
@@ -116,6 +145,8 @@ def test_cleanup_takes_deleted_runs_out_of_the_rollups(store):
     after = assert_equal(store)
     with store.connect() as conn:
         assert conn.execute(text("SELECT sum(runs) FROM run_rollups")).scalar() == 50
+        assert conn.execute(text("SELECT sum(runs) FROM worker_rollups_hourly")).scalar() == 50
+        assert conn.execute(text("SELECT sum(runs) FROM exception_rollups_hourly")).scalar() == 50
     assert sum(v[0] for v in before.values()) == 100 and sum(v[0] for v in after.values()) == 50
 
 
@@ -145,13 +176,15 @@ def test_rebuild_after_a_load_without_triggers_gives_the_rollups_the_grouped_his
         for ddl in drop_trigger_ddl(dialect):
             conn.exec_driver_sql(ddl)
         conn.exec_driver_sql("UPDATE task_runs SET retries = retries + 1 WHERE state = 'SUCCESS'")
-        for table in ("run_rollups", "run_rollups_hourly", "run_totals"):
+        conn.exec_driver_sql("UPDATE task_runs SET worker = 'w9@h' WHERE state = 'FAILURE'")
+        for table in ("run_rollups", "run_rollups_hourly", "run_totals", "worker_rollups_hourly"):
             conn.exec_driver_sql(f"DELETE FROM {table}")
         counts = rebuild(conn, totals=True)
         for ddl in trigger_ddl(dialect):
             conn.exec_driver_sql(ddl)
     assert counts["run_rollups"] > 0 and counts["run_rollups_hourly"] > 0 and counts["run_totals"] > 0
-    assert_equal(store)  # the minutes equal the GROUP BY, the changed retries included
+    assert counts["worker_rollups_hourly"] > 0 and counts["exception_rollups_hourly"] > 0
+    assert_equal(store)  # the minutes equal the GROUP BY, the changed retries and workers included
     with store.connect() as conn:
         hourly = normalise(conn.execute(text(f"SELECT hour, {', '.join(KEY[1:] + MEASURES)} FROM run_rollups_hourly")).all())
         assert hourly == normalise(conn.exec_driver_sql(grouped_sql(dialect, level="hour")).all())

@@ -55,7 +55,7 @@ def upgrade() -> None:
     for level in LEVELS:
         bind.exec_driver_sql(backfill_sql(bind.dialect.name, level))
     bind.exec_driver_sql(totals_backfill_sql())
-    for ddl in trigger_ddl(bind.dialect.name):
+    for ddl in trigger_ddl(bind.dialect.name, dims=False):
         bind.exec_driver_sql(ddl)
 
 
