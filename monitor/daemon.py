@@ -243,7 +243,7 @@ class Daemon:
         if self.settings.queue_sample_interval:
             from monitor.queue_sampler import QueueSampler
 
-            self.queue_sampler = QueueSampler(self.engine, self.settings.broker_url,
+            self.queue_sampler = QueueSampler(self.engine, self.settings,
                                               self.settings.queue_sample_interval, self.leadership.is_leader)
             self.queue_sampler.start()
             self.supervisor.watch("queue-depths", self.queue_sampler)

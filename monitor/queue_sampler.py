@@ -27,10 +27,10 @@ QUEUES_SEEN = timedelta(days=1)
 class QueueSampler(Periodic):
     """A Periodic whose job is one sample of every known queue, when ``is_leader()``."""
 
-    def __init__(self, engine: Engine, broker_url: str, interval: float, is_leader: Callable[[], bool],
+    def __init__(self, engine: Engine, settings, interval: float, is_leader: Callable[[], bool],
                  clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)):
         super().__init__("queue-depths", interval, self.sample, at_start=True)
-        self.engine, self.broker_url, self.is_leader, self.clock = engine, broker_url, is_leader, clock
+        self.engine, self.settings, self.is_leader, self.clock = engine, settings, is_leader, clock
 
     def sample(self) -> int:
         """Sample once; the number of queues stored (0 when not the leader or on an error)."""
@@ -40,7 +40,7 @@ class QueueSampler(Periodic):
         try:
             with self.engine.connect() as conn:
                 names = {"celery", *queues_seen(conn, now - QUEUES_SEEN)}
-            rows = queue_depths(self.broker_url, names)
+            rows = queue_depths(self.settings, names)
             with self.engine.begin() as conn:
                 stored = record_depths(conn, now, rows)
         except BrokerError as exc:

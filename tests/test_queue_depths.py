@@ -6,6 +6,7 @@ from datetime import timedelta
 from sqlalchemy import func, select
 
 from monitor.queue_sampler import QueueSampler
+from tasks.settings import Settings
 from storage.queue_depths import depth_history, record_depths
 from storage.schema import queue_depths
 from tasks.cleanup import cleanup_queue_depths
@@ -26,7 +27,7 @@ def test_the_leader_samples_the_default_queue_and_the_queues_of_the_last_day(eng
     publish(redis_url, "mail", [None] * 3)
     publish(redis_url, "celery", [None])
     leading = [False]
-    sampler = QueueSampler(engine, redis_url, 60, lambda: leading[0], clock=lambda: now)
+    sampler = QueueSampler(engine, Settings(broker_url=redis_url), 60, lambda: leading[0], clock=lambda: now)
     assert sampler.sample() == 0 and samples(engine) == []  # a follower stores nothing
     leading[0] = True
     assert sampler.sample() == 2
@@ -35,7 +36,7 @@ def test_the_leader_samples_the_default_queue_and_the_queues_of_the_last_day(eng
 
 
 def test_a_broker_that_cannot_answer_costs_one_counted_sample(engine):
-    sampler = QueueSampler(engine, "redis://127.0.0.1:1/0", 60, lambda: True)
+    sampler = QueueSampler(engine, Settings(broker_url="redis://127.0.0.1:1/0"), 60, lambda: True)
     assert sampler.sample() == 0
     assert sampler.counters.get("queue_samples_failed") == 1 and samples(engine) == []
 

@@ -10,6 +10,7 @@ from cli import cli
 from monitor.alerts.conditions import queue_conditions
 from tasks.alert_rules import Rule
 from monitor.broker.queues import queue_depths, redis_key
+from tasks.settings import Settings
 from tests.history_data import insert, now_utc, run
 
 QUEUE_KEYS = ["name", "messages", "consumers", "by_priority", "exists"]
@@ -54,7 +55,7 @@ def test_redis_depth_counts_every_priority_sub_queue(engine, db_url, redis_url):
 
 def test_redis_key_that_is_not_a_list_is_skipped(redis_url):
     redis.Redis.from_url(redis_url).set("odd", "not a queue")
-    assert queue_depths(redis_url, ["odd"]) == [
+    assert queue_depths(Settings(broker_url=redis_url), ["odd"]) == [
         {"name": "odd", "messages": 0, "consumers": None, "by_priority": {}, "exists": None}]
 
 
@@ -71,7 +72,7 @@ def test_rabbitmq_depth_and_missing_queue(sqlite_store, amqp_url):
         table = queues_cmd(sqlite_store, amqp_url, "--queue", f"{name}-absent")
         assert "no such queue" in table.stdout
         # The queue_depth alert rule reads the same depths: a queue that does not exist is not deep.
-        depths = queue_depths(amqp_url, [name, f"{name}-absent"])
+        depths = queue_depths(Settings(broker_url=amqp_url), [name, f"{name}-absent"])
         fired = queue_conditions(depths, Rule("queue_depth", threshold=2, for_seconds=0))
         assert [c.target for c in fired] == [name]
     finally:

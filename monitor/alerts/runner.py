@@ -106,7 +106,7 @@ class AlertRunner:
             from monitor.broker.queues import BrokerError, queue_depths
 
             try:
-                conditions += cond.queue_conditions(queue_depths(self.settings.broker_url, depth_rule.queues), depth_rule)
+                conditions += cond.queue_conditions(queue_depths(self.settings, depth_rule.queues), depth_rule)
                 evaluated.append("queue_depth")
             except BrokerError as exc:
                 self.counters.incr("alerts.broker_errors")

@@ -27,14 +27,17 @@ def redis_key(queue: str, priority: int) -> str:
     return f"{queue}{REDIS_PRIORITY_SEP}{priority}" if priority else queue
 
 
-def queue_depths(broker_url: str, queues: Iterable[str], key_prefix: str = "") -> list[dict[str, Any]]:
-    """Messages waiting in each queue, by name; unknown broker kinds are a BrokerError.
+def queue_depths(settings, queues: Iterable[str]) -> list[dict[str, Any]]:
+    """Messages waiting in each queue, by name, on ``settings.broker_url``; unknown broker kinds are a BrokerError.
 
-    ``key_prefix``: the Redis transport's ``global_keyprefix``, which kombu puts before every key."""
+    It takes the settings rather than a URL so that every reader also gets
+    ``broker_global_keyprefix``, the Redis transport's prefix that kombu puts before every key:
+    without it a prefixed app's queues would read as empty."""
+    broker_url = settings.broker_url
     names = sorted(set(queues))
     scheme = urlsplit(broker_url).scheme.split("+", 1)[0]
     if scheme in ("redis", "rediss"):
-        return _redis_depths(broker_url, names, key_prefix)
+        return _redis_depths(broker_url, names, settings.broker_global_keyprefix)
     if scheme in ("amqp", "amqps", "pyamqp"):
         return _amqp_depths(broker_url, names)
     raise BrokerError(f"cannot read queue depths from a {scheme}:// broker; taskmon reads redis:// and amqp://")

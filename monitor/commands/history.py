@@ -154,7 +154,7 @@ def queues_cmd(ctx: Context, queues, as_json) -> None:
     with open_store(ctx).connect() as conn:
         names = {"celery", *known_queues(conn), *queues}
     try:
-        rows = queue_depths(ctx.settings.broker_url, names)
+        rows = queue_depths(ctx.settings, names)
     except BrokerError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(to_json(rows, ctx.settings.tz) if as_json else queues_table(rows))

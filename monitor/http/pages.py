@@ -209,15 +209,15 @@ def overview(request: Request, window: str = Query("1h")):
                            [(t["name"] or "-", t["runtime_p95"]) for t in slowest], unit="s")
     return render(request, "overview.html", window=window, windows=list(WINDOWS), now=now,
                   throughput=throughput, failure=failure, p95=p95,
-                  queues=queue_depths(settings.broker_url, data.pop("queue_names")), **data)
+                  queues=queue_depths(settings, data.pop("queue_names")), **data)
 
 
-def queue_depths(broker_url: str, names: list[str]) -> dict[str, Any]:
+def queue_depths(settings, names: list[str]) -> dict[str, Any]:
     """Live depths of ``names`` (celery's default queue when none); the broker's error as text when it cannot answer."""
     from monitor.broker.queues import BrokerError, queue_depths as depths
 
     try:
-        return {"rows": depths(broker_url, names or ["celery"]), "error": None}
+        return {"rows": depths(settings, names or ["celery"]), "error": None}
     except BrokerError as exc:
         return {"rows": [], "error": str(exc)}
 

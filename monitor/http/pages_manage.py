@@ -31,7 +31,7 @@ def queues_page(request: Request, window: str = Query("6h")):
     step, steps = CHART_STEPS[window]
     with request.app.state.engine.connect() as conn:
         history = depth_history(conn, chart_end(now, step), step, steps)
-    depths = queue_depths(settings.broker_url, sorted(queue_names(request)))
+    depths = queue_depths(settings, sorted(queue_names(request)))
     fmt = "%H:%M" if WINDOWS[window] <= timedelta(days=1) else "%m-%d %H:%M"
     labels = [s.astimezone(settings.tz).strftime(fmt) for s in history["starts"]]
     history_charts = [(name, charts.line_chart(f"{name}: most messages waiting per step", labels,

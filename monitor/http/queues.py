@@ -32,5 +32,5 @@ def queue_names(request: Request, extra=()) -> set[str]:
 def list_queues(request: Request,
                 queue: list[str] = Query([], description="Also this queue (repeatable).")):
     names = queue_names(request, (q for q in queue if q))
-    rows = queue_depths(request.app.state.settings.broker_url, names)
+    rows = queue_depths(request.app.state.settings, names)
     return json_response(rows, request.app.state.settings.tz)

@@ -215,7 +215,7 @@ class TaskmonCollector:
         try:
             workers_per, processes_per = self._inspect()
             names = sorted(known | set(workers_per))
-            depths = queue_depths(self.settings.broker_url, names, self.settings.broker_global_keyprefix)
+            depths = queue_depths(self.settings, names)
         except Exception as exc:  # BrokerError, and whatever kombu raises for an unreachable broker
             log.warning("metrics: cannot read the broker: %s", first_line(exc))
             errors["broker"] += 1
