@@ -4,7 +4,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Iterable, Mapping, Sequence
 
-from sqlalchemy import Connection, desc, func, select, update
+from sqlalchemy import Connection, bindparam, desc, func, select, update
 
 from storage.runs import dialect_insert, upsert_runs
 from storage.schema import dead_letters, task_runs
@@ -34,6 +34,12 @@ def upsert_dead_letters(conn: Connection, letters: Sequence[Mapping[str, Any]], 
              "updated_at": now} for letter in letters]
     conn.execute(stmt.on_conflict_do_update(index_elements=[old.task_id], set_=sets,
                                             where=(old.dead_at != new.dead_at) | (old.reason != new.reason)), rows)
+    # A failure can be stored before the event that names its task (task-failed carries no name; the
+    # task-received of a killed daemon's pending entries comes later): the name fills in, nothing reopens.
+    named = [{"id": r["task_id"], "fill": r["name"]} for r in rows if r["name"] is not None]
+    if named:
+        conn.execute(update(dead_letters).where(dead_letters.c.task_id == bindparam("id"),
+                                                dead_letters.c.name.is_(None)).values(name=bindparam("fill")), named)
     return len(rows)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Iterable, Sequence
 
-from sqlalchemy import Connection, func, or_, select, update
+from sqlalchemy import Connection, and_, func, or_, select, update
 
 from storage.schema import dead_letters as dl
 from storage.schema import receiver_gaps, task_runs, workers
@@ -88,7 +88,8 @@ def mark_worker_lost(conn: Connection, hostname: str, last_heartbeat: datetime, 
 
 def dead_candidates(conn: Connection, dead_states: Sequence[str], *, updated_since: datetime | None,
                     limit: int) -> list[dict[str, Any]]:
-    """Rows in a dead state that have no dead letter yet, or one about an earlier death.
+    """Rows in a dead state that have no dead letter yet, one about an earlier death, or one that has
+    not got the task's name the row has since learnt.
 
     Only the columns a dead letter takes: args, result and traceback stay in task_runs.
     """
@@ -96,7 +97,8 @@ def dead_candidates(conn: Connection, dead_states: Sequence[str], *, updated_sin
         select(*(task_runs.c[c] for c in LETTER_COLUMNS))
         .outerjoin(dl, dl.c.task_id == task_runs.c.task_id)
         .where(task_runs.c.state.in_(dead_states),
-               or_(dl.c.task_id.is_(None), dl.c.dead_at != task_runs.c.state_at),
+               or_(dl.c.task_id.is_(None), dl.c.dead_at != task_runs.c.state_at,
+                   and_(dl.c.name.is_(None), task_runs.c.name.is_not(None))),
                # a rejected task the broker requeues is not dead (monitor.detectors.deadletters)
                or_(task_runs.c.state != "REJECTED", task_runs.c.exception.is_(None),
                    task_runs.c.exception.not_like("%requeue=True)")))

@@ -70,6 +70,31 @@ def test_a_failure_records_one_pending_alert_then_one_digest_and_the_group_state
     assert group["status"] == "open" and group["pending_count"] == 0 and group["total_count"] == 3
 
 
+def test_a_failure_stored_before_its_task_name_waits_for_the_name_and_is_mailed_under_it(engine, redis_url):
+    from monitor.detectors.sweep import Sweeper
+
+    with engine.begin() as conn:  # task-failed carries no name; its task-received comes later
+        upsert_runs(conn, [{**failed_run("t0", 0), "name": None}, {**failed_run("t1", 0), "name": None}])
+    r = runner(engine, redis_url, ONLY("failed"))
+    sweeper = Sweeper(engine, r.settings)
+    try:
+        assert r.evaluate(at(1), sweeper.sweep(at(1), at(-60))) == []
+        with engine.begin() as conn:
+            upsert_runs(conn, [{"task_id": "t0", "name": "billing.charge", "state": "RECEIVED", "state_at": at(-1),
+                                "seen_at": at(-1), "received_at": at(-1), "updated_at": at(5)}])
+        named = r.evaluate(at(6), sweeper.sweep(at(6), at(-60)))
+        assert r.evaluate(at(20), sweeper.sweep(at(20), at(-60))) == []
+        unnamed = r.evaluate(at(31), sweeper.sweep(at(31), at(-60)))  # t1's name never came
+        assert r.evaluate(at(40), sweeper.sweep(at(40), at(-60))) == []
+    finally:
+        r.close()
+    with engine.connect() as conn:
+        rows = {a["id"]: a for a in store.list_alerts(conn)}
+    assert len(named) == len(unnamed) == 1 and len(rows) == 2
+    assert (rows[named[0]]["subject"], rows[named[0]]["task_id"]) == ("[taskmon] billing.charge failed: ValueError", "t0")
+    assert (rows[unnamed[0]]["subject"], rows[unnamed[0]]["task_id"]) == ("[taskmon] a task failed: ValueError", "t1")
+
+
 def test_worker_offline_and_missed_run_are_read_from_storage_and_resolve(engine, redis_url):
     with engine.begin() as conn:
         upsert_workers(conn, [{"hostname": "w1@host", "status": "lost", "last_heartbeat": at(-10), "freq": 2.0,

@@ -16,6 +16,10 @@ from tasks.alert_rules import OWN_TASKS, Rule
 
 # Deaths older than this when first seen are history being caught up with, not news.
 STALE_OCCURRENCE = timedelta(hours=1)
+# A dead letter without its task's name waits this long for it before it is alerted on (grouped by name):
+# task-failed carries no name, and the task-received of a killed daemon's pending stream entries is claimed
+# by another daemon after 15 s of silence, within 5 s more.
+NAME_GRACE = timedelta(seconds=30)
 # A worker gone for longer than this before taskmon looks is not reported (old history).
 STALE_WORKER = timedelta(hours=24)
 REASON_RULES = {"failure": "failed", "rejected": "failed", "timeout": "timeout", "lost": "lost"}
@@ -61,6 +65,10 @@ def name_selected(rule: Rule, name: str | None) -> bool:
     if is_own_task(name):
         return False
     return not rule.names or (name is not None and any(fnmatchcase(name, g) for g in rule.names))
+
+
+def awaiting_name(letter: Mapping[str, Any], now: datetime) -> bool:
+    return letter.get("name") is None and letter["dead_at"] > now - NAME_GRACE
 
 
 def dead_letter_occurrences(letters: Iterable[Mapping[str, Any]], rules: Mapping[str, Rule],

@@ -35,13 +35,14 @@ def utcnow() -> datetime:
 
 
 def claim_letters(conn, swept: list[dict], now: datetime) -> list[dict]:
-    """The sweep's dead letters and those left unclaimed by an earlier leader, minus ones already alerted on;
-    all marked claimed (committed with the alerts)."""
+    """The sweep's dead letters and those left unclaimed by an earlier leader, minus ones already alerted on
+    and nameless ones that may still learn their task's name; all marked claimed (committed with the alerts)."""
     unclaimed = cluster_store.unalerted_letters(conn, now - cond.STALE_OCCURRENCE)
     seen = {letter["task_id"] for letter in unclaimed}
     fresh = [letter for letter in swept if letter["task_id"] not in seen]
     done = cluster_store.alerted_already(conn, [letter["task_id"] for letter in fresh])
-    letters = unclaimed + [letter for letter in fresh if letter["task_id"] not in done]
+    letters = [letter for letter in unclaimed + [letter for letter in fresh if letter["task_id"] not in done]
+               if not cond.awaiting_name(letter, now)]
     cluster_store.mark_alerted(conn, [letter["task_id"] for letter in letters], now)
     return letters
 
