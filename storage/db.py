@@ -12,6 +12,7 @@ from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 
+from storage import search_index
 from storage.store import (SCHEMA_HEAD, DatabaseError, missing_message, missing_table, no_schema_message,
                            not_a_database_message, open_history)
 
@@ -62,6 +63,7 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
     # The default page cache (2 MB). A larger one did not make the writer's SQL faster once its
     # batches were prepared by the helper process, and every pooled connection fills its own.
     cur.close()
+    search_index.attach(dbapi_conn)  # the history search's text index, when `taskmon serve` keeps one
 
 
 def sqlite_path(engine: Engine) -> str | None:

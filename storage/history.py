@@ -8,13 +8,15 @@ tests/test_history_queries.py checks both connections give the same rows.
 from __future__ import annotations
 
 import re
+import sqlite3
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
 from storage.merge import CELERY_STATES, TASKMON_STATES
+from storage import search_index
 from storage.search import SORTS, BadCursor, decode_cursor, encode_cursor, search_condition
-from storage.sql import bind, dialect, fetch, to_bool, to_utc
+from storage.sql import bind, dialect, fetch, sqlite_driver, to_bool, to_utc
 
 __all__ = ["BadCursor", "SORTS"]  # re-exported: callers of list_runs catch and offer these
 
@@ -212,7 +214,7 @@ def list_runs(conn, f: RunFilter = RunFilter(), limit: int = 20, sort: str = "se
     its (name, seen_at) or (state, seen_at) index, merged; a single condition on a large history
     would otherwise make the database read and sort every matching run to return the newest few.
     A search is one query: on PostgreSQL its candidates come from the text index, on SQLite from
-    a scan (_scan_search).
+    the newest runs, then the search index or a scan (_scan_search).
     """
     if sort not in SORTS:
         raise ValueError(f"unknown sort {sort!r}; one of {', '.join(SORTS)}")
@@ -232,7 +234,7 @@ def list_runs(conn, f: RunFilter = RunFilter(), limit: int = 20, sort: str = "se
         where = f"{cond} AND {after}" if after else cond
         sql = f"SELECT {SUMMARY} FROM task_runs WHERE {where} {order} LIMIT :limit"
         if f.search and db == "sqlite":
-            return _scan_search(conn, sort, where, after, {**params, **after_params, "limit": limit})
+            return _scan_search(conn, f.search, sort, where, after, {**params, **after_params, "limit": limit})
     else:
         selects, params = [], {}
         for i, part in enumerate(parts):
@@ -245,14 +247,16 @@ def list_runs(conn, f: RunFilter = RunFilter(), limit: int = 20, sort: str = "se
     return fetch(conn, sql, {**params, **after_params, "limit": limit}, DECODE)
 
 
-def _scan_search(conn, sort: str, where: str, after: str, params: dict[str, Any]) -> list[dict[str, Any]]:
-    """A search on SQLite, which has no text index: the newest SEARCH_WINDOW runs first, then every run.
+def _scan_search(conn, text: str, sort: str, where: str, after: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+    """A search on SQLite: the newest SEARCH_WINDOW runs first, then the text index's candidates
+    (storage.search_index), or without it every run.
 
     Newest first through the sort's index, a common text fills the page within a few hundred runs;
     a rare one would have the scan visit the whole history in index order, one random row read
     each. So when the window does not fill the page (every match in it is newer than any outside
-    it, so a full page from it is the right page), the whole table is read in storage order, the
-    cheap way to visit every row, and only the matches are sorted ("+column": not by the index).
+    it, so a full page from it is the right page), the candidates are tested, or the whole table
+    is read in storage order, the cheap way to visit every row, and only the matches are sorted
+    ("+column": not by the index).
     """
     order = _order(sort)
     window = (f"SELECT {SUMMARY} FROM (SELECT * FROM task_runs {'WHERE ' + after if after else ''} {order} "
@@ -261,6 +265,10 @@ def _scan_search(conn, sort: str, where: str, after: str, params: dict[str, Any]
     if len(rows) >= params["limit"]:
         return rows
     column = SORTS[sort]
+    raw = conn if isinstance(conn, sqlite3.Connection) else sqlite_driver(conn)
+    indexed = search_index.candidates_sql(text, raw, "idx") if raw is not None else None
+    if indexed is not None:
+        where, params = f"{indexed[0]} AND {where}", {**params, **indexed[1]}
     every = f"SELECT {SUMMARY} FROM task_runs WHERE {where} ORDER BY +{column} DESC, task_id DESC LIMIT :limit"
     return fetch(conn, every, params, DECODE)
 

@@ -3,8 +3,8 @@
 A search text matches a run whose task id starts with it, or whose name, args, kwargs, result or
 exception contains it (case-sensitive, like the name globs). PostgreSQL answers from the pg_trgm GIN
 index of migration 0012_history_search (texts shorter than a trigram, or a server without pg_trgm,
-scan); SQLite scans newest first, because an FTS5 index kept by triggers cost its writer too much
-per event. Either way the rows are the same.
+scan); SQLite reads the newest runs first, then the candidates of the search index `taskmon serve`
+keeps outside the writer (storage.search_index), or without one scans. Either way the rows are the same.
 """
 from __future__ import annotations
 

@@ -59,7 +59,10 @@ def open_history(path: str, timeout: float = 30) -> tuple[sqlite3.Connection, st
     except sqlite3.OperationalError as exc:
         raise DatabaseError(f"cannot open the SQLite database {path}: {exc}") from None
     try:
+        from storage import search_index
+
         row = conn.execute("SELECT version_num FROM alembic_version").fetchone()
+        search_index.attach(conn)
     except sqlite3.OperationalError as exc:
         if missing_table(exc):
             return conn, None

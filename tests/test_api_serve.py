@@ -1,6 +1,7 @@
 """`taskmon serve`: starts only with tokens (or --insecure-no-auth, with a warning), answers /healthz and the API."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -108,5 +109,11 @@ def test_two_server_processes_share_the_session_secret_and_all_stop_on_sigterm(s
     assert answers == [(200, 200)] * 40  # a cookie signed by one process is good in the other
     server.stop()
     assert server.proc.returncode == 0
-    assert not [pid for pid in workers if Path(f"/proc/{pid}").exists() and
-                Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"], "a server process outlived SIGTERM"
+
+    def running():
+        return [pid for pid in workers if Path(f"/proc/{pid}").exists() and
+                Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"]
+    deadline = time.monotonic() + 5  # a child may exit a moment after its parent, on a loaded machine
+    while running() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not running(), "a server process outlived SIGTERM by 5 s"

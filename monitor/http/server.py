@@ -63,11 +63,38 @@ class WorkerApp:
 
 def serve(settings: Settings, engine: Engine, *, insecure_no_auth: bool = False,
           echo: Callable[[str], None] = print, routers=()) -> None:
+    check_can_start(engine, insecure_no_auth, settings.bad_token_limit)
+    indexer = _search_indexer(engine)
+    try:
+        _serve(settings, engine, insecure_no_auth, echo, routers)
+    finally:
+        if indexer is not None:
+            indexer.stop()
+
+
+def _search_indexer(engine: Engine):
+    """SQLite: the thread that keeps the history search's text index (monitor.search_indexer), its
+    file made before any server process connects; None on PostgreSQL (pg_trgm) or when another
+    server keeps it."""
+    from monitor.search_indexer import SearchIndexer
+    from storage.db import sqlite_path
+
+    path = sqlite_path(engine)
+    if path is None:
+        return None
+    indexer = SearchIndexer(path)
+    if not indexer.prepare():
+        return None
+    engine.dispose()  # pooled connections made before the file was there attach it when made again
+    indexer.start()
+    return indexer
+
+
+def _serve(settings: Settings, engine: Engine, insecure_no_auth: bool, echo, routers) -> None:
     import uvicorn
 
     from monitor.http.app import create_app
 
-    check_can_start(engine, insecure_no_auth, settings.bad_token_limit)
     host, port = settings.http_host, settings.http_port
     workers = http_workers_for(settings, os.cpu_count())
     if routers and workers > 1:

@@ -1,0 +1,97 @@
+"""The thread of `taskmon serve` that keeps SQLite's history search index (storage.search_index).
+
+It indexes the runs written since its mark, a batch at a time, at once while there are more and
+every INTERVAL seconds once caught up; every PURGE_EVERY it also drops the entries of runs the
+clean-up deleted, a batch per round. One server keeps the index: a second `taskmon serve` on the
+same history finds the lock taken and leaves it to the first. A history that cannot be read for a
+while (locked, gone) costs a round, logged; the index is only ever behind, never wrong.
+"""
+from __future__ import annotations
+
+import fcntl
+import logging
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+from storage import search_index
+
+log = logging.getLogger(__name__)
+INTERVAL = 1.0
+PURGE_EVERY = 3600.0
+WARN_EVERY = 60.0
+
+
+class SearchIndexer(threading.Thread):
+    def __init__(self, history: str):
+        super().__init__(name="search-index", daemon=True)
+        self.history = history
+        self.stopping = threading.Event()
+        self._lock_file = None
+        self._last_warning = 0.0
+
+    def prepare(self) -> bool:
+        """Make the index file and its tables and take the lock; False when another server keeps it
+        (or it cannot be made: then searches scan, as without one). Before the server's processes
+        open their connections, so that each attaches it."""
+        lock_path = Path(f"{search_index.index_path(self.history)}.lock")
+        try:
+            self._lock_file = open(lock_path, "a")
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("search index of %s: kept by another taskmon serve", self.history)
+            return False
+        except OSError as exc:
+            log.warning("search index of %s not kept: %s", self.history, exc)
+            return False
+        try:
+            conn = self._connect()
+            conn.close()
+        except sqlite3.Error as exc:
+            log.warning("search index of %s not kept: %s", self.history, exc)
+            return False
+        return True
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.history, timeout=30, check_same_thread=False)
+        if not search_index.attach(conn, create=True):
+            conn.close()
+            raise sqlite3.OperationalError(f"cannot open {search_index.index_path(self.history)}")
+        return conn
+
+    def run(self) -> None:
+        conn = None
+        purge_after: str | None = None
+        next_purge = time.monotonic() + PURGE_EVERY
+        while not self.stopping.is_set():
+            more = False
+            try:
+                if conn is None:
+                    conn = self._connect()
+                more = search_index.index_batch(conn) == search_index.BATCH
+                if purge_after is not None or time.monotonic() >= next_purge:
+                    _, purge_after = search_index.purge_batch(conn, purge_after or "")
+                    next_purge = time.monotonic() + PURGE_EVERY
+                    more = more or purge_after is not None
+            except sqlite3.Error as exc:
+                self._warn(exc)
+                if conn is not None:
+                    conn.close()
+                    conn = None
+            if not more:
+                self.stopping.wait(INTERVAL)
+        if conn is not None:
+            conn.close()
+
+    def _warn(self, exc: Exception) -> None:
+        if time.monotonic() - self._last_warning >= WARN_EVERY:
+            self._last_warning = time.monotonic()
+            log.warning("search index of %s not updated: %s", self.history, str(exc).splitlines()[0])
+
+    def stop(self) -> None:
+        self.stopping.set()
+        if self.is_alive():
+            self.join(timeout=5)
+        if self._lock_file is not None:
+            self._lock_file.close()
