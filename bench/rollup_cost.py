@@ -2,8 +2,9 @@
 
 Feeds the same 200,000 events (50,000 lifecycles, interleaved as a live stream would bring them)
 through the real Writer in batches of 10,000 into a fresh SQLite file, with the triggers that keep
-run_rollups, run_rollups_hourly and run_totals, and without them; rounds alternate so that a
-machine's load falls on both alike. Prints events/s per round and the medians.
+run_rollups, run_rollups_hourly and run_totals, with those and the worker and exception hourly
+rollups' (storage.rollup_dims), and without any; rounds alternate so that a machine's load falls
+on all alike. Prints events/s per round and the medians.
 
     python bench/rollup_cost.py [--rounds 3]
 """
@@ -23,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from monitor.ingest.buffer import Batch, Taken  # noqa: E402
 from monitor.ingest.writer import Writer  # noqa: E402
 from storage.db import make_engine, upgrade  # noqa: E402
-from storage.rollups import drop_trigger_ddl  # noqa: E402
+from storage.rollups import drop_trigger_ddl, trigger_ddl  # noqa: E402
 from tests.eventgen import T0, lifecycle  # noqa: E402
 
 
@@ -36,14 +37,20 @@ def events(n_tasks: int = 50_000) -> list[dict]:
     return out
 
 
-def one_round(stream: list[dict], triggers: bool) -> float:
+VARIANTS = ("no rollup triggers", "run rollups and totals", "every rollup trigger (workers, exceptions too)")
+
+
+def one_round(stream: list[dict], variant: str) -> float:
     with tempfile.TemporaryDirectory(prefix="taskmon-rollup-cost-") as tmp:
         engine = make_engine(f"sqlite:///{os.path.join(tmp, 'cost.db')}")
         upgrade(engine)
-        if not triggers:
+        if variant != VARIANTS[2]:
             with engine.begin() as conn:
                 for ddl in drop_trigger_ddl("sqlite"):
                     conn.exec_driver_sql(ddl)
+                if variant == VARIANTS[1]:
+                    for ddl in trigger_ddl("sqlite", dims=False):
+                        conn.exec_driver_sql(ddl)
         writer = Writer(engine, None, field_max_bytes=16384)
         t0 = time.perf_counter()
         for i in range(0, len(stream), 10_000):
@@ -59,13 +66,15 @@ def main() -> None:
     args = ap.parse_args()
     stream = events()
     print(f"{len(stream):,} events; load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    rates: dict[bool, list[float]] = {False: [], True: []}
+    rates: dict[str, list[float]] = {v: [] for v in VARIANTS}
     for r in range(args.rounds):
-        for triggers in (False, True):
-            rates[triggers].append(one_round(stream, triggers))
-            print(f"round {r + 1}: {'with' if triggers else 'without'} rollup triggers: {rates[triggers][-1]:,.0f} events/s")
-    without, with_ = statistics.median(rates[False]), statistics.median(rates[True])
-    print(f"median without {without:,.0f} events/s, with {with_:,.0f} events/s: {100 * (1 - with_ / without):.0f}% slower")
+        for variant in VARIANTS:
+            rates[variant].append(one_round(stream, variant))
+            print(f"round {r + 1}: {variant}: {rates[variant][-1]:,.0f} events/s")
+    without = statistics.median(rates[VARIANTS[0]])
+    for variant in VARIANTS:
+        median = statistics.median(rates[variant])
+        print(f"median, {variant}: {median:,.0f} events/s ({100 * (1 - median / without):.0f}% below none)")
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
