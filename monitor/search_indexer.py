@@ -1,7 +1,8 @@
 """The thread of `taskmon serve` that keeps SQLite's history search index (storage.search_index).
 
 It indexes the runs written since its mark, a batch at a time, at once while there are more and
-every INTERVAL seconds once caught up; every PURGE_EVERY it also drops the entries of runs the
+every INTERVAL seconds once caught up, at the lowest CPU priority (a busy machine's index lags,
+and the searches read the runs it has not indexed yet); every PURGE_EVERY it also drops the entries of runs the
 clean-up deleted, a batch per round. One server keeps the index: a second `taskmon serve` on the
 same history finds the lock taken and leaves it to the first. A history that cannot be read for a
 while (locked, gone) costs a round, logged; the index is only ever behind, never wrong.
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import fcntl
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -61,6 +63,10 @@ class SearchIndexer(threading.Thread):
         return conn
 
     def run(self) -> None:
+        try:  # the lowest CPU priority, this thread alone (Linux): the daemon's writer and the API come first
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        except (AttributeError, OSError):
+            pass
         conn = None
         purge_after: str | None = None
         next_purge = time.monotonic() + PURGE_EVERY
