@@ -1,6 +1,7 @@
 """A broker or database that went away is a 503 with the reason, at once; bad input is a 4xx; never a traceback."""
 from __future__ import annotations
 
+import json
 import time
 
 from monitor.redis_server import free_port
@@ -82,6 +83,9 @@ def test_bad_input_is_a_4xx_problem(sqlite_store, start_api):
         problem(not_json, 422)
         problem(client.post("/api/v1/tasks", json={"task_name": "a.b", "args": {"not": "a list"}}), 422)
         problem(client.post("/api/v1/tasks", json={"task_name": "a.b", "priority": 10}), 422)
+        for number in ("expires", "countdown", "priority", "timeout"):  # JSON true/false is not 1/0
+            body = problem(client.post("/api/v1/tasks", json={"task_name": "a.b", number: False}), 422)
+            assert f"{number}: a number, not true or false" in json.dumps(body)
         problem(client.post("/api/v1/tasks", json={"task_name": "a.b", "countdown": 5,
                                                    "eta": "2030-01-01T00:00:00Z"}), 422)
         problem(client.post("/api/v1/schedule", json={"name": "x", "task": "a.b", "cron": "not a crontab"}), 400)

@@ -9,6 +9,7 @@ from pydantic import BaseModel, Field, model_validator
 
 from monitor.broker.control import control, purge
 from monitor.http.audit import audited
+from monitor.http.models import RequestBody
 from monitor.http.auth import allow
 from monitor.http.payload import json_response
 from monitor.http.problems import api_router, bad_request, not_found, responses
@@ -26,11 +27,11 @@ class ControlReply(BaseModel):
     reply: Any = Field(None, description="What the worker answered.")
 
 
-class PoolSize(BaseModel):
+class PoolSize(RequestBody):
     n: int = Field(1, ge=1, le=64, description="Processes to add or remove.")
 
 
-class Autoscale(BaseModel):
+class Autoscale(RequestBody):
     max: int = Field(..., ge=1, le=256)
     min: int = Field(0, ge=0, le=256)
 
@@ -41,16 +42,16 @@ class Autoscale(BaseModel):
         return self
 
 
-class Consumer(BaseModel):
+class Consumer(RequestBody):
     queue: str = Field(..., min_length=1, max_length=255, pattern=r"^\S+$")
 
 
-class RateLimit(BaseModel):
+class RateLimit(RequestBody):
     task_name: str = Field(..., min_length=1, max_length=255, pattern=r"^\S+$")
     rate: str = Field(..., pattern=r"^(\d+(\.\d+)?(/[smh])?|0)$", description='e.g. "10/m", "2/s", "100/h"; "0": none.')
 
 
-class TimeLimit(BaseModel):
+class TimeLimit(RequestBody):
     task_name: str = Field(..., min_length=1, max_length=255, pattern=r"^\S+$")
     soft: float | None = Field(None, gt=0, le=10**6, description="Soft time limit in seconds.")
     hard: float | None = Field(None, gt=0, le=10**6, description="Hard time limit in seconds.")

@@ -1,10 +1,35 @@
 """The API's response types: the OpenAPI document is generated from these."""
 from __future__ import annotations
 
+import types
+import typing
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, model_validator
+
+
+def _is_number(annotation) -> bool:
+    """int or float, alone or in a union (not bool, which is an int to Python)."""
+    if annotation in (int, float):
+        return True
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType, typing.Annotated):
+        return any(_is_number(a) for a in typing.get_args(annotation))
+    return False
+
+
+class RequestBody(BaseModel):
+    """A request's JSON body: JSON true/false is refused where a number is asked for (pydantic
+    would take it for 1/0)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _numbers_are_not_booleans(cls, data):
+        if isinstance(data, dict):
+            for name, field in cls.model_fields.items():
+                if isinstance(data.get(field.alias or name), bool) and _is_number(field.annotation):
+                    raise ValueError(f"{name}: a number, not true or false")
+        return data
 
 
 class RunSummary(BaseModel):

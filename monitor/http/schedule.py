@@ -8,6 +8,7 @@ from fastapi import Depends, Path, Request
 from pydantic import BaseModel, Field
 
 from monitor.http.audit import audited
+from monitor.http.models import RequestBody
 from monitor.http.auth import allow
 from monitor.http.payload import json_response
 from monitor.http.problems import api_router, Problem, bad_request, not_found, responses
@@ -43,7 +44,7 @@ class ScheduleEntry(BaseModel):
     updated_at: datetime
 
 
-class NewEntry(BaseModel):
+class NewEntry(RequestBody):
     name: str = Field(..., min_length=1, max_length=200)
     task: str = Field(..., min_length=1, max_length=255, description="module.task")
     cron: str | None = Field(None, max_length=200, description='Crontab in the configured zone, "M H DOM MON DOW".')
@@ -55,7 +56,7 @@ class NewEntry(BaseModel):
     description: str | None = Field(None, max_length=2000)
 
 
-class EntryChanges(BaseModel):
+class EntryChanges(RequestBody):
     task: str | None = Field(None, min_length=1, max_length=255)
     cron: str | None = Field(None, max_length=200)
     every: int | None = Field(None, ge=1, le=10**9)
@@ -174,7 +175,7 @@ def remove_entry(request: Request, name: str = NAME):
     return Response(status_code=204)
 
 
-class RunNow(BaseModel):
+class RunNow(RequestBody):
     name: str
     task: str
     task_id: str

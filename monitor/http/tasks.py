@@ -11,7 +11,7 @@ from pydantic import BaseModel, Field, model_validator
 
 from monitor.http.audit import audited
 from monitor.http.auth import allow
-from monitor.http.models import RunDetail, RunList
+from monitor.http.models import RequestBody, RunDetail, RunList
 from monitor.http.params import resolve, since_query, until_query
 from monitor.http.payload import json_response
 from monitor.http.problems import api_router, Problem, bad_request, not_found, responses
@@ -148,7 +148,7 @@ def replay_task(request: Request, task_id: str = TASK_ID, body: ReplayRequest = 
     return json_response(done, request.app.state.settings.tz, status=202)
 
 
-class SendRequest(BaseModel):
+class SendRequest(RequestBody):
     task_name: str = Field(..., min_length=1, max_length=255, pattern=r"^\S+$", description="The task's registered name.")
     args: list[Any] = Field([], description="Positional arguments (JSON).")
     kwargs: dict[str, Any] = Field({}, description="Keyword arguments (JSON).")
