@@ -2,8 +2,8 @@
 
 It indexes the runs written since its mark, a batch at a time, at once while there are more and
 every INTERVAL seconds once caught up, at the lowest CPU priority (a busy machine's index lags,
-and the searches read the runs it has not indexed yet); every PURGE_EVERY it also drops the entries of runs the
-clean-up deleted, a batch per round. One server keeps the index: a second `taskmon serve` on the
+and the searches read the runs it has not indexed yet); every PURGE_EVERY it also drops the
+entries of runs the clean-up deleted, a batch per round. One server keeps the index: a second `taskmon serve` on the
 same history finds the lock taken and leaves it to the first. A history that cannot be read for a
 while (locked, gone) costs a round, logged; the index is only ever behind, never wrong.
 """

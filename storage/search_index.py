@@ -10,10 +10,11 @@ candidate's stored text: a tenth of the writer cost and a third of the size of f
 
 The index reads runs up to the clock's time less MARK_SLACK, so that a transaction that commits a
 little after a later-stamped one is not left behind the mark (the writers' clock is the server's:
-a SQLite history is on the host). A search takes its
-candidates from the index plus every run written since the mark (not indexed yet), and tests each with the search's own condition on ``task_runs`` (storage.search). So the rows are
-those a scan finds: an entry for a run that has changed since, or was deleted, adds nothing, and
-a run changed since it was indexed is among the unindexed ones. A run written by hand with an
+a SQLite history is on the host). A search takes its candidates from the index plus every run
+written since the mark (not indexed yet), and tests each with the search's own condition on
+``task_runs`` (storage.search). So the rows are those a scan finds: an entry for a run that has
+changed since, or was deleted, adds nothing, and a run changed since it was indexed is among the
+unindexed ones. A run written by hand with an
 updated_at already behind the mark is not: after such a write, stop the server and delete the
 file; the server makes the index again when it starts.
 """
@@ -24,12 +25,14 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+from storage.params import bind_time
+from storage.search import SEARCHED
+
 SCHEMA = "search"  # the attached database's name
 SUFFIX = ".search"
 MIN_TEXT = 3  # the trigram index finds nothing shorter; such texts scan
 MARK_SLACK = timedelta(seconds=10)  # a write transaction stamped more than this before it commits is missed
 BATCH = 2000
-INDEXED = ("name", "args", "kwargs", "result", "exception")  # storage.search.SEARCHED
 # How many runs written since the mark a search still answers from the index; past it (no server
 # has kept the index lately) the search scans, as without one.
 MAX_UNINDEXED = 50_000
@@ -63,7 +66,7 @@ def attach(conn: sqlite3.Connection, create: bool = False) -> bool:
     history = main_file(conn)
     if history is None:
         return False
-    if any(name == SCHEMA for _, name, _ in conn.execute("PRAGMA database_list")):
+    if attached(conn):
         return True
     path = index_path(history)
     if not create and not path.exists():
@@ -96,8 +99,12 @@ def mark(conn: sqlite3.Connection) -> tuple[str, int] | None:
 def _cutoff(now: datetime | None) -> str:
     """``now`` (the clock's) less MARK_SLACK, as stored: the index reads runs up to it, so a write
     transaction that commits within MARK_SLACK of its stamp is never behind the mark."""
-    now = now or datetime.now(timezone.utc)
-    return (now.astimezone(timezone.utc).replace(tzinfo=None) - MARK_SLACK).isoformat(" ", "microseconds")[:26]
+    return bind_time((now or datetime.now(timezone.utc)) - MARK_SLACK, as_text=True)
+
+
+# Runs after the mark (updated_at, rowid) and written no later than the cutoff; parameters: the
+# mark's updated_at twice, its rowid, the cutoff.
+_AFTER_MARK = "(updated_at > ? OR (updated_at = ? AND rowid > ?)) AND updated_at <= ?"
 
 
 def index_batch(conn: sqlite3.Connection, limit: int = BATCH, now: datetime | None = None) -> int:
@@ -106,10 +113,9 @@ def index_batch(conn: sqlite3.Connection, limit: int = BATCH, now: datetime | No
     (attach(create=True))."""
     cutoff = _cutoff(now)
     at = mark(conn) or ("", 0)
-    cols = ", ".join(INDEXED)
-    rows = conn.execute(f"SELECT rowid, updated_at, task_id, {cols} FROM main.task_runs "
-                        "WHERE (updated_at > ? OR (updated_at = ? AND rowid > ?)) AND updated_at <= ? "
-                        "ORDER BY updated_at, rowid LIMIT ?", (at[0], at[0], at[1], cutoff, limit)).fetchall()
+    rows = conn.execute(f"SELECT rowid, updated_at, task_id, {', '.join(SEARCHED)} FROM main.task_runs "
+                        f"WHERE {_AFTER_MARK} ORDER BY updated_at, rowid LIMIT ?",
+                        (at[0], at[0], at[1], cutoff, limit)).fetchall()
     if not rows:
         return 0
     ids = [(r[2],) for r in rows]
@@ -171,6 +177,5 @@ def caught_up(conn: sqlite3.Connection, now: datetime | None = None) -> bool:
     """The index holds every run up to _cutoff (for the bench and the tests)."""
     cutoff = _cutoff(now)
     at = mark(conn) or ("", 0)
-    return conn.execute("SELECT NOT EXISTS (SELECT 1 FROM main.task_runs WHERE (updated_at > ? OR "
-                        "(updated_at = ? AND rowid > ?)) AND updated_at <= ?)",
+    return conn.execute(f"SELECT NOT EXISTS (SELECT 1 FROM main.task_runs WHERE {_AFTER_MARK})",
                         (at[0], at[0], at[1], cutoff)).fetchone()[0] == 1

@@ -9,8 +9,8 @@ from pydantic import BaseModel, Field, model_validator
 
 from monitor.broker.control import control, purge
 from monitor.http.audit import audited
-from monitor.http.models import RequestBody
 from monitor.http.auth import allow
+from monitor.http.models import RequestBody
 from monitor.http.payload import json_response
 from monitor.http.problems import api_router, bad_request, not_found, responses
 from monitor.http.replaying import client

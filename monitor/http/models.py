@@ -1,4 +1,4 @@
-"""The API's response types: the OpenAPI document is generated from these."""
+"""The API's response types, and the base of its request bodies: the OpenAPI document is generated from these."""
 from __future__ import annotations
 
 import types

@@ -8,8 +8,8 @@ from fastapi import Depends, Path, Request
 from pydantic import BaseModel, Field
 
 from monitor.http.audit import audited
-from monitor.http.models import RequestBody
 from monitor.http.auth import allow
+from monitor.http.models import RequestBody
 from monitor.http.payload import json_response
 from monitor.http.problems import api_router, Problem, bad_request, not_found, responses
 from storage.schedules import DEFINITION_COLUMNS, DuplicateSchedule, UnknownSchedule, add_schedule, get_schedule, \
