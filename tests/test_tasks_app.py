@@ -1,4 +1,4 @@
-"""The tasks Celery app is configured the way the seeds configure theirs."""
+"""The tasks Celery app is configured the way the Celery setup guides configure theirs."""
 import pytest
 from celery.app.utils import find_app
 from celery.utils.time import get_exponential_backoff_interval

@@ -141,7 +141,7 @@ DEFAULT_PING_TASK = "maintenance.health_check"
 
 @dataclass(frozen=True)
 class PingReport:
-    """The seed's "test the connection": broker, workers, and one task there and back."""
+    """The setup guides' "test the connection": broker, workers, and one task there and back."""
 
     broker: str  # masked URL
     broker_ok: bool

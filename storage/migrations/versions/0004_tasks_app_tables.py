@@ -17,7 +17,7 @@ down_revision = "0003"
 branch_labels = None
 depends_on = None
 
-# The default beat schedule, from the seed guides (docs/tasks.md maps each one). Crontab fields
+# The default beat schedule, from the Celery setup guides (docs/tasks.md maps each one). Crontab fields
 # are "minute hour day_of_month month_of_year day_of_week" in the configured time zone.
 # Written once, here, so that a row a user removes stays removed.
 DEFAULT_SCHEDULE = [
