@@ -1,4 +1,6 @@
-"""The thread of `taskmon serve` that keeps SQLite's history search index (storage.search_index).
+"""The thread of `taskmon serve` that keeps the history search index: SQLite's file beside the
+history (storage.search_index, SearchIndexer) or PostgreSQL's run_search table
+(storage.pg_search_index, PgSearchIndexer).
 
 It indexes the runs written since its mark, a batch at a time, at once while there are more and
 every INTERVAL seconds once caught up, at the lowest CPU priority (a busy machine's index lags,
@@ -101,3 +103,74 @@ class SearchIndexer(threading.Thread):
             self.join(timeout=5)
         if self._lock_file is not None:
             self._lock_file.close()
+
+
+class PgSearchIndexer(threading.Thread):
+    """The same for PostgreSQL (storage.pg_search_index): one server keeps the index, the one that
+    holds its advisory lock (LOCK_SQL) on a connection of its own; the others leave it to it. A
+    server that lost its connection (and with it the lock) goes on, and two servers keeping the
+    index for a while only write the same entries twice."""
+
+    def __init__(self, engine):
+        super().__init__(name="search-index", daemon=True)
+        self.engine = engine
+        self.stopping = threading.Event()
+        self._lock_conn = None
+        self._last_warning = 0.0
+
+    def prepare(self) -> bool:
+        """Take the lock; False when another server keeps the index, or it cannot be kept (no
+        pg_trgm index: searches scan)."""
+        from sqlalchemy import text
+        from sqlalchemy.exc import SQLAlchemyError
+
+        from storage import pg_search_index
+
+        try:
+            conn = self.engine.connect()
+            if not pg_search_index.has_index(conn):
+                conn.close()
+                log.warning("history search not indexed: the pg_trgm extension is missing in this database "
+                            "(install PostgreSQL's contrib package, then `taskmon db upgrade`); searches scan")
+                return False
+            taken = conn.execute(text(pg_search_index.LOCK_SQL)).scalar()
+            conn.commit()  # the lock is the session's: it stays until the connection closes
+        except SQLAlchemyError as exc:
+            log.warning("history search index not kept: %s", str(exc).splitlines()[0])
+            return False
+        if not taken:
+            conn.close()
+            log.info("history search index: kept by another taskmon serve")
+            return False
+        self._lock_conn = conn
+        return True
+
+    def run(self) -> None:
+        from sqlalchemy.exc import SQLAlchemyError
+
+        from storage import pg_search_index
+
+        try:  # the lowest CPU priority for this thread (Linux); the server's work on PostgreSQL is not lowered
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        except (AttributeError, OSError):
+            pass
+        while not self.stopping.is_set():
+            more = False
+            try:
+                with self.engine.begin() as conn:
+                    more = pg_search_index.index_batch(conn) == pg_search_index.BATCH
+            except SQLAlchemyError as exc:
+                if time.monotonic() - self._last_warning >= WARN_EVERY:
+                    self._last_warning = time.monotonic()
+                    log.warning("history search index not updated: %s", str(exc).splitlines()[0])
+            if not more:
+                self.stopping.wait(INTERVAL)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        if self.is_alive():
+            self.join(timeout=5)
+        if self._lock_conn is not None:
+            self._lock_conn.invalidate()  # closes the session, and with it the lock (a pooled one would keep it)
+            self._lock_conn.close()
+            self._lock_conn = None

@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from storage.merge import CELERY_STATES, TASKMON_STATES
-from storage import search_index
+from storage import pg_search_index, search_index
 from storage.search import SORTS, BadCursor, decode_cursor, encode_cursor, search_condition
 from storage.sql import bind, dialect, fetch, sqlite_driver, to_bool, to_utc
 
@@ -213,8 +213,9 @@ def list_runs(conn, f: RunFilter = RunFilter(), limit: int = 20, sort: str = "se
     A glob and several states are split into one query per (name, state), each a short walk of
     its (name, seen_at) or (state, seen_at) index, merged; a single condition on a large history
     would otherwise make the database read and sort every matching run to return the newest few.
-    A search is one query: on PostgreSQL its candidates come from the text index, on SQLite from
-    the newest runs, then the search index or a scan (_scan_search).
+    A search is one query: on PostgreSQL its candidates come from the search index
+    (storage.pg_search_index) or a scan, on SQLite from the newest runs, then the search index or a
+    scan (_scan_search).
     """
     if sort not in SORTS:
         raise ValueError(f"unknown sort {sort!r}; one of {', '.join(SORTS)}")
@@ -235,6 +236,11 @@ def list_runs(conn, f: RunFilter = RunFilter(), limit: int = 20, sort: str = "se
         sql = f"SELECT {SUMMARY} FROM task_runs WHERE {where} {order} LIMIT :limit"
         if f.search and db == "sqlite":
             return _scan_search(conn, f.search, sort, where, after, {**params, **after_params, "limit": limit})
+        if f.search:
+            indexed = pg_search_index.candidates_sql(f.search, conn, "idx")
+            if indexed is not None:
+                sql = f"SELECT {SUMMARY} FROM task_runs WHERE {indexed[0]} AND {where} {order} LIMIT :limit"
+                params = {**params, **indexed[1]}
     else:
         selects, params = [], {}
         for i, part in enumerate(parts):

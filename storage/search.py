@@ -1,10 +1,10 @@
 """Text search in the history and the opaque cursor of keyset pagination.
 
 A search text matches a run whose task id starts with it, or whose name, args, kwargs, result or
-exception contains it (case-sensitive, like the name globs). PostgreSQL answers from the pg_trgm GIN
-index of migration 0012_history_search (texts shorter than a trigram, or a server without pg_trgm,
-scan); SQLite reads the newest runs first, then the candidates of the search index `taskmon serve`
-keeps outside the writer (storage.search_index), or without one scans. Either way the rows are the same.
+exception contains it (case-sensitive, like the name globs). Both databases take their candidates
+from a search index `taskmon serve` keeps outside the writer (PostgreSQL: storage.pg_search_index, a
+pg_trgm GIN index; SQLite, after the newest runs: storage.search_index, an FTS5 trigram table), or
+without one scan. Either way the rows are the same.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from storage.sql import bind, to_utc
 
 SEARCHED = ("name", "args", "kwargs", "result", "exception")
 MAX_SEARCH = 500  # characters; longer texts are refused by the callers' validation
-# The indexed expression of migration 0012_history_search, character for character.
+# What PostgreSQL's search index holds of a run (storage.pg_search_index).
 PG_SEARCH_TEXT = ("(COALESCE(task_id, '') || E'\\n' || COALESCE(name, '') || E'\\n' || COALESCE(args, '') || E'\\n' "
                   "|| COALESCE(kwargs, '') || E'\\n' || COALESCE(result, '') || E'\\n' || COALESCE(exception, ''))")
 
@@ -29,7 +29,7 @@ class BadCursor(ValueError):
     """A cursor that this query did not hand out (or handed out for another sort)."""
 
 
-def _like_pattern(text: str) -> str:
+def like_pattern(text: str) -> str:
     escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     return f"%{escaped}%"
 
@@ -45,11 +45,9 @@ def search_condition(conn_dialect: str, text: str, key: str) -> tuple[str, dict[
         id_range = f"task_id >= :{key}_q AND task_id < :{key}_hi AND {prefix}"
         contains = " OR ".join(f"instr({c}, :{key}_q) > 0" for c in SEARCHED)
         return f"(({id_range}) OR {contains})", params
-    params[f"{key}_like"] = _like_pattern(text)
     contains = " OR ".join(f"strpos({c}, :{key}_q) > 0" for c in SEARCHED)
-    # The LIKE on the indexed expression finds candidates through the GIN index (or a scan without
-    # pg_trgm); the exact test keeps a text that only spans two columns from matching.
-    return f"({PG_SEARCH_TEXT} LIKE :{key}_like AND ({prefix} OR {contains}))", params
+    # The candidates come from storage.pg_search_index (storage.history) or a scan.
+    return f"({prefix} OR {contains})", params
 
 
 def encode_cursor(sort: str, row: dict[str, Any]) -> str:
@@ -78,7 +76,16 @@ def decode_cursor(conn_dialect: str, sort: str, cursor: str) -> tuple[Any, str]:
                         "start again without a cursor") from None
 
 
+# PostgreSQL's search index (storage.pg_search_index): made by hand in the migrations, not from storage.schema.
+PG_SEARCH_TABLES = ("run_search", "run_search_mark")
+
+
 def in_metadata(obj, name, type_, reflected, compare_to) -> bool:
-    """Alembic's include_object: the PostgreSQL search index is made by hand in migration 0012, not
-    from storage.schema, so comparing the schema with a database leaves it out."""
-    return not (type_ == "index" and name == "ix_task_runs_search_trgm")
+    """Alembic's include_object: PostgreSQL's search tables are made by hand in the migrations, not
+    from storage.schema, so comparing the schema with a database leaves them out."""
+    if type_ == "table" and name in PG_SEARCH_TABLES:
+        return False
+    if type_ in ("index", "column", "foreign_key_constraint") and getattr(getattr(obj, "table", None), "name", None) \
+            in PG_SEARCH_TABLES:
+        return False
+    return True

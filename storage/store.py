@@ -11,7 +11,7 @@ from urllib.parse import quote, unquote
 
 # The newest migration in storage/migrations/versions: what the code expects to find.
 # tests/test_store_head.py checks it against Alembic's head.
-SCHEMA_HEAD = "0015_rollup_workers"
+SCHEMA_HEAD = "0016_pg_search_index"
 
 
 class DatabaseError(RuntimeError):

@@ -124,8 +124,8 @@ def test_the_search_has_its_index_on_postgresql_and_no_writer_trigger_on_sqlite(
             found = conn.exec_driver_sql("SELECT name FROM sqlite_master WHERE type = 'trigger'").scalars().all()
             assert [t for t in found if "fts" in t] == []
         else:  # pg_trgm ships with PostgreSQL's contrib package, installed on the test server
-            found = conn.exec_driver_sql("SELECT indexname FROM pg_indexes WHERE tablename = 'task_runs'").scalars().all()
-            assert "ix_task_runs_search_trgm" in found
+            found = conn.exec_driver_sql("SELECT indexname FROM pg_indexes WHERE tablename = 'run_search'").scalars().all()
+            assert "ix_run_search_trgm" in found
 
 
 def test_a_search_finds_the_newest_matches_beyond_the_runs_sqlite_reads_first(engine):

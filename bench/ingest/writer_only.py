@@ -52,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--db", help="PostgreSQL server URL (default: a SQLite file in a temp dir)")
     parser.add_argument("--profile", action="store_true",
                         help="print the top functions by own time (runs prepare and commit in one thread)")
+    parser.add_argument("--sql", action="append", default=[],
+                        help="a statement to run after the migrations, before writing (repeatable): to measure "
+                             "what an index or a trigger costs, e.g. --sql 'DROP INDEX ix_task_runs_search_trgm'")
     args = parser.parse_args(argv)
 
     plan = generator.build_plan(args.events, 30_000, seed=7)
@@ -80,6 +83,12 @@ def main(argv: list[str] | None = None) -> int:
     preparer = None
     try:
         upgrade(engine)
+        if args.sql:
+            from sqlalchemy import text
+
+            with engine.begin() as conn:
+                for statement in args.sql:
+                    conn.execute(text(statement))
         buffer = EventBuffer(10**8)
         preparer = Preparer(row_plan(engine.dialect), 16384,
                             processes=0 if args.profile else args.prepare_processes)
@@ -129,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"CPU per 1M events: writer process + helper {own.seconds() * per:.1f} s"
                   + (f", PostgreSQL backends {server.seconds() * per:.1f} s, total "
                      f"{(own.seconds() + server.seconds()) * per:.1f} s" if dbname else ""))
+        if dbname and not profiler:
+            search_index_cost(engine, admin.rsplit("/", 1)[0] + f"/{dbname}", dbname, len(events))
         malformed = {k: v for k, v in counts.items() if k.startswith("malformed")}
         if malformed:
             print(f"malformed: {malformed}")
@@ -143,6 +154,29 @@ def main(argv: list[str] | None = None) -> int:
             with psycopg.connect(admin, autocommit=True) as conn:
                 conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
     return 0
+
+
+def search_index_cost(engine, url: str, dbname: str, events: int) -> None:
+    """What `taskmon serve`'s search indexer then spends catching up with the runs written (PostgreSQL)."""
+    from datetime import datetime, timedelta, timezone
+
+    from storage import pg_search_index
+
+    later = datetime.now(timezone.utc) + timedelta(minutes=1)
+    with psycopg.connect(url, autocommit=True) as watch, engine.connect() as conn:
+        own, server = CpuMeter(), CpuMeter()
+        own.start([os.getpid()])
+        server.start(backend_pids(watch, dbname))
+        started, runs = time.perf_counter(), 0
+        while n := pg_search_index.index_batch(conn, now=later):
+            conn.commit()
+            runs += n
+        elapsed = time.perf_counter() - started
+        own.sample([os.getpid()])
+        server.sample(backend_pids(watch, dbname))
+    per = 1e6 / events
+    print(f"search index (taskmon serve's indexer) caught up with {runs:,} runs in {elapsed:.2f} s: CPU per 1M "
+          f"events written: indexer {own.seconds() * per:.1f} s, PostgreSQL backends {server.seconds() * per:.1f} s")
 
 
 if __name__ == "__main__":

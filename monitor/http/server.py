@@ -73,14 +73,20 @@ def serve(settings: Settings, engine: Engine, *, insecure_no_auth: bool = False,
 
 
 def _search_indexer(engine: Engine):
-    """SQLite: the thread that keeps the history search's text index (monitor.search_indexer), its
-    file made before any server process connects; None on PostgreSQL (pg_trgm) or when another
-    server keeps it."""
-    from monitor.search_indexer import SearchIndexer
+    """The thread that keeps the history search's text index (monitor.search_indexer), on SQLite
+    its file made before any server process connects; None when another server keeps it (or it
+    cannot be kept: searches scan)."""
+    from monitor.search_indexer import PgSearchIndexer, SearchIndexer
     from storage.db import sqlite_path
 
     path = sqlite_path(engine)
     if path is None:
+        if engine.dialect.name != "postgresql":
+            return None
+        indexer = PgSearchIndexer(engine)
+        if indexer.prepare():
+            indexer.start()
+            return indexer
         return None
     indexer = SearchIndexer(path)
     if not indexer.prepare():
