@@ -12,8 +12,9 @@ the median of several repetitions after one warm-up run, on a connection already
 The load goes in bulk, with the rollup triggers and task_runs' secondary indexes dropped (SQLite:
 executemany in large transactions; PostgreSQL: COPY); then the indexes are made again and the
 rollups built by storage.rollups.rebuild, the grouped INSERT ... SELECT a repair would use, and a
-sample of hours and minutes is checked against the GROUP BY over task_runs. PostgreSQL's pg_trgm
-search index is not made again: only `history --search` reads it, which this bench does not time.
+sample of hours and minutes is checked against the GROUP BY over task_runs. PostgreSQL's search
+index (run_search, kept by `taskmon serve`) is not filled: only `history --search` reads it, which
+this bench does not time.
 
 PostgreSQL: a database of the bench's own is created next to --pg-url's and dropped at the end.
 --sqlite-path / --pg-database with --keep keep the loaded data, and a later run given the same
@@ -53,7 +54,6 @@ from tasks.report_data import report_data  # noqa: E402
 
 COLUMNS = [c.name for c in task_runs.columns]
 DAYS = 60
-TRGM_INDEX = "ix_task_runs_search_trgm"
 REPEAT = 7
 
 
@@ -92,8 +92,6 @@ def load(engine, fill) -> None:
             conn.exec_driver_sql(ddl)
         for index in task_runs.indexes:
             conn.execute(DropIndex(index, if_exists=True))
-        if dialect == "postgresql":
-            conn.exec_driver_sql(f"DROP INDEX IF EXISTS {TRGM_INDEX}")
     t0 = time.perf_counter()
     fill()
     print(f"  {dialect}: task_runs loaded in {time.perf_counter() - t0:.0f}s", file=sys.stderr)

@@ -130,6 +130,8 @@ class Step:
     handled: int = 0  # events the consumer received (its own count; Flower: task events), <= events if cut
     cpu_s: float | None = None  # user+sys of the consumer's processes from publishing to drained
     server_cpu_s: float | None = None  # PostgreSQL: of the backends serving the consumer's database
+    generator_cpu_s: float | None = None  # the publishing process, same window
+    redis_cpu_s: float | None = None  # redis-server, same window
     notes: list[str] = field(default_factory=list)
 
     def cpu_per_million(self) -> float | None:
@@ -206,9 +208,12 @@ def run_step(consumer: cons.Consumer, gen: GeneratorProcess, plan: dict, rate: i
         first_subscribers = wait_subscribed(client, consumer)
         time.sleep(args.warmup)
         planned = plan["events"] / rate
-        own, backends = CpuMeter(), CpuMeter()
+        own, backends, others = CpuMeter(), CpuMeter(), {"generator": CpuMeter(), "redis": CpuMeter()}
+        other_pids = {"generator": [gen.proc.pid], "redis": [server.proc.pid] if server.proc else []}
         own.start(consumer.cpu_pids())
         backends.start(consumer.server_pids())
+        for key, meter in others.items():
+            meter.start(other_pids[key])
         published = gen.publish(rate, max_seconds=3 * planned + 10)
         step.events, step.achieved_rate = published["events"], published["achieved_rate"]
         step.unheard_messages = published["zero_receivers"]
@@ -219,6 +224,9 @@ def run_step(consumer: cons.Consumer, gen: GeneratorProcess, plan: dict, rate: i
         step.drain_seconds, progress = drain(consumer, target, args.settle, args.drain_timeout)
         own.sample(consumer.cpu_pids())
         backends.sample(consumer.server_pids())
+        for key, meter in others.items():
+            meter.sample(other_pids[key])
+        step.generator_cpu_s, step.redis_cpu_s = others["generator"].seconds(), others["redis"].seconds()
         step.cpu_s = own.seconds()
         step.server_cpu_s = backends.seconds() if isinstance(consumer, cons.TaskmonPostgres) else None
         if step.drain_seconds is not None:
@@ -268,6 +276,7 @@ def rss_run(consumer: cons.Taskmon, gen: GeneratorProcess, plan: dict, rate: int
     step = run_step(consumer, gen, plan, rate, server, client, args, idle_rss=args.rss_idle)
     return {"consumer": consumer.key, "label": consumer.label, "cpu_per_million": step.cpu_per_million(),
             "cpu_s": step.cpu_s, "server_cpu_s": step.server_cpu_s,
+            "generator_cpu_s": step.generator_cpu_s, "redis_cpu_s": step.redis_cpu_s,
             "events": step.events, "rate": rate, "achieved_rate": step.achieved_rate,
             "tasks": step.tasks, "delivered": step.delivered, "lossless": step.lossless,
             "idle_rss_mb": step.idle_rss_mb, "idle_seconds": args.rss_idle,
@@ -378,10 +387,18 @@ def tables(steps: list[Step], rates: list[int], order: list[str], max_drain: flo
     return "\n".join(out)
 
 
+def others(s) -> str:
+    """CPU s of the generator and of redis-server over a step (a Step or a sustained run's dict)."""
+    gen, red = (s.get("generator_cpu_s"), s.get("redis_cpu_s")) if isinstance(s, dict) else (s.generator_cpu_s,
+                                                                                                s.redis_cpu_s)
+    return "-" if gen is None else f"{gen:.1f} / {red:.1f}"
+
+
 def details(steps: list[Step]) -> str:
     out = ["| consumer | target/s | achieved/s | tasks | final ok | missing | wrong | drain s | cut by Redis "
-           "| unheard msgs | reconnects | dropped | RSS MB (peak) | CPU s (server) | load |",
-           "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+           "| unheard msgs | reconnects | dropped | RSS MB (peak) | CPU s (server) | CPU s generator / Redis | load |",
+           "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: "
+           "| ---: |"]
     for s in steps:
         cut = "yes" if (s.subscriber_cut or s.redis_cutoffs) else "no"
         drain_txt = f"{s.drain_seconds:.1f}" if s.drain_seconds is not None else "never"
@@ -389,7 +406,7 @@ def details(steps: list[Step]) -> str:
         cpu = "-" if s.cpu_s is None else f"{s.cpu_s:.1f}" + (f" ({s.server_cpu_s:.1f})" if s.server_cpu_s is not None else "")
         out.append(f"| {s.label} | {s.target_rate:,} | {s.achieved_rate:,.0f} | {s.tasks:,} | {s.delivered:,} "
                    f"| {s.missing:,} | {s.wrong_state:,} | {drain_txt} | {cut} | {s.unheard_messages:,} "
-                   f"| {s.reconnects} | {s.events_dropped:,} | {rss} | {cpu} | {s.load_before:.2f} |")
+                   f"| {s.reconnects} | {s.events_dropped:,} | {rss} | {cpu} | {others(s)} | {s.load_before:.2f} |")
     notes = [f"- {s.label} @ {s.target_rate:,}/s: {'; '.join(s.notes)}" for s in steps if s.notes]
     return "\n".join(out + ([""] + notes if notes else []))
 
@@ -557,7 +574,8 @@ def main(argv: list[str] | None = None) -> int:
                    f"{one['idle_seconds']:g} s later, VmHWM (peak) {one['peak_rss_mb']} MB; "
                    f"final ok {one['delivered']:,}/{one['tasks']:,} tasks, CPU {cpu} s per 1M events"
                    + (f" ({one['cpu_s']:.1f} s daemon + {one['server_cpu_s']:.1f} s server)"
-                      if one["server_cpu_s"] is not None else "")
+                      if one["server_cpu_s"] is not None else f" ({one['cpu_s']:.1f} s daemon)")
+                   + f", generator / Redis {others(one)} CPU s"
                    + (f", drained {one['drain_seconds']} s after the last event" if one['drain_seconds'] is not None
                       else ", never drained")
                    + (f"; {'; '.join(one['notes'])}" if one['notes'] else "")]
