@@ -24,8 +24,6 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import text as sql_text
-
 from storage.search import PG_SEARCH_TEXT, like_pattern
 
 TABLE = "run_search"
@@ -43,7 +41,9 @@ LOCK_SQL = "SELECT pg_try_advisory_lock(1953719661, hashtext(current_schema()))"
 
 
 def fetch(conn, sql: str, params: dict[str, Any]) -> list[dict[str, Any]]:
-    result = conn.execute(sql_text(sql), params)
+    from sqlalchemy import text  # here: `taskmon history` on SQLite imports this module, not SQLAlchemy
+
+    result = conn.execute(text(sql), params)
     return [dict(r._mapping) for r in result] if result.returns_rows else []
 
 
