@@ -115,6 +115,29 @@ def test_a_helper_killed_with_9_loses_no_batch_and_a_new_one_takes_over(sqlite_u
         engine.dispose()
 
 
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads the helper's RSS through /proc")
+def test_an_idle_helper_that_grew_is_replaced_and_the_new_one_prepares_the_same(engine):
+    """After a burst the writer replaces a helper whose heap kept what the burst's batches needed."""
+    batch = pieces(mixed_events())
+    preparer = Preparer(row_plan(engine.dialect), 16384, processes=1)
+    try:
+        first = preparer.submit(batch).result()
+        (old,) = helper_pids()
+        assert preparer.renew_grown() == 0  # a new helper is far below RENEW_RSS_BYTES
+        job = preparer.submit(batch)
+        assert preparer.renew_grown(most=0) == 0  # a batch in hand: never replaced under it
+        assert params_of(engine, job.result()) == params_of(engine, first)
+        assert preparer.renew_grown(most=0) == 1  # idle, and over the limit
+        (new,) = helper_pids()
+        assert new != old and not Path(f"/proc/{old}").exists()  # the old one exited and was reaped
+        again = preparer.submit(batch).result()
+        assert params_of(engine, again) == params_of(engine, first)
+        assert preparer.counters.get("prepare.helpers_renewed") == 1
+        assert preparer.counters.get("prepare.helper_failures") == 0
+    finally:
+        preparer.close()
+
+
 def test_without_a_helper_the_writer_thread_prepares_batches_itself(sqlite_url):
     from storage.db import make_engine, upgrade
 

@@ -169,8 +169,11 @@ def wait_unsubscribed(client: redis.Redis, timeout: float = 30.0) -> None:
         time.sleep(0.1)
 
 
-def drain(consumer: cons.Consumer, target: int, settle: float, timeout: float) -> tuple[float | None, int]:
-    """Wait until progress reaches target (-> seconds taken) or stops moving for ``settle`` s (-> None)."""
+def drain(consumer: cons.Consumer, target: int, settle: float, timeout: float,
+          tick=lambda: None) -> tuple[float | None, int]:
+    """Wait until progress reaches target (-> seconds taken) or stops moving for ``settle`` s (-> None);
+    ``tick()`` at every look (CPU samples: a process that exits meanwhile, such as a replaced
+    helper, keeps what it spent)."""
     start = time.monotonic()
     last, last_change = None, start
     value = 0
@@ -185,6 +188,7 @@ def drain(consumer: cons.Consumer, target: int, settle: float, timeout: float) -
             return None, value
         if now - start >= timeout or not consumer.alive():
             return None, value
+        tick()
         time.sleep(0.25)
 
 
@@ -215,13 +219,18 @@ def run_step(consumer: cons.Consumer, gen: GeneratorProcess, plan: dict, rate: i
         for key, meter in others.items():
             meter.start(other_pids[key])
         published = gen.publish(rate, max_seconds=3 * planned + 10)
+        own.sample(consumer.cpu_pids())  # the helper the daemon had while the events came
         step.events, step.achieved_rate = published["events"], published["achieved_rate"]
         step.unheard_messages = published["zero_receivers"]
         if published["stopped_early"]:
             step.notes.append("generator hit its time limit")
         target = consumer.target({"events": published["events"], "tasks": step.tasks,
                                   "heartbeats": plan["heartbeats"]})
-        step.drain_seconds, progress = drain(consumer, target, args.settle, args.drain_timeout)
+        def tick():
+            own.sample(consumer.cpu_pids())
+            backends.sample(consumer.server_pids())
+
+        step.drain_seconds, progress = drain(consumer, target, args.settle, args.drain_timeout, tick)
         own.sample(consumer.cpu_pids())
         backends.sample(consumer.server_pids())
         for key, meter in others.items():

@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 # How long one transaction of the writer should hold its locks. Fewer rows per transaction cost
 # more statements and commits; bench/ingest/read_latency.py shows both sides.
 TRANSACTION_SECONDS = 0.1
+RENEW_IDLE = 2.0  # seconds without a commit after a burst before a grown helper is replaced (prepare.RENEW_RSS_BYTES)
 TRANSACTION_ROWS = 8192  # the most runs in one transaction (pg_bulk.STAGE_ROWS: one staging step)
 
 
@@ -139,6 +140,8 @@ class Writer(threading.Thread):
         depth = 3 if self.preparer.processes else 1
         in_flight: deque[InFlight] = deque()
         since_cleanup = 0  # events written since the last idle clean-up
+        renew_due = False  # a burst ended: replace a grown helper once the writer has been idle RENEW_IDLE s
+        last_commit = time.monotonic()
         while True:
             if len(in_flight) < depth and (not in_flight or len(self.buffer) >= self.batch_size // 2):
                 taken = self.buffer.take(self.batch_size, 0 if in_flight else self.flush_interval)
@@ -153,15 +156,21 @@ class Writer(threading.Thread):
                 self.commit(self.finish(flight))
                 self._note_working(in_flight)
                 since_cleanup += flight.events
+                last_commit = time.monotonic()
                 del flight
                 release_free_memory()
             elif self.stopping.is_set() and len(self.buffer) == 0:
                 return
             elif since_cleanup >= self.batch_size:
-                # Idle after a burst: collect what only the cyclic collector frees, and give it back.
+                # Idle after a burst: collect what only the cyclic collector frees, and give it back;
+                # a helper that kept much of the burst is replaced if the pause lasts.
                 gc.collect()
                 release_free_memory()
-                since_cleanup = 0
+                since_cleanup, renew_due = 0, True
+            elif renew_due and time.monotonic() - last_commit >= RENEW_IDLE:
+                # Not at every pause of a busy stream: starting a helper costs a few tenths of a second of CPU.
+                self.preparer.renew_grown()
+                renew_due = False
 
     def _note_working(self, in_flight: deque[InFlight]) -> None:
         self.working_since = min((f.put_at for f in in_flight if f.put_at is not None), default=None)
