@@ -27,13 +27,63 @@ PURGE_EVERY = 3600.0
 WARN_EVERY = 60.0
 
 
-class SearchIndexer(threading.Thread):
-    def __init__(self, history: str):
+class _Keeper(threading.Thread):
+    """What both keepers share: the thread, at the lowest CPU priority, that indexes a round at once
+    while there are more and every INTERVAL seconds once caught up, warning at most every WARN_EVERY."""
+
+    def __init__(self, what: str, errors: tuple):
         super().__init__(name="search-index", daemon=True)
-        self.history = history
+        self.what = what  # the index, as the log names it
+        self.errors = errors  # what a round may raise and the next one may get past
         self.stopping = threading.Event()
-        self._lock_file = None
         self._last_warning = 0.0
+
+    def run(self) -> None:
+        try:  # the lowest CPU priority, this thread alone (Linux): the daemon's writer and the API come first
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        except (AttributeError, OSError):
+            pass
+        while not self.stopping.is_set():
+            try:
+                more = self._round()
+            except self.errors as exc:
+                self._warn(exc)
+                self._recover()
+                more = False
+            if not more:
+                self.stopping.wait(INTERVAL)
+        self._recover()
+
+    def _round(self) -> bool:
+        """Index (and purge) a batch; True when there is more to do at once."""
+        raise NotImplementedError
+
+    def _recover(self) -> None:
+        """After a failed round, and when stopping: drop what the next round should make again."""
+
+    def _release(self) -> None:
+        """Give up keeping the index, so that another server may take it."""
+
+    def _warn(self, exc: Exception) -> None:
+        if time.monotonic() - self._last_warning >= WARN_EVERY:
+            self._last_warning = time.monotonic()
+            log.warning("%s not updated: %s", self.what, str(exc).splitlines()[0])
+
+    def stop(self) -> None:
+        self.stopping.set()
+        if self.is_alive():
+            self.join(timeout=5)
+        self._release()
+
+
+class SearchIndexer(_Keeper):
+    def __init__(self, history: str):
+        super().__init__(f"search index of {history}", (sqlite3.Error,))
+        self.history = history
+        self._lock_file = None
+        self._conn: sqlite3.Connection | None = None
+        self._purge_after: str | None = None
+        self._next_purge = time.monotonic() + PURGE_EVERY
 
     def prepare(self) -> bool:
         """Make the index file and its tables and take the lock; False when another server keeps it
@@ -64,65 +114,43 @@ class SearchIndexer(threading.Thread):
             raise sqlite3.OperationalError(f"cannot open {search_index.index_path(self.history)}")
         return conn
 
-    def run(self) -> None:
-        try:  # the lowest CPU priority, this thread alone (Linux): the daemon's writer and the API come first
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-        except (AttributeError, OSError):
-            pass
-        conn = None
-        purge_after: str | None = None
-        next_purge = time.monotonic() + PURGE_EVERY
-        while not self.stopping.is_set():
-            more = False
-            try:
-                if conn is None:
-                    conn = self._connect()
-                more = search_index.index_batch(conn) == search_index.BATCH
-                if purge_after is not None or time.monotonic() >= next_purge:
-                    _, purge_after = search_index.purge_batch(conn, purge_after or "")
-                    next_purge = time.monotonic() + PURGE_EVERY
-                    more = more or purge_after is not None
-            except sqlite3.Error as exc:
-                self._warn(exc)
-                if conn is not None:
-                    conn.close()
-                    conn = None
-            if not more:
-                self.stopping.wait(INTERVAL)
-        if conn is not None:
-            conn.close()
+    def _round(self) -> bool:
+        if self._conn is None:
+            self._conn = self._connect()
+        more = search_index.index_batch(self._conn) == search_index.BATCH
+        if self._purge_after is not None or time.monotonic() >= self._next_purge:
+            _, self._purge_after = search_index.purge_batch(self._conn, self._purge_after or "")
+            self._next_purge = time.monotonic() + PURGE_EVERY
+            more = more or self._purge_after is not None
+        return more
 
-    def _warn(self, exc: Exception) -> None:
-        if time.monotonic() - self._last_warning >= WARN_EVERY:
-            self._last_warning = time.monotonic()
-            log.warning("search index of %s not updated: %s", self.history, str(exc).splitlines()[0])
+    def _recover(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
-    def stop(self) -> None:
-        self.stopping.set()
-        if self.is_alive():
-            self.join(timeout=5)
+    def _release(self) -> None:
         if self._lock_file is not None:
             self._lock_file.close()
 
 
-class PgSearchIndexer(threading.Thread):
+class PgSearchIndexer(_Keeper):
     """The same for PostgreSQL (storage.pg_search_index): one server keeps the index, the one that
     holds its advisory lock (LOCK_SQL) on a connection of its own; the others leave it to it. A
     server that lost its connection (and with it the lock) goes on, and two servers keeping the
     index for a while only write the same entries twice."""
 
     def __init__(self, engine):
-        super().__init__(name="search-index", daemon=True)
+        from sqlalchemy.exc import SQLAlchemyError
+
+        super().__init__("history search index", (SQLAlchemyError,))
         self.engine = engine
-        self.stopping = threading.Event()
         self._lock_conn = None
-        self._last_warning = 0.0
 
     def prepare(self) -> bool:
         """Take the lock; False when another server keeps the index, or it cannot be kept (no
         pg_trgm index: searches scan)."""
         from sqlalchemy import text
-        from sqlalchemy.exc import SQLAlchemyError
 
         from storage import pg_search_index
 
@@ -135,7 +163,7 @@ class PgSearchIndexer(threading.Thread):
                 return False
             taken = conn.execute(text(pg_search_index.LOCK_SQL)).scalar()
             conn.commit()  # the lock is the session's: it stays until the connection closes
-        except SQLAlchemyError as exc:
+        except self.errors as exc:
             log.warning("history search index not kept: %s", str(exc).splitlines()[0])
             return False
         if not taken:
@@ -145,31 +173,13 @@ class PgSearchIndexer(threading.Thread):
         self._lock_conn = conn
         return True
 
-    def run(self) -> None:
-        from sqlalchemy.exc import SQLAlchemyError
-
+    def _round(self) -> bool:
         from storage import pg_search_index
 
-        try:  # the lowest CPU priority for this thread (Linux); the server's work on PostgreSQL is not lowered
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-        except (AttributeError, OSError):
-            pass
-        while not self.stopping.is_set():
-            more = False
-            try:
-                with self.engine.begin() as conn:
-                    more = pg_search_index.index_batch(conn) == pg_search_index.BATCH
-            except SQLAlchemyError as exc:
-                if time.monotonic() - self._last_warning >= WARN_EVERY:
-                    self._last_warning = time.monotonic()
-                    log.warning("history search index not updated: %s", str(exc).splitlines()[0])
-            if not more:
-                self.stopping.wait(INTERVAL)
+        with self.engine.begin() as conn:  # the server's work on PostgreSQL is not lowered, only this thread
+            return pg_search_index.index_batch(conn) == pg_search_index.BATCH
 
-    def stop(self) -> None:
-        self.stopping.set()
-        if self.is_alive():
-            self.join(timeout=5)
+    def _release(self) -> None:
         if self._lock_conn is not None:
             self._lock_conn.invalidate()  # closes the session, and with it the lock (a pooled one would keep it)
             self._lock_conn.close()

@@ -25,6 +25,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from storage.search import PG_SEARCH_TEXT, like_pattern
+from storage.sql import fetch
 
 TABLE = "run_search"
 MARK_TABLE = "run_search_mark"
@@ -40,16 +41,9 @@ MAX_UNINDEXED = 100_000
 LOCK_SQL = "SELECT pg_try_advisory_lock(1953719661, hashtext(current_schema()))"
 
 
-def fetch(conn, sql: str, params: dict[str, Any]) -> list[dict[str, Any]]:
-    from sqlalchemy import text  # here: `taskmon history` on SQLite imports this module, not SQLAlchemy
-
-    result = conn.execute(text(sql), params)
-    return [dict(r._mapping) for r in result] if result.returns_rows else []
-
-
 def mark(conn) -> tuple[datetime, str] | None:
     """(updated_at, task_id) of the last run indexed; None before the first."""
-    rows = fetch(conn, f"SELECT updated_at, task_id FROM {MARK_TABLE} WHERE id = 1", {})
+    rows = fetch(conn, f"SELECT updated_at, task_id FROM {MARK_TABLE} WHERE id = 1", {}, {})
     return (rows[0]["updated_at"], rows[0]["task_id"]) if rows else None
 
 
@@ -74,18 +68,20 @@ def index_batch(conn, limit: int = BATCH, now: datetime | None = None) -> int:
             ON CONFLICT (task_id) DO UPDATE SET body = excluded.body WHERE {TABLE}.body <> excluded.body)
         SELECT (SELECT count(*) FROM batch) AS n, last.updated_at, last.task_id
         FROM (SELECT updated_at, task_id FROM batch ORDER BY updated_at DESC, task_id DESC LIMIT 1) AS last
-        """, {"at": at, "id": last_id, "cutoff": _cutoff(now), "limit": limit})
+        """, {"at": at, "id": last_id, "cutoff": _cutoff(now), "limit": limit}, {})
     if not rows:
         return 0
-    fetch(conn, f"INSERT INTO {MARK_TABLE} (id, updated_at, task_id) VALUES (1, :at, :id) "
-                "ON CONFLICT (id) DO UPDATE SET updated_at = excluded.updated_at, task_id = excluded.task_id",
-          {"at": rows[0]["updated_at"], "id": rows[0]["task_id"]})
+    from sqlalchemy import text  # here: `taskmon history` on SQLite imports this module, not SQLAlchemy
+
+    conn.execute(text(f"INSERT INTO {MARK_TABLE} (id, updated_at, task_id) VALUES (1, :at, :id) "
+                      "ON CONFLICT (id) DO UPDATE SET updated_at = excluded.updated_at, task_id = excluded.task_id"),
+                 {"at": rows[0]["updated_at"], "id": rows[0]["task_id"]})
     return rows[0]["n"]
 
 
 def has_index(conn) -> bool:
     """The trigram index is there (the migration made it: pg_trgm was available)."""
-    return fetch(conn, f"SELECT to_regclass('{INDEX}') IS NOT NULL AS made", {})[0]["made"]
+    return fetch(conn, f"SELECT to_regclass('{INDEX}') IS NOT NULL AS made", {}, {})[0]["made"]
 
 
 def candidates_sql(text: str, conn, key: str) -> tuple[str, dict[str, Any]] | None:
@@ -99,7 +95,7 @@ def candidates_sql(text: str, conn, key: str) -> tuple[str, dict[str, Any]] | No
         return None
     since = at[0]
     unindexed = fetch(conn, "SELECT count(*) AS n FROM (SELECT 1 FROM task_runs WHERE updated_at >= :since "
-                            "LIMIT :most) AS u", {"since": since, "most": MAX_UNINDEXED + 1})[0]["n"]
+                            "LIMIT :most) AS u", {"since": since, "most": MAX_UNINDEXED + 1}, {})[0]["n"]
     if unindexed > MAX_UNINDEXED:
         return None
     sql = (f"task_id IN (SELECT task_id FROM {TABLE} WHERE body LIKE :{key}_like "
@@ -111,4 +107,4 @@ def caught_up(conn, now: datetime | None = None) -> bool:
     """The index holds every run up to _cutoff (for the bench and the tests)."""
     at, last_id = mark(conn) or (_START, "")
     return not fetch(conn, f"SELECT 1 AS one FROM task_runs WHERE {_AFTER_MARK} LIMIT 1",
-                     {"at": at, "id": last_id, "cutoff": _cutoff(now)})
+                     {"at": at, "id": last_id, "cutoff": _cutoff(now)}, {})

@@ -8,14 +8,14 @@ from sqlalchemy import delete, text, update
 from monitor.search_indexer import PgSearchIndexer
 from storage import pg_search_index
 from storage.db import make_engine
-from storage.history import RunFilter, list_runs
 from storage.schema import task_runs
 from tests.conftest import replay
 from tests.history_data import insert, now_utc, run
 from tests.test_history_search import expected, random_history
+from tests.test_search_index import TEXTS as SQLITE_TEXTS
+from tests.test_search_index import search
 
-TEXTS = ["alpha", "Beta", "beta", "ma_1", "50%", "h\\s", 'o"t', "ïve", "用户", "card dec", "b0012-", "'user': None",
-         "nothing here", "al", "x", "a*p", "[x", "?", "a\nb"]
+TEXTS = [*SQLITE_TEXTS, "a\nb"]
 LATER = now_utc() + timedelta(days=1)  # as if the index ran a day on: every run written so far is settled
 
 
@@ -36,11 +36,6 @@ def catch_up(engine, now=LATER, limit=50) -> None:
         while pg_search_index.index_batch(conn, limit=limit, now=now):
             pass
         assert pg_search_index.caught_up(conn, now=now)
-
-
-def search(engine, q):
-    with engine.connect() as conn:
-        return [r["task_id"] for r in list_runs(conn, RunFilter(search=q), limit=1000)]
 
 
 def answered_by_index(engine, q) -> bool:

@@ -80,18 +80,16 @@ def _search_indexer(engine: Engine):
     from storage.db import sqlite_path
 
     path = sqlite_path(engine)
-    if path is None:
-        if engine.dialect.name != "postgresql":
-            return None
+    if path is not None:
+        indexer = SearchIndexer(path)
+    elif engine.dialect.name == "postgresql":
         indexer = PgSearchIndexer(engine)
-        if indexer.prepare():
-            indexer.start()
-            return indexer
+    else:
         return None
-    indexer = SearchIndexer(path)
     if not indexer.prepare():
         return None
-    engine.dispose()  # pooled connections made before the file was there attach it when made again
+    if path is not None:
+        engine.dispose()  # pooled connections made before the file was there attach it when made again
     indexer.start()
     return indexer
 
