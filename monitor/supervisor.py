@@ -47,6 +47,11 @@ class Service:
     def is_alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
+    @property
+    def ident(self) -> int | None:
+        """The running thread's identifier (for its CPU clock: time.pthread_getcpuclockid)."""
+        return self._thread.ident if self._thread is not None else None
+
     def join(self, timeout: float | None = None) -> None:
         if self._thread is not None:
             self._thread.join(timeout)

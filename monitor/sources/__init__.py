@@ -9,6 +9,7 @@ import threading
 from datetime import datetime, timezone
 
 import orjson
+import pybase64
 
 from monitor.ingest.buffer import EventBuffer, Gap
 from monitor.ingest.events import Malformed
@@ -38,7 +39,7 @@ def decode_kombu_message(data: bytes) -> list:
         raise Malformed("unsupported_content_type", str(content_type)[:60])
     if properties.get("body_encoding") == "base64":
         try:
-            raw = base64.b64decode(body, validate=True)
+            raw = pybase64.b64decode(body, validate=True)
         except (binascii.Error, ValueError):
             raise Malformed("bad_encoding") from None
     else:

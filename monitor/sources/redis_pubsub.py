@@ -29,6 +29,10 @@ RECV_BYTES = 1 << 20
 # hiredis moves what is left of its buffer to the front each time it has parsed 1 kB, so a
 # whole 1 MB read fed at once cost ~5 us per message in those moves; fed in slices, 0.4.
 FEED_BYTES = 16 << 10
+# After a short read, wait this long before the next: at 40,000 messages/s reads of ~25 kB came
+# 1,500 times a second, each paying a poll, a recv, a buffer hand-off and a wake-up of the writer.
+# Redis holds what comes meanwhile (tens of kB, against its 32 MB limit).
+READ_PAUSE = 0.002
 
 
 def event_pattern(broker_url: str) -> str:
@@ -94,7 +98,7 @@ class RedisPubSubSource(Source):
             if not data:
                 raise ConnectionError("Redis closed the connection")
             last_data = time.monotonic()
-            events: list = []
+            payloads: list = []
             for start in range(0, len(data), FEED_BYTES):
                 reader.feed(data, start, min(FEED_BYTES, len(data) - start))
                 while True:
@@ -107,20 +111,29 @@ class RedisPubSubSource(Source):
                         continue
                     kind = reply[0]
                     if kind == b"pmessage" and len(reply) == 4:
-                        self._decode(reply[3], events)
+                        payloads.append(reply[3])
                     elif kind == b"psubscribe":
                         subscribed = True
-            if events:
-                self.deliver(events)
+            if payloads:
+                self._decode(payloads)
+            if len(data) < RECV_BYTES // 4:
+                time.sleep(READ_PAUSE)
         if subscribed:
             log.info("pubsub reader stopped")
 
-    def _decode(self, payload: bytes, out: list) -> None:
-        self.counters.incr("messages_received")
-        if len(payload) > self.max_message_bytes:
-            self.malformed("oversize")
-            return
-        try:
-            out.extend(decode_kombu_message(payload))
-        except Malformed as exc:
-            self.malformed(exc.reason)
+    def _decode(self, payloads: list) -> None:
+        """The messages of one read -> their events, delivered together (counted once per read, not
+        per message: the counters' lock was a twentieth of this thread's time)."""
+        self.counters.incr("messages_received", len(payloads))
+        events: list = []
+        most = self.max_message_bytes
+        for payload in payloads:
+            if len(payload) > most:
+                self.malformed("oversize")
+                continue
+            try:
+                events.extend(decode_kombu_message(payload))
+            except Malformed as exc:
+                self.malformed(exc.reason)
+        if events:
+            self.deliver(events)
