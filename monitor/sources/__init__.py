@@ -7,6 +7,7 @@ import logging
 import os
 import threading
 from datetime import datetime, timezone
+from typing import Callable
 
 import orjson
 import pybase64
@@ -162,6 +163,16 @@ class Source(Service):
 
     def malformed(self, reason: str) -> None:
         self.counters.incr(f"malformed.{reason}")
+
+    def collect(self, payload: bytes, decode: Callable[[bytes], list], out: list) -> None:
+        """Add the events ``decode`` finds in one message to ``out``; count an oversize or malformed one instead."""
+        if len(payload) > self.max_message_bytes:
+            self.malformed("oversize")
+            return
+        try:
+            out.extend(decode(payload))
+        except Malformed as exc:
+            self.malformed(exc.reason)
 
     def deliver(self, events: list, ack=None) -> bool:
         """Hand events to the writer; a non-durable source counts what a full buffer refuses."""

@@ -18,7 +18,6 @@ import time
 import hiredis
 import redis
 
-from monitor.ingest.events import Malformed
 from tasks.redact import mask_url
 from monitor.sources import Source, decode_kombu_message
 
@@ -126,14 +125,7 @@ class RedisPubSubSource(Source):
         per message: the counters' lock was a twentieth of this thread's time)."""
         self.counters.incr("messages_received", len(payloads))
         events: list = []
-        most = self.max_message_bytes
         for payload in payloads:
-            if len(payload) > most:
-                self.malformed("oversize")
-                continue
-            try:
-                events.extend(decode_kombu_message(payload))
-            except Malformed as exc:
-                self.malformed(exc.reason)
+            self.collect(payload, decode_kombu_message, events)
         if events:
             self.deliver(events)

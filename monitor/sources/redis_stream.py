@@ -157,13 +157,7 @@ class RedisStreamSource(Source):
             if payload is None:
                 self.malformed("bad_envelope")
                 continue
-            if len(payload) > self.max_message_bytes:
-                self.malformed("oversize")
-                continue
-            try:
-                events.extend(decode_body(payload))
-            except Malformed as exc:
-                self.malformed(exc.reason)
+            self.collect(payload, decode_body, events)
         self.counters.incr("messages_received", len(entries))
         ack = self._acker(ids)
         if events:
