@@ -128,6 +128,9 @@ def test_an_idle_helper_that_grew_is_replaced_and_the_new_one_prepares_the_same(
         assert preparer.renew_grown(most=0) == 0  # a batch in hand: never replaced under it
         assert params_of(engine, job.result()) == params_of(engine, first)
         assert preparer.renew_grown(most=0) == 1  # idle, and over the limit
+        deadline = time.monotonic() + 10
+        while not helper_pids() and time.monotonic() < deadline:
+            time.sleep(0.05)  # until the new child has exec'd (before, its cmdline is ours)
         (new,) = helper_pids()
         assert new != old and not Path(f"/proc/{old}").exists()  # the old one exited and was reaped
         again = preparer.submit(batch).result()
