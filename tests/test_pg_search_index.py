@@ -3,7 +3,7 @@ import time
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import delete, text, update
+from sqlalchemy import text, update
 
 from monitor.search_indexer import PgSearchIndexer
 from storage import pg_search_index
@@ -13,7 +13,7 @@ from tests.conftest import replay
 from tests.history_data import insert, now_utc, run
 from tests.test_history_search import expected, random_history
 from tests.test_search_index import TEXTS as SQLITE_TEXTS
-from tests.test_search_index import search
+from tests.test_search_index import assert_searches_see_now, change_add_and_delete, search
 
 TEXTS = [*SQLITE_TEXTS, "a\nb"]
 LATER = now_utc() + timedelta(days=1)  # as if the index ran a day on: every run written so far is settled
@@ -71,22 +71,10 @@ def test_a_run_changed_added_or_deleted_since_it_was_indexed_is_found_as_it_is_n
     engine, rows = history
     catch_up(engine)
     assert len(entries(engine)) == len(rows)
-    newest = max(r["updated_at"] for r in rows)  # the index's mark
-    with engine.begin() as conn:
-        conn.execute(update(task_runs).where(task_runs.c.task_id == rows[0]["task_id"])
-                     .values(args="('zebra crossing',)", result=None, exception=None, kwargs=None,
-                             updated_at=newest + timedelta(seconds=30)))
-        conn.execute(delete(task_runs).where(task_runs.c.task_id == rows[1]["task_id"]))
-    insert(engine, [run("late1", "job.late", "SUCCESS", newest, args="('zebra crossing',)"),
-                    run("late2", "job.late", "SUCCESS", newest - timedelta(days=1), args="('zebra crossing',)",
-                        updated_at=newest + timedelta(microseconds=1))])
+    changed, zebras = change_add_and_delete(engine, rows)
     assert rows[1]["task_id"] not in entries(engine)  # the clean-up's delete took its entry along
-    changed = {**rows[0], "args": "('zebra crossing',)", "result": None, "exception": None, "kwargs": None}
-    zebras = sorted([rows[0]["task_id"], "late1", "late2"])
     assert answered_by_index(engine, "zebra")
-    assert sorted(search(engine, "zebra")) == zebras
-    for q in ("alpha", "Beta", "用户", "a*p"):
-        assert search(engine, q) == expected(rows[2:] + [changed], q)
+    assert_searches_see_now(engine, rows, changed, zebras)
     catch_up(engine)
     got = entries(engine)
     assert len(got) == len(rows) + 1 and "zebra crossing" in got[rows[0]["task_id"]]

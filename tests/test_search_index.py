@@ -72,10 +72,9 @@ def test_searches_through_the_index_find_what_the_scan_finds(history, text):
     assert answered_by_index(engine, text) == (len(text) >= search_index.MIN_TEXT)
 
 
-def test_a_run_changed_added_or_deleted_since_it_was_indexed_is_found_as_it_is_now(history):
-    engine, rows, path = history
-    index = build_index(path)
-    engine.dispose()
+def change_add_and_delete(engine, rows) -> tuple[dict, list[str]]:
+    """After the index's mark: rows[0] changed to mention a zebra, rows[1] deleted, two zebra runs
+    added (one seen a day ago, written just after the mark). The changed row and the zebras' ids."""
     newest = max(r["updated_at"] for r in rows)  # the index's mark
     with engine.begin() as conn:
         conn.execute(update(task_runs).where(task_runs.c.task_id == rows[0]["task_id"])
@@ -83,15 +82,26 @@ def test_a_run_changed_added_or_deleted_since_it_was_indexed_is_found_as_it_is_n
                              updated_at=newest + timedelta(seconds=30)))
         conn.execute(delete(task_runs).where(task_runs.c.task_id == rows[1]["task_id"]))
     insert(engine, [run("late1", "job.late", "SUCCESS", newest, args="('zebra crossing',)"),
-                    # seen a day ago, written just after the mark
                     run("late2", "job.late", "SUCCESS", newest - timedelta(days=1), args="('zebra crossing',)",
                         updated_at=newest + timedelta(microseconds=1))])
     changed = {**rows[0], "args": "('zebra crossing',)", "result": None, "exception": None, "kwargs": None}
-    zebras = sorted([rows[0]["task_id"], "late1", "late2"])
-    assert answered_by_index(engine, "zebra")
+    return changed, sorted([rows[0]["task_id"], "late1", "late2"])
+
+
+def assert_searches_see_now(engine, rows, changed, zebras) -> None:
+    """Searches after change_add_and_delete answer from the history as it is now."""
     assert sorted(search(engine, "zebra")) == zebras
     for text in ("alpha", "Beta", "用户", "a*p"):
         assert search(engine, text) == expected(rows[2:] + [changed], text)
+
+
+def test_a_run_changed_added_or_deleted_since_it_was_indexed_is_found_as_it_is_now(history):
+    engine, rows, path = history
+    index = build_index(path)
+    engine.dispose()
+    changed, zebras = change_add_and_delete(engine, rows)
+    assert answered_by_index(engine, "zebra")
+    assert_searches_see_now(engine, rows, changed, zebras)
     # caught up again and the deleted run's entry purged: the same answers, one entry per run
     catch_up(index)
     after = ""
