@@ -2,6 +2,7 @@
 import json
 import time
 
+import orjson
 import redis
 from click.testing import CliRunner
 from sqlalchemy import select
@@ -12,6 +13,8 @@ from storage.health import list_gaps
 from storage.schema import task_runs
 from tests.daemon_helpers import running_daemon, wait_for_runs
 from tests.eventgen import lifecycle, publish
+from monitor.ingest.buffer import EventBuffer
+from monitor.sources.redis_pubsub import RedisPubSubSource
 from tests.services import DaemonProcess
 
 
@@ -77,6 +80,31 @@ def test_sigterm_flushes_and_exits_0_quickly_and_check_reports(fresh_redis, sqli
     assert len(states) == 500 and set(states) == {"SUCCESS"}
     stopped = runner.invoke(cli, ["check", "--db", sqlite_url])
     assert stopped.exit_code == 1 and "stopped at" in stopped.output
+
+
+def test_a_stopping_pubsub_reader_first_reads_what_redis_had_published_to_it(fresh_redis):
+    """Pub/sub keeps nothing: what Redis sent a subscriber that stops without reading it is gone.
+    Told to stop before it read a byte, the reader still delivers every message published to it."""
+    source = RedisPubSubSource(EventBuffer(1_000_000), fresh_redis.url)
+    client = redis.Redis(port=fresh_redis.port)
+    source.connect()
+    try:
+        deadline = time.monotonic() + 5
+        while client.execute_command("PUBSUB", "NUMPAT") != 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        tasks = [lifecycle() for _ in range(2000)]
+        pipe = client.pipeline(transaction=False)
+        for events in tasks:
+            publish(pipe, events)
+        pipe.execute()
+        source.stop()
+        source.consume()
+    finally:
+        source.close()
+    taken = source.buffer.take(10 ** 6, 0)
+    uuids = {event["uuid"] for batch in taken.batches for event in orjson.loads(batch.encoded)}
+    assert uuids == {events[0]["uuid"] for events in tasks}
+    assert source.counters.snapshot()["messages_received"] == len(tasks)
 
 
 def test_check_fails_on_a_stale_heartbeat_and_an_unreachable_database(sqlite_url):

@@ -32,6 +32,9 @@ FEED_BYTES = 16 << 10
 # 1,500 times a second, each paying a poll, a recv, a buffer hand-off and a wake-up of the writer.
 # Redis holds what comes meanwhile (tens of kB, against its 32 MB limit).
 READ_PAUSE = 0.002
+# On stop, how long to keep reading what Redis had already published to this subscriber (within
+# the half of stop_timeout, 8 s by default, the daemon gives its sources).
+DRAIN_SECONDS = 3.0
 
 
 def event_pattern(broker_url: str) -> str:
@@ -51,6 +54,7 @@ class RedisPubSubSource(Source):
         self.ping_interval = ping_interval
         self._conn: redis.Connection | None = None
         self._sock: socket.socket | None = None
+        self._unsubscribed = False  # stopping, Redis confirmed the PUNSUBSCRIBE
 
     def connect(self) -> None:
         # redis-py does the handshake (TLS, AUTH, HELLO); then we own the raw socket.
@@ -62,7 +66,6 @@ class RedisPubSubSource(Source):
         sock.sendall(b"*2\r\n$10\r\nPSUBSCRIBE\r\n$%d\r\n%s\r\n" % (len(pattern), pattern))
         sock.settimeout(0.5)
         self._sock = sock
-        log.info("subscribed to %s on %s", self.pattern, mask_url(self.broker_url))
 
     def consume(self) -> None:
         self._read(self._sock)
@@ -81,8 +84,8 @@ class RedisPubSubSource(Source):
 
     def _read(self, sock: socket.socket) -> None:
         reader = hiredis.Reader()
+        self._unsubscribed = False
         last_data = last_ping = time.monotonic()
-        subscribed = False
         while not self.stopping.is_set():
             try:
                 data = sock.recv(RECV_BYTES)
@@ -97,28 +100,59 @@ class RedisPubSubSource(Source):
             if not data:
                 raise ConnectionError("Redis closed the connection")
             last_data = time.monotonic()
-            payloads: list = []
-            for start in range(0, len(data), FEED_BYTES):
-                reader.feed(data, start, min(FEED_BYTES, len(data) - start))
-                while True:
-                    reply = reader.gets()
-                    if reply is False:
-                        break
-                    if isinstance(reply, hiredis.ReplyError):
-                        raise redis.ResponseError(str(reply))
-                    if not isinstance(reply, list) or not reply:
-                        continue
-                    kind = reply[0]
-                    if kind == b"pmessage" and len(reply) == 4:
-                        payloads.append(reply[3])
-                    elif kind == b"psubscribe":
-                        subscribed = True
-            if payloads:
-                self._decode(payloads)
+            self._parse(reader, data)
             if len(data) < RECV_BYTES // 4:
                 time.sleep(READ_PAUSE)
-        if subscribed:
-            log.info("pubsub reader stopped")
+        self._drain(sock, reader)
+
+    def _drain(self, sock: socket.socket, reader: hiredis.Reader) -> None:
+        """Stopping: unsubscribe, and read up to Redis's confirmation. Redis sends it after every
+        message it published to this connection before, so what is still in the socket or in
+        Redis's output buffer is delivered, and the writer stores it before the daemon exits."""
+        pattern = self.pattern.encode()
+        deadline = time.monotonic() + DRAIN_SECONDS
+        try:
+            sock.sendall(b"*2\r\n$12\r\nPUNSUBSCRIBE\r\n$%d\r\n%s\r\n" % (len(pattern), pattern))
+            while not self._unsubscribed and time.monotonic() < deadline:
+                try:
+                    data = sock.recv(RECV_BYTES)
+                except (socket.timeout, TimeoutError):
+                    continue
+                if not data:
+                    break
+                self._parse(reader, data)
+        except (OSError, redis.RedisError, hiredis.ProtocolError) as exc:
+            log.warning("pubsub reader: the connection failed while reading what Redis still held: %s", exc)
+            return
+        if self._unsubscribed:
+            log.info("pubsub reader stopped: read everything Redis had published to it")
+        else:
+            log.warning("pubsub reader stopped after %.0f s without Redis confirming the unsubscribe; "
+                        "what it still held is lost", DRAIN_SECONDS)
+
+    def _parse(self, reader: hiredis.Reader, data: bytes) -> None:
+        """One read's replies: its messages are decoded and delivered together; the (un)subscribe
+        confirmations noted."""
+        payloads: list = []
+        for start in range(0, len(data), FEED_BYTES):
+            reader.feed(data, start, min(FEED_BYTES, len(data) - start))
+            while True:
+                reply = reader.gets()
+                if reply is False:
+                    break
+                if isinstance(reply, hiredis.ReplyError):
+                    raise redis.ResponseError(str(reply))
+                if not isinstance(reply, list) or not reply:
+                    continue
+                kind = reply[0]
+                if kind == b"pmessage" and len(reply) == 4:
+                    payloads.append(reply[3])
+                elif kind == b"psubscribe":
+                    log.info("subscribed to %s on %s", self.pattern, mask_url(self.broker_url))
+                elif kind == b"punsubscribe":
+                    self._unsubscribed = True
+        if payloads:
+            self._decode(payloads)
 
     def _decode(self, payloads: list) -> None:
         """The messages of one read -> their events, delivered together (counted once per read, not
