@@ -66,6 +66,15 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
     search_index.attach(dbapi_conn)  # the history search's text index, when `taskmon serve` keeps one
 
 
+def release_idle_connections(engine: Engine) -> None:
+    """SQLite: close the pooled connections nobody holds. Each keeps its page cache and its compiled
+    statements (the writer's multi-row upserts with their triggers: ~1 MB each) in this process;
+    called once a burst is over, they are opened again on next use. PostgreSQL keeps that memory
+    in its server, and its connections stay."""
+    if sqlite_path(engine) is not None:
+        engine.dispose()
+
+
 def sqlite_path(engine: Engine) -> str | None:
     """The file of a SQLite engine; None for PostgreSQL and in-memory databases."""
     database = engine.url.database

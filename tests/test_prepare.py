@@ -157,6 +157,44 @@ def test_without_a_helper_the_writer_thread_prepares_batches_itself(sqlite_url):
         engine.dispose()
 
 
+def test_after_a_burst_the_sqlite_writer_closes_the_idle_connections_and_opens_them_again(sqlite_url, monkeypatch):
+    """A SQLite connection keeps its page cache and compiled statements in the daemon's heap; once a
+    burst is over and the writer has been idle, the pooled ones are closed, and the next batch is
+    written on a connection opened as every other (WAL, foreign keys)."""
+    from monitor.ingest import writer as writer_module
+    from storage.db import make_engine, upgrade
+
+    monkeypatch.setattr(writer_module, "RENEW_IDLE", 0.2)
+    engine = make_engine(sqlite_url)
+    upgrade(engine)
+    buffer = EventBuffer(10_000)
+    writer = Writer(engine, buffer, field_max_bytes=16384, batch_size=8, flush_interval=0.05)
+    writer.start()
+    try:
+        buffer.put(Batch.encode("test", [e for i in range(4) for e in lifecycle(f"burst{i}")]))
+        deadline = time.monotonic() + 10
+        while writer.counters.get("events_written") < 16 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        pool = engine.pool
+        assert pool.checkedin() >= 1  # the writer's connection, back in the pool
+        while engine.pool is pool and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert engine.pool is not pool and engine.pool.checkedin() == 0 and pool.checkedin() == 0
+        buffer.put(Batch.encode("test", lifecycle("after")))
+        while writer.counters.get("events_written") < 20 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+            assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+            ids = conn.execute(select(task_runs.c.task_id).order_by(task_runs.c.task_id)).scalars().all()
+        assert ids == ["after", "burst0", "burst1", "burst2", "burst3"]
+    finally:
+        writer.stop(time.monotonic() + 5)
+        writer.join(10)
+        writer.preparer.close()
+        engine.dispose()
+
+
 def test_the_helper_exits_when_its_daemon_is_killed_with_9(fresh_redis, sqlite_url, tmp_path):
     import redis
 

@@ -31,6 +31,7 @@ from monitor.ingest.buffer import EventBuffer, Gap, Taken
 from monitor.ingest.counters import Counters
 from monitor.ingest.memory import release_free_memory
 from monitor.ingest.prepare import Job, Preparer
+from storage.db import release_idle_connections
 from storage.errors import first_line
 from tasks.backoff import compute_backoff
 from storage.health import record_gap
@@ -170,6 +171,8 @@ class Writer(threading.Thread):
             elif renew_due and time.monotonic() - last_commit >= RENEW_IDLE:
                 # Not at every pause of a busy stream: starting a helper costs a few tenths of a second of CPU.
                 self.preparer.renew_grown()
+                release_idle_connections(self.engine)
+                release_free_memory()
                 renew_due = False
 
     def _note_working(self, in_flight: deque[InFlight]) -> None:
