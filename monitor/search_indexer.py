@@ -180,7 +180,16 @@ class PgSearchIndexer(_Keeper):
             return pg_search_index.index_batch(conn) == pg_search_index.BATCH
 
     def _release(self) -> None:
+        from sqlalchemy import text
+
+        from storage import pg_search_index
+
         if self._lock_conn is not None:
-            self._lock_conn.invalidate()  # closes the session, and with it the lock (a pooled one would keep it)
+            try:  # given back now: a closed session's backend may hold it a moment longer
+                self._lock_conn.execute(text(pg_search_index.UNLOCK_SQL))
+                self._lock_conn.commit()
+            except self.errors as exc:
+                log.debug("history search index lock: %s", str(exc).splitlines()[0])
+            self._lock_conn.invalidate()  # closes the session (a pooled one would keep the lock)
             self._lock_conn.close()
             self._lock_conn = None

@@ -39,6 +39,7 @@ MAX_UNINDEXED = 100_000
 # The advisory lock of the one server that keeps the index: this class and the schema's hash, so
 # histories in several schemas of one database each have their own.
 LOCK_SQL = "SELECT pg_try_advisory_lock(1953719661, hashtext(current_schema()))"
+UNLOCK_SQL = "SELECT pg_advisory_unlock(1953719661, hashtext(current_schema()))"
 
 
 def mark(conn) -> tuple[datetime, str] | None:
